@@ -1,0 +1,1 @@
+"""Annal bench CLI: produce, consume, e2e and ceiling measurements (``annal-bench``)."""

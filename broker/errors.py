@@ -1,0 +1,325 @@
+"""The one error hierarchy of Annal, shared by the broker and the client SDK.
+
+Every error that can cross the wire has a numeric ``code`` (Kafka's error code where Kafka has
+one, so users can look them up) and a ``retriable`` flag telling a client whether trying again
+later may succeed. ``for_code(code)`` maps a wire code back to its class; the gRPC status that
+goes with each class is used only at the server edge (``broker.server``) and in the client's
+network layer.
+
+Local misuse (a bad argument passed to an API in this process) raises ``LocalUsageError`` or a
+plain ``TypeError``/``ValueError``; what a remote peer did wrong or reported is an
+``AnnalError`` subclass with a wire code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AnnalError",
+    "LocalUsageError",
+    "UnknownServerError",
+    "OffsetOutOfRangeError",
+    "CorruptRecordError",
+    "UnknownTopicOrPartitionError",
+    "InvalidFetchSizeError",
+    "LeaderNotAvailableError",
+    "NotLeaderError",
+    "RequestTimedOutError",
+    "BrokerNotAvailableError",
+    "MessageTooLargeError",
+    "NetworkError",
+    "InvalidTopicError",
+    "InvalidRequiredAcksError",
+    "TopicAlreadyExistsError",
+    "InvalidPartitionsError",
+    "InvalidConfigError",
+    "InvalidRequestError",
+    "StorageError",
+    "UnsupportedCompressionTypeError",
+    "InvalidRecordError",
+    "BrokerShuttingDownError",
+    "GroupError",
+    "KafkaTimeoutError",
+    "ProducerClosedError",
+    "ConsumerClosedError",
+    "BufferExhaustedError",
+    "for_code",
+]
+
+
+class AnnalError(Exception):
+    """Root of every Annal error.
+
+    ``code`` is the wire error code, ``retriable`` says whether a client may retry, and
+    ``grpc_status`` names the ``grpc.StatusCode`` member used at the gRPC edge. ``details``
+    holds machine-readable context (for example the valid offset range, or the leader's
+    address) that travels with the error.
+    """
+
+    code: ClassVar[int] = -1
+    retriable: ClassVar[bool] = False
+    grpc_status: ClassVar[str] = "INTERNAL"
+    reason: ClassVar[str] = "UNKNOWN_SERVER_ERROR"
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.reason)
+        self.message = message or self.reason
+        self.details: dict[str, Any] = details
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.details.items())
+        return f"{type(self).__name__}({self.message!r}{extra})"
+
+
+class LocalUsageError(AnnalError):
+    """The caller in this process misused an API (closed object, bad argument combination)."""
+
+    code = -2
+    reason = "LOCAL_USAGE"
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class UnknownServerError(AnnalError):
+    """The broker failed in a way it could not classify."""
+
+    code = -1
+    reason = "UNKNOWN_SERVER_ERROR"
+    grpc_status = "INTERNAL"
+
+
+class OffsetOutOfRangeError(AnnalError):
+    """The requested offset is outside [log_start_offset, log_end_offset].
+
+    ``details`` carries ``log_start_offset`` and ``log_end_offset``.
+    """
+
+    code = 1
+    reason = "OFFSET_OUT_OF_RANGE"
+    grpc_status = "OUT_OF_RANGE"
+
+    @property
+    def log_start_offset(self) -> int | None:
+        return self.details.get("log_start_offset")
+
+    @property
+    def log_end_offset(self) -> int | None:
+        return self.details.get("log_end_offset")
+
+
+class CorruptRecordError(AnnalError):
+    """A record batch failed its CRC-32C or its lengths do not add up."""
+
+    code = 2
+    reason = "CORRUPT_MESSAGE"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class UnknownTopicOrPartitionError(AnnalError):
+    """No such topic, or no such partition of it."""
+
+    code = 3
+    retriable = True  # Kafka retries this: metadata may not have propagated yet.
+    reason = "UNKNOWN_TOPIC_OR_PARTITION"
+    grpc_status = "NOT_FOUND"
+
+
+class InvalidFetchSizeError(AnnalError):
+    """A fetch asked for a negative or zero byte budget."""
+
+    code = 4
+    reason = "INVALID_FETCH_SIZE"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class LeaderNotAvailableError(AnnalError):
+    """The partition has no live leader right now (its broker is down or not yet placed)."""
+
+    code = 5
+    retriable = True
+    reason = "LEADER_NOT_AVAILABLE"
+    grpc_status = "UNAVAILABLE"
+
+
+class NotLeaderError(AnnalError):
+    """This broker does not lead the partition; ``details['leader']`` names the one that does."""
+
+    code = 6
+    retriable = True
+    reason = "NOT_LEADER_OR_FOLLOWER"
+    grpc_status = "UNAVAILABLE"
+
+
+class RequestTimedOutError(AnnalError):
+    """The broker did not finish the request in time."""
+
+    code = 7
+    retriable = True
+    reason = "REQUEST_TIMED_OUT"
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class BrokerNotAvailableError(AnnalError):
+    """The broker could not be reached."""
+
+    code = 8
+    retriable = True
+    reason = "BROKER_NOT_AVAILABLE"
+    grpc_status = "UNAVAILABLE"
+
+
+class MessageTooLargeError(AnnalError):
+    """A batch or request is larger than the configured limit (``max_message_bytes``)."""
+
+    code = 10
+    reason = "MESSAGE_TOO_LARGE"
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class NetworkError(AnnalError):
+    """The connection failed or the peer closed it mid-request."""
+
+    code = 13
+    retriable = True
+    reason = "NETWORK_EXCEPTION"
+    grpc_status = "UNAVAILABLE"
+
+
+class InvalidTopicError(AnnalError):
+    """The topic name is not legal: [a-zA-Z0-9._-], 1..249 characters, not '.' or '..'."""
+
+    code = 17
+    reason = "INVALID_TOPIC_EXCEPTION"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InvalidRequiredAcksError(AnnalError):
+    """acks must be 0, 1 or all (-1)."""
+
+    code = 21
+    reason = "INVALID_REQUIRED_ACKS"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class TopicAlreadyExistsError(AnnalError):
+    """A topic of that name exists already."""
+
+    code = 36
+    reason = "TOPIC_ALREADY_EXISTS"
+    grpc_status = "ALREADY_EXISTS"
+
+
+class InvalidPartitionsError(AnnalError):
+    """The partition count is not a positive integer within limits."""
+
+    code = 37
+    reason = "INVALID_PARTITIONS"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InvalidConfigError(AnnalError):
+    """A topic or broker configuration value is unknown or out of range."""
+
+    code = 40
+    reason = "INVALID_CONFIG"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InvalidRequestError(AnnalError):
+    """The request is malformed (bad framing, bad field values)."""
+
+    code = 42
+    reason = "INVALID_REQUEST"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class StorageError(AnnalError):
+    """The broker's disk failed the operation (for example ENOSPC); earlier data is intact."""
+
+    code = 56
+    retriable = True
+    reason = "KAFKA_STORAGE_ERROR"
+    grpc_status = "UNAVAILABLE"
+
+
+class UnsupportedCompressionTypeError(AnnalError):
+    """The batch uses a codec Annal does not support (only none and lz4 are)."""
+
+    code = 76
+    reason = "UNSUPPORTED_COMPRESSION_TYPE"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InvalidRecordError(AnnalError):
+    """The batch is well-formed bytes but breaks a rule (wrong magic, bad record count...)."""
+
+    code = 87
+    reason = "INVALID_RECORD"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class BrokerShuttingDownError(AnnalError):
+    """The broker is stopping and takes no new requests; retry on another broker or later."""
+
+    code = 1001
+    retriable = True
+    reason = "BROKER_SHUTTING_DOWN"
+    grpc_status = "UNAVAILABLE"
+
+
+class GroupError(AnnalError):
+    """A consumer-group operation failed (for example committing a partition not owned)."""
+
+    code = 1002
+    reason = "GROUP_ERROR"
+    grpc_status = "FAILED_PRECONDITION"
+
+
+# Client-local errors (never sent by a broker).
+
+
+class KafkaTimeoutError(AnnalError):
+    """A client-side deadline passed (delivery_timeout_ms, max_block_ms, a get() timeout)."""
+
+    code = -3
+    retriable = True
+    reason = "CLIENT_TIMEOUT"
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class ProducerClosedError(LocalUsageError):
+    """send() was called on a closed producer."""
+
+    code = -4
+    reason = "PRODUCER_CLOSED"
+
+
+class ConsumerClosedError(LocalUsageError):
+    """A consumer method was called after close()."""
+
+    code = -5
+    reason = "CONSUMER_CLOSED"
+
+
+class BufferExhaustedError(KafkaTimeoutError):
+    """send() waited max_block_ms for buffer_memory to free up and gave up."""
+
+    code = -6
+    reason = "BUFFER_EXHAUSTED"
+
+
+_BY_CODE: dict[int, type[AnnalError]] = {}
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, AnnalError) and _cls is not AnnalError:
+        _BY_CODE.setdefault(_cls.code, _cls)
+_BY_REASON: dict[str, type[AnnalError]] = {c.reason: c for c in _BY_CODE.values()}
+
+
+def for_code(code: int) -> type[AnnalError]:
+    """The error class for a wire error code; unknown codes map to UnknownServerError."""
+    return _BY_CODE.get(code, UnknownServerError)
+
+
+def for_reason(reason: str) -> type[AnnalError]:
+    """The error class for a machine-readable reason string (as sent in gRPC trailers)."""
+    return _BY_REASON.get(reason, UnknownServerError)

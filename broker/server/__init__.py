@@ -1,0 +1,1 @@
+"""Annal broker network edges: gRPC servicer, binary data port (fetch/produce), process main."""
