@@ -32,10 +32,14 @@ Because the CRC starts at ``attributes``, the broker assigns offsets by overwrit
 
 from __future__ import annotations
 
+import functools
 import struct
-from typing import NamedTuple
+from itertools import starmap as _starmap
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from crc32c import crc32c
+from lz4.frame import compress as _lz4_compress
+from lz4.frame import decompress as _lz4_decompress
 
 from broker.errors import (
     CorruptRecordError,
@@ -58,6 +62,16 @@ __all__ = [
     "set_base_offset",
     "batch_size_at",
     "iter_batch_positions",
+    "Record",
+    "BatchBuilder",
+    "encode_batch",
+    "decode_batch",
+    "iter_records",
+    "decode_records_into",
+    "validate_records",
+    "compression_from_name",
+    "encode_varint",
+    "decode_varint",
 ]
 
 HEADER_STRUCT = struct.Struct(">qiibIhiqqqhii")
@@ -206,3 +220,671 @@ def iter_batch_positions(buf: bytes | bytearray | memoryview, pos: int = 0, end:
             return
         yield pos, size
         pos += size
+
+
+# --------------------------------------------------------------------------------------------
+# Record-level codec: shared by the broker (deep validation) and the client SDK (the producer's
+# accumulator builds batches with BatchBuilder; the consumer decodes with decode_records_into).
+#
+# This is the SDK's hot path, so the code below trades some elegance for speed: varints of
+# small non-negative values come from precomputed tables, each record is encoded as one bytes
+# object appended to a list (joined once in build()), and the decoder reads one- and two-byte
+# varints inline instead of calling a function per field.
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+Buffer = Union[bytes, bytearray, memoryview]
+HeaderList = Sequence[Tuple[str, Optional[bytes]]]
+
+_VARINT_TABLE_SIZE = 1 << 14  # covers record lengths, offset deltas and sizes up to 16 KiB
+
+
+def encode_varint(value: int) -> bytes:
+    """Signed zig-zag varint (Kafka's ``ByteUtils.writeVarlong``); any 64-bit value."""
+    if not -(1 << 63) <= value < (1 << 63):
+        raise ValueError(f"varint {value} is outside the signed 64-bit range")
+    v = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+# _ZV[n] is the encoded varint of the non-negative int n (n < _VARINT_TABLE_SIZE).
+_ZV: tuple[bytes, ...] = tuple(encode_varint(n) for n in range(_VARINT_TABLE_SIZE))
+# _ZV_ATTR[n] = attributes byte (always 0) + varint(n): the start of every record body.
+_ZV_ATTR: tuple[bytes, ...] = tuple(b"\x00" + v for v in _ZV)
+_NULL = b"\x01"  # varint(-1): a null key, value or header value
+# _ZZ[b] decodes a one-byte varint b (b < 0x80).
+_ZZ: tuple[int, ...] = tuple((b >> 1) ^ -(b & 1) for b in range(128))
+
+
+def _varint(n: int, _zv: tuple[bytes, ...] = _ZV, _size: int = _VARINT_TABLE_SIZE) -> bytes:
+    return _zv[n] if 0 <= n < _size else encode_varint(n)
+
+
+def decode_varint(buf: Buffer, pos: int) -> tuple[int, int]:
+    """Read a signed zig-zag varint at ``pos``; returns ``(value, next_pos)``.
+
+    Raises CorruptRecordError if the buffer ends inside the varint or it is longer than the 10
+    bytes a 64-bit value needs."""
+    result = 0
+    shift = 0
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise CorruptRecordError("record data ends inside a varint", position=pos)
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise CorruptRecordError("varint longer than 10 bytes", position=pos)
+
+
+def _encode_headers(headers: HeaderList) -> bytes:
+    """headerCount varint followed by each (key, value) header, as in a record body."""
+    parts = [_varint(len(headers))]
+    for hkey, hval in headers:
+        kb = hkey.encode("utf-8")
+        parts.append(_varint(len(kb)))
+        parts.append(kb)
+        if hval is None:
+            parts.append(_NULL)
+        else:
+            parts.append(_varint(len(hval)))
+            parts.append(hval)
+    return b"".join(parts)
+
+
+def _encode_record(
+    offset_delta: int,
+    timestamp_delta: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: HeaderList | None,
+) -> bytes:
+    """One record, length prefix included (the general path: any sizes, any headers)."""
+    body = b"".join(
+        (
+            b"\x00",
+            _varint(timestamp_delta),
+            _varint(offset_delta),
+            _NULL if key is None else _varint(len(key)) + key,
+            _NULL if value is None else _varint(len(value)) + value,
+            _encode_headers(headers) if headers else b"\x00",
+        )
+    )
+    return _varint(len(body)) + body
+
+
+class Record(NamedTuple):
+    """One decoded record. ``headers`` is a tuple of ``(key, value)`` pairs, value may be None."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+
+
+_new_record = functools.partial(tuple.__new__, Record)  # Record from a 5-tuple, all in C
+
+
+def compression_from_name(name: str | None) -> int:
+    """Codec id for a ``compression_type`` setting: None/"none" -> CODEC_NONE, "lz4" -> CODEC_LZ4.
+
+    Any other name (gzip, snappy, zstd or unknown) raises UnsupportedCompressionTypeError."""
+    if name is None:
+        return CODEC_NONE
+    lowered = name.lower() if isinstance(name, str) else name
+    if lowered == "none":
+        return CODEC_NONE
+    if lowered == "lz4":
+        return CODEC_LZ4
+    raise UnsupportedCompressionTypeError(
+        f"compression_type {name!r} is not supported; use 'none' or 'lz4'", codec=name
+    )
+
+
+def _check_codec(compression: int) -> None:
+    if compression not in SUPPORTED_CODECS:
+        raise UnsupportedCompressionTypeError(
+            f"compression codec {CODEC_NAMES.get(compression, compression)} is not supported "
+            "(none, lz4 are)",
+            codec=compression,
+        )
+
+
+def _compress(records: bytes, compression: int) -> bytes:
+    if compression == CODEC_LZ4:
+        # Independent blocks, as Kafka's KafkaLZ4BlockOutputStream and kafka-python write them.
+        return _lz4_compress(records, block_linked=False)
+    return records
+
+
+def _decompress(data: Buffer, codec: int, position: int) -> bytes:
+    if codec == CODEC_LZ4:
+        try:
+            return _lz4_decompress(data)
+        except RuntimeError as exc:  # lz4.frame reports every malformed frame as RuntimeError
+            raise CorruptRecordError(f"lz4 frame cannot be decompressed: {exc}", position=position) from exc
+    raise UnsupportedCompressionTypeError(
+        f"compression codec {CODEC_NAMES.get(codec, codec)} is not supported (none, lz4 are)",
+        codec=codec,
+    )
+
+
+def _pack_batch(
+    records: bytes,
+    compression: int,
+    base_offset: int,
+    count: int,
+    base_timestamp: int,
+    max_timestamp: int,
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+    partition_leader_epoch: int,
+) -> bytes:
+    """Header + (compressed) records, CRC-32C filled in."""
+    payload = _compress(records, compression)
+    fields = [
+        base_offset,
+        HEADER_SIZE - LOG_OVERHEAD + len(payload),
+        partition_leader_epoch,
+        MAGIC,
+        0,
+        compression,
+        count - 1,
+        base_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        count,
+    ]
+    header = HEADER_STRUCT.pack(*fields)
+    fields[4] = crc32c(payload, crc32c(header[CRC_START:]))
+    return HEADER_STRUCT.pack(*fields) + payload
+
+
+class BatchBuilder:
+    """Builds one RecordBatch v2 incrementally; the producer's accumulator keeps one open per
+    partition and closes it when ``append`` returns -1 or linger_ms passes.
+
+    Records are encoded as they are appended (so ``size_in_bytes`` is exact for the
+    uncompressed batch) and kept as a list of bytes objects, joined and (for lz4) compressed
+    once by ``build``. Not thread-safe: the accumulator appends under its own lock.
+    """
+
+    __slots__ = (
+        "compression",
+        "batch_size",
+        "base_timestamp",
+        "max_timestamp",
+        "records_count",
+        "size_in_bytes",
+        "_parts",
+        "_joined",
+    )
+
+    def __init__(
+        self,
+        compression: int = CODEC_NONE,
+        batch_size: int = 16384,
+        base_timestamp_ms: int | None = None,
+    ) -> None:
+        _check_codec(compression)
+        self.compression = compression
+        self.batch_size = batch_size
+        self.base_timestamp: int | None = base_timestamp_ms
+        self.max_timestamp: int = -1
+        self.records_count: int = 0
+        self.size_in_bytes: int = HEADER_SIZE
+        self._parts: list[bytes] = []
+        self._joined: bytes | None = None
+
+    def append(
+        self,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: HeaderList | None = None,
+    ) -> int:
+        """Add one record; returns its offset delta, or -1 when the batch is non-empty and this
+        record would take it past ``batch_size`` (the caller then closes it and opens a new
+        one). A first record larger than ``batch_size`` is always accepted."""
+        count = self.records_count
+        base = self.base_timestamp
+        if base is None:
+            base = self.base_timestamp = timestamp_ms
+        tsd = timestamp_ms - base
+        if headers or not (0 <= tsd < 16384 and count < 16384):
+            rec = _encode_record(count, tsd, key, value, headers)
+        else:
+            # Fast path (no headers, small deltas): attributes+timestampDelta from one table.
+            zv = _ZV
+            if value is None:
+                vpart = _NULL
+                vlen = 0
+            else:
+                vlen = len(value)
+                vpart = zv[vlen] if vlen < 16384 else encode_varint(vlen)
+            if key is None:
+                prefix = _ZV_ATTR[tsd] + zv[count] + _NULL + vpart
+            else:
+                klen = len(key)
+                prefix = _ZV_ATTR[tsd] + zv[count] + (zv[klen] if klen < 16384 else encode_varint(klen)) + key + vpart
+            blen = len(prefix) + vlen + 1
+            if value is None:
+                rec = (zv[blen] if blen < 16384 else encode_varint(blen)) + prefix + b"\x00"
+            else:
+                rec = (zv[blen] if blen < 16384 else encode_varint(blen)) + prefix + value + b"\x00"
+        size = self.size_in_bytes + len(rec)
+        if count and size > self.batch_size:
+            return -1
+        self._parts.append(rec)
+        self._joined = None
+        self.size_in_bytes = size
+        self.records_count = count + 1
+        if timestamp_ms > self.max_timestamp:
+            self.max_timestamp = timestamp_ms
+        return count
+
+    def build(
+        self,
+        base_offset: int = 0,
+        *,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+        base_sequence: int = -1,
+        partition_leader_epoch: int = -1,
+    ) -> bytes:
+        """The finished batch: header, CRC-32C, records (lz4-frame compressed for CODEC_LZ4).
+
+        May be called more than once (for example again with another base offset); the
+        records are joined only once. Raises ValueError on an empty builder."""
+        if not self.records_count:
+            raise ValueError("a record batch needs at least one record")
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = b"".join(self._parts)
+        return _pack_batch(
+            joined,
+            self.compression,
+            base_offset,
+            self.records_count,
+            self.base_timestamp,  # type: ignore[arg-type]  # set by the first append
+            self.max_timestamp,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            partition_leader_epoch,
+        )
+
+
+def encode_batch(
+    records: Iterable[tuple[int, bytes | None, bytes | None, HeaderList | None]],
+    compression: int = CODEC_NONE,
+    base_offset: int = 0,
+) -> bytes:
+    """One batch from ``(timestamp_ms, key, value, headers)`` tuples, offset deltas 0..n-1,
+    baseTimestamp = the first record's timestamp. Raises ValueError on no records."""
+    _check_codec(compression)
+    parts: list[bytes] = []
+    append = parts.append
+    zv = _ZV
+    zva = _ZV_ATTR
+    null = _NULL
+    count = 0
+    base = 0
+    max_ts = -1
+    for ts, key, value, headers in records:
+        if not count:
+            base = ts
+        if ts > max_ts:
+            max_ts = ts
+        tsd = ts - base
+        # Fast path: no headers, value present, every varint from the tables (the body
+        # length is below 16 KiB when key + value are below 16000 bytes).
+        if (
+            headers
+            or value is None
+            or not (0 <= tsd < 16384 and count < 16384)
+            or len(value) + (0 if key is None else len(key)) >= 16000
+        ):
+            append(_encode_record(count, tsd, key, value, headers))
+        else:
+            vlen = len(value)
+            if key is None:
+                prefix = zva[tsd] + zv[count] + null + zv[vlen]
+            else:
+                prefix = zva[tsd] + zv[count] + zv[len(key)] + key + zv[vlen]
+            append(zv[len(prefix) + vlen + 1] + prefix + value + b"\x00")
+        count += 1
+    if not count:
+        raise ValueError("a record batch needs at least one record")
+    return _pack_batch(b"".join(parts), compression, base_offset, count, base, max_ts, -1, -1, -1, -1)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _read_bytes(data: bytes, pos: int) -> tuple[bytes | None, int]:
+    """A length-prefixed byte string (length -1 = None) at ``pos``: the general path."""
+    n, pos = decode_varint(data, pos)
+    if n < 0:
+        if n == -1:
+            return None, pos
+        raise CorruptRecordError(f"negative length {n} in a record", position=pos)
+    end = pos + n
+    if end > len(data):
+        raise CorruptRecordError(f"length {n} runs past the end of the batch", position=pos)
+    return data[pos:end], end
+
+
+def _read_headers(data: bytes, pos: int) -> tuple[tuple[tuple[str, bytes | None], ...], int]:
+    count, pos = decode_varint(data, pos)
+    if count < 0:
+        raise CorruptRecordError(f"negative header count {count}", position=pos)
+    headers = []
+    for _ in range(count):
+        hkey, pos = _read_bytes(data, pos)
+        if hkey is None:
+            raise CorruptRecordError("null header key", position=pos)
+        try:
+            skey = hkey.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptRecordError(f"header key is not UTF-8: {exc}", position=pos) from None
+        hval, pos = _read_bytes(data, pos)
+        headers.append((skey, hval))
+    return tuple(headers), pos
+
+
+def _decode_into(
+    data: bytes,
+    pos: int,
+    end: int,
+    count: int,
+    base_offset: int,
+    base_timestamp: int,
+    start_offset: int,
+    out: list[tuple[int, int, bytes | None, bytes | None, tuple]],
+) -> None:
+    """Decode ``count`` records from ``data[pos:end]`` and append ``(offset, timestamp, key,
+    value, headers)`` tuples for offsets >= start_offset to ``out``.
+
+    The common shapes (one- or two-byte varints, null key, no headers) are read inline; the
+    rest goes through the general helpers. Every record must end exactly where its length
+    says and the last one exactly at ``end``, else CorruptRecordError."""
+    zz = _ZZ
+    dv = decode_varint
+    rb = _read_bytes
+    append = out.append
+    try:
+        for _ in range(count):
+            # length
+            b = data[pos]
+            if b < 128:
+                rec_end = pos + 1 + zz[b]
+                pos += 1
+            else:
+                b2 = data[pos + 1]
+                if b2 < 128:
+                    u = (b & 127) | (b2 << 7)
+                    rec_end = pos + 2 + ((u >> 1) ^ -(u & 1))
+                    pos += 2
+                else:
+                    ln, pos = dv(data, pos)
+                    rec_end = pos + ln
+            # attributes (unused in v2 records), then timestampDelta
+            b = data[pos + 1]
+            if b < 128:
+                tsd = zz[b]
+                pos += 2
+            else:
+                tsd, pos = dv(data, pos + 1)
+            # offsetDelta
+            b = data[pos]
+            if b < 128:
+                od = zz[b]
+                pos += 1
+            else:
+                b2 = data[pos + 1]
+                if b2 < 128:
+                    u = (b & 127) | (b2 << 7)
+                    od = (u >> 1) ^ -(u & 1)
+                    pos += 2
+                else:
+                    od, pos = dv(data, pos)
+            # key
+            b = data[pos]
+            if b == 1:
+                key = None
+                pos += 1
+            elif b < 128 and not b & 1:
+                pos += 1
+                key = data[pos : pos + (b >> 1)]
+                pos += b >> 1
+            else:
+                key, pos = rb(data, pos)
+            # value
+            b = data[pos]
+            if b & 1:
+                if b == 1:
+                    value = None
+                    pos += 1
+                else:
+                    value, pos = rb(data, pos)
+            elif b < 128:
+                pos += 1
+                value = data[pos : pos + (b >> 1)]
+                pos += b >> 1
+            else:
+                b2 = data[pos + 1]
+                if b2 < 128:
+                    vl = ((b & 127) | (b2 << 7)) >> 1
+                    pos += 2
+                    value = data[pos : pos + vl]
+                    pos += vl
+                else:
+                    value, pos = rb(data, pos)
+            # headers
+            if data[pos] == 0:
+                headers: tuple = ()
+                pos += 1
+            else:
+                headers, pos = _read_headers(data, pos)
+            if pos != rec_end:
+                raise CorruptRecordError(
+                    f"record length says it ends at {rec_end} but its fields end at {pos}",
+                    position=pos,
+                )
+            offset = base_offset + od
+            if offset >= start_offset:
+                append((offset, base_timestamp + tsd, key, value, headers))
+    except IndexError:
+        raise CorruptRecordError("record data runs past the end of the batch", position=pos) from None
+    if pos != end:
+        raise CorruptRecordError(
+            f"recordsCount {count} records end at {pos}, the batch at {end}", position=pos
+        )
+
+
+def _checked_header(buf: Buffer, pos: int, verify_crc: bool) -> BatchHeader:
+    """validate_batch, or the same checks without the CRC when verify_crc is False."""
+    if verify_crc:
+        return validate_batch(buf, pos)
+    h = parse_header(buf, pos)
+    if h.batch_length < MIN_BATCH_LENGTH or h.batch_length + LOG_OVERHEAD > len(buf) - pos:
+        raise CorruptRecordError(f"batchLength {h.batch_length} is inconsistent", position=pos)
+    if h.magic != MAGIC:
+        raise InvalidRecordError(f"magic {h.magic} is not supported; only magic 2 is", magic=h.magic)
+    _check_codec(h.attributes & CODEC_MASK)
+    if h.records_count <= 0 or h.last_offset_delta != h.records_count - 1:
+        raise InvalidRecordError(
+            f"recordsCount {h.records_count} / lastOffsetDelta {h.last_offset_delta} are inconsistent"
+        )
+    return h
+
+
+def _records_of(data: bytes, pos: int, h: BatchHeader) -> tuple[bytes, int, int]:
+    """The (uncompressed) records area of the batch at ``pos``: (bytes, start, end)."""
+    start = pos + HEADER_SIZE
+    end = pos + h.batch_length + LOG_OVERHEAD
+    codec = h.attributes & CODEC_MASK
+    if codec == CODEC_NONE:
+        return data, start, end
+    records = _decompress(memoryview(data)[start:end], codec, pos)
+    return records, 0, len(records)
+
+
+def _as_bytes(buf: Buffer) -> bytes:
+    # Indexing and slicing bytes is several times faster than a memoryview, and the copy of a
+    # fetch response costs far less than decoding its records.
+    return buf if type(buf) is bytes else bytes(buf)
+
+
+def _decode_buffer(
+    buf: Buffer, start_offset: int, verify_crc: bool, out: list, whole_batches_only: bool
+) -> int:
+    """Decode every whole batch of ``buf`` into ``out`` (tuples); returns the next offset
+    after the last whole batch (``start_offset`` when there is none)."""
+    data = _as_bytes(buf)
+    n = len(data)
+    pos = 0
+    next_offset = start_offset
+    unpack_len = _OFFSET_LEN.unpack_from
+    while n - pos >= LOG_OVERHEAD:
+        base_offset, batch_length = unpack_len(data, pos)
+        size = batch_length + LOG_OVERHEAD
+        if batch_length < MIN_BATCH_LENGTH:
+            raise CorruptRecordError(
+                f"batchLength {batch_length} is smaller than the {MIN_BATCH_LENGTH}-byte minimum",
+                position=pos,
+            )
+        if pos + size > n:
+            break  # a fetch may end with part of a batch: the next fetch returns it whole
+        h = _checked_header(data, pos, verify_crc)
+        batch_next = base_offset + h.last_offset_delta + 1
+        if batch_next > start_offset:
+            records, rpos, rend = _records_of(data, pos, h)
+            _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, start_offset, out)
+        if batch_next > next_offset:
+            next_offset = batch_next
+        pos += size
+    return next_offset
+
+
+def decode_batch(buf: Buffer, pos: int = 0, verify_crc: bool = True) -> tuple[BatchHeader, list[Record]]:
+    """Decode the one batch at ``pos`` (it must be complete): its header and records."""
+    data = _as_bytes(buf)
+    h = _checked_header(data, pos, verify_crc)
+    records, rpos, rend = _records_of(data, pos, h)
+    out: list = []
+    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, -(1 << 63), out)
+    return h, list(map(_new_record, out))
+
+
+def iter_records(buf: Buffer, start_offset: int = 0, verify_crc: bool = True) -> Iterator[Record]:
+    """Records of every whole batch in ``buf`` (back-to-back batches, as a fetch returns them),
+    skipping offsets below ``start_offset``. A trailing partial batch is ignored; a CRC
+    mismatch raises CorruptRecordError before any record of that batch is yielded."""
+    data = _as_bytes(buf)
+    n = len(data)
+    pos = 0
+    while n - pos >= LOG_OVERHEAD:
+        size = _OFFSET_LEN.unpack_from(data, pos)[1] + LOG_OVERHEAD
+        if size < HEADER_SIZE:
+            raise CorruptRecordError(f"batch size {size} is smaller than its header", position=pos)
+        if pos + size > n:
+            return
+        h = _checked_header(data, pos, verify_crc)
+        if h.base_offset + h.last_offset_delta >= start_offset:
+            records, rpos, rend = _records_of(data, pos, h)
+            out: list = []
+            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, start_offset, out)
+            yield from map(_new_record, out)
+        pos += size
+
+
+def decode_records_into(
+    buf: Buffer,
+    start_offset: int,
+    make: Callable[[int, int, bytes | None, bytes | None, tuple], T],
+    verify_crc: bool = True,
+) -> tuple[list[T], int]:
+    """The consumer's fast path: ``make(offset, timestamp, key, value, headers)`` for every
+    record with offset >= start_offset in the whole batches of ``buf``. Returns the list and
+    the offset after the last whole batch (``start_offset`` if ``buf`` holds none), which is
+    where the next fetch starts."""
+    out: list = []
+    next_offset = _decode_buffer(buf, start_offset, verify_crc, out, True)
+    return list(_starmap(make, out)), next_offset
+
+
+# ----------------------------------------------------------------------- deep validation
+
+
+def validate_records(buf: Buffer, pos: int = 0) -> int:
+    """validate_batch plus a walk over every record (after decompressing an lz4 batch):
+    recordsCount records whose length varints match their fields exactly, offset deltas
+    0..count-1 in order, non-negative lengths (or -1 for null key/value/header value), UTF-8
+    header keys, and no byte left over. Returns recordsCount. Raises CorruptRecordError or
+    InvalidRecordError (and whatever validate_batch raises)."""
+    h = validate_batch(buf, pos)
+    data = _as_bytes(buf)
+    records, p, end = _records_of(data, pos, h)
+    dv = decode_varint
+    count = h.records_count
+    for i in range(count):
+        if p >= end:
+            raise InvalidRecordError(f"recordsCount is {count} but the batch holds only {i} records")
+        ln, p = dv(records, p)
+        if ln < 6:  # attributes + 5 one-byte varints is the smallest record body
+            raise CorruptRecordError(f"record {i} has impossible length {ln}", position=p)
+        rec_end = p + ln
+        if rec_end > end:
+            raise CorruptRecordError(f"record {i} of {ln} bytes runs past the batch end", position=p)
+        p += 1  # attributes
+        _, p = dv(records, p)  # timestampDelta
+        od, p = dv(records, p)
+        if od != i:
+            raise InvalidRecordError(f"record {i} has offsetDelta {od}; deltas must be 0..count-1")
+        for _field in (0, 1):  # key, value
+            n, p = dv(records, p)
+            if n < -1:
+                raise CorruptRecordError(f"record {i} has negative length {n}", position=p)
+            if n > 0:
+                p += n
+        nh, p = dv(records, p)
+        if nh < 0:
+            raise CorruptRecordError(f"record {i} has negative header count {nh}", position=p)
+        for _h in range(nh):
+            kn, p = dv(records, p)
+            if kn < 0 or p + kn > rec_end:
+                raise CorruptRecordError(f"record {i} has a bad header key length {kn}", position=p)
+            try:
+                records[p : p + kn].decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptRecordError(f"record {i} has a header key that is not UTF-8", position=p) from None
+            p += kn
+            vn, p = dv(records, p)
+            if vn < -1:
+                raise CorruptRecordError(f"record {i} has a negative header value length", position=p)
+            if vn > 0:
+                p += vn
+        if p != rec_end:
+            raise CorruptRecordError(
+                f"record {i} says {ln} bytes but its fields take {ln + p - rec_end}", position=p
+            )
+    if p != end:
+        raise InvalidRecordError(
+            f"{end - p} bytes follow the last of recordsCount={count} records", position=p
+        )
+    return count
