@@ -1,0 +1,300 @@
+"""docker/: the compose file and the Dockerfile, checked without a Docker engine.
+
+Every container command is parsed with the real ``annal`` / ``annal-bench`` argument parsers,
+so a renamed or removed flag fails here rather than in a container that restarts forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+DATA_DIR = "/var/lib/annal"
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    keyword: str
+    args: str
+    stage: int  # index of the FROM that opened the stage
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions of a Dockerfile with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    if pending.strip():
+        logical.append(pending)
+    out: list[Instruction] = []
+    stage = -1
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        out.append(Instruction(keyword, args.strip(), stage))
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    """The JSON array of an exec-form ENTRYPOINT / CMD."""
+    import json
+
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[Instruction]:
+    return parse_dockerfile((DOCKER / "Dockerfile").read_text())
+
+
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    last = max(i.stage for i in instructions)
+    return [i for i in instructions if i.stage == last]
+
+
+def _dependency_names() -> list[str]:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = []
+    for spec in meta["dependencies"]:
+        names.append(re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower())
+    return names
+
+
+def test_dockerfile_installs_from_package_metadata(dockerfile: list[Instruction]) -> None:
+    installs = [i.args for i in dockerfile if i.keyword == "RUN" and "pip install" in i.args]
+    assert installs, "the Dockerfile must pip install the project"
+    project_installs = []
+    for run in installs:
+        for command in re.split(r"&&|;", run):
+            words = shlex.split(command)
+            if "pip" not in words or "install" not in words:
+                continue
+            targets = [w for w in words[words.index("install") + 1 :] if not w.startswith("-")]
+            # No hand-kept dependency list: no requirements file and no named distributions,
+            # only the project directory (pip itself may be upgraded).
+            assert "-r" not in words and "--requirement" not in words, command
+            for target in targets:
+                assert target in (".", "/src", "./") or target == "pip", (
+                    f"pip installs {target!r}: dependencies must come from pyproject.toml"
+                )
+            if "." in targets or "./" in targets or "/src" in targets:
+                project_installs.append(command)
+    assert project_installs, "no `pip install .` of the project"
+    lowered = " ".join(installs).lower()
+    for name in _dependency_names():
+        assert not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", lowered), (
+            f"dependency {name} is named in the Dockerfile; it must come from pyproject.toml"
+        )
+
+
+def test_dockerfile_copies_every_package(dockerfile: list[Instruction]) -> None:
+    """``pip install .`` in the image needs every package pyproject.toml includes."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    includes = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {inc.rstrip("*") for inc in includes}
+    copied = set()
+    for i in dockerfile:
+        if i.keyword == "COPY" and not i.args.startswith("--from"):
+            sources = i.args.split()[:-1]
+            copied.update(s.strip("./") for s in sources)
+    assert {"pyproject.toml", "README.md"} <= copied
+    missing = packages - copied
+    assert not missing, f"packages not copied into the image: {sorted(missing)}"
+    # And the build context lets them through.
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    for name in packages | {"pyproject.toml", "README.md"}:
+        assert f"!{name}/" in ignore or f"!{name}" in ignore, f".dockerignore excludes {name}"
+
+
+def test_dockerfile_runtime_stage(dockerfile: list[Instruction]) -> None:
+    stage = final_stage(dockerfile)
+    base = stage[0].args.split()[0]
+    assert re.search(r"python:(\$\{PYTHON_VERSION\}|3\.11)-slim", base), base
+    args = {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in dockerfile if i.keyword == "ARG" and "=" in i.args}
+    assert args.get("PYTHON_VERSION", "3.11") == "3.11"
+
+    users = [i.args for i in stage if i.keyword == "USER"]
+    assert users, "the image must not run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users[-1]
+
+    volumes = [v for i in stage if i.keyword == "VOLUME" for v in exec_form(i.args)]
+    assert DATA_DIR in volumes
+
+    entrypoints = [exec_form(i.args) for i in stage if i.keyword == "ENTRYPOINT"]
+    assert entrypoints and entrypoints[-1] == ["annal"]
+
+
+def test_dockerfile_default_command_parses(dockerfile: list[Instruction]) -> None:
+    from broker.cli import build_parser
+
+    stage = final_stage(dockerfile)
+    cmd = [exec_form(i.args) for i in stage if i.keyword == "CMD"][-1]
+    args = _parse(build_parser(), cmd)
+    assert args.command == "broker"
+
+
+def test_dockerfile_healthcheck_asks_the_broker(dockerfile: list[Instruction]) -> None:
+    from broker.server import health
+
+    stage = final_stage(dockerfile)
+    checks = [i.args for i in stage if i.keyword == "HEALTHCHECK"]
+    assert len(checks) == 1, "exactly one HEALTHCHECK"
+    _, _, command = checks[0].partition("CMD ")
+    assert command, checks[0]
+    # Expand the shell parameters the way sh would for a broker with ANNAL_PORT/ANNAL_BROKER_ID.
+    env = {"ANNAL_PORT": "9094", "ANNAL_BROKER_ID": "2"}
+    command = re.sub(r"\$\{ANNAL_PORT:-(\d+)\}", env["ANNAL_PORT"], command)
+    command = re.sub(r"\$\{ANNAL_BROKER_ID:\+([^}]*)\}", lambda m: m.group(1), command)
+    command = command.replace('"$ANNAL_BROKER_ID"', env["ANNAL_BROKER_ID"])
+    command = command.split("||")[0]
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "broker.server.health"], words
+    parser = argparse.ArgumentParser()
+    health.configure_parser(parser)
+    parsed = _parse(parser, words[3:])
+    assert parsed.bootstrap_server == "127.0.0.1:9094"
+    assert parsed.broker_id == 2
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports the error on stderr, then exits
+        pytest.fail(f"not a valid command line ({exc.code}): {argv}")
+
+
+def _argv(service: dict[str, Any]) -> list[str]:
+    entrypoint = service.get("entrypoint", ["annal"])
+    command = service.get("command", [])
+    if isinstance(entrypoint, str):
+        entrypoint = shlex.split(entrypoint)
+    if isinstance(command, str):
+        command = shlex.split(command)
+    return [*entrypoint, *command]
+
+
+def _annal_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose["services"].items() if str(s.get("image", "")).startswith("annal")}
+
+
+def _brokers(compose: dict[str, Any]) -> dict[str, argparse.Namespace]:
+    from broker.cli import build_parser
+
+    parser = build_parser()
+    out = {}
+    for name, service in _annal_services(compose).items():
+        argv = _argv(service)
+        if argv[0] == "annal" and argv[1:2] == ["broker"]:
+            out[name] = _parse(parser, argv[1:])
+    return out
+
+
+def test_every_annal_command_parses(compose: dict[str, Any]) -> None:
+    from bench.cli import build_parser as bench_parser
+    from broker.cli import build_parser
+
+    services = _annal_services(compose)
+    assert services
+    for name, service in services.items():
+        argv = _argv(service)
+        if argv[0] == "annal":
+            _parse(build_parser(), argv[1:])
+        elif argv[0] == "annal-bench":
+            _parse(bench_parser(), argv[1:])
+        else:
+            pytest.fail(f"service {name} runs {argv[0]!r}, neither annal nor annal-bench")
+
+
+def test_three_distinct_brokers(compose: dict[str, Any]) -> None:
+    brokers = _brokers(compose)
+    assert len(brokers) == 3, sorted(brokers)
+    services = compose["services"]
+    ids, hosts, endpoints, volumes = set(), set(), set(), set()
+    for name, args in brokers.items():
+        service = services[name]
+        ids.add(args.broker_id)
+        hosts.add(args.advertised_host)
+        # The advertised name must resolve in the network: it is the service's name/hostname.
+        assert args.advertised_host in (name, service.get("hostname")), name
+        assert args.zookeeper and args.zookeeper.split(",")[0].split(":")[0] == "zookeeper"
+        assert not getattr(args, "standalone", False)
+        assert args.data_dir == DATA_DIR
+        endpoints.add((args.port, args.fetch_port))
+        mounts = [v for v in service.get("volumes", []) if v.split(":")[1] == DATA_DIR]
+        assert len(mounts) == 1, f"{name} has no volume on {DATA_DIR}"
+        volume = mounts[0].split(":")[0]
+        assert volume in compose["volumes"], f"{name}: volume {volume} not declared"
+        volumes.add(volume)
+        # The health check finds the broker's port and id in its environment.
+        env = service.get("environment", {})
+        assert int(env["ANNAL_BROKER_ID"]) == args.broker_id
+        assert int(env.get("ANNAL_PORT", 9092)) == args.port
+        # Ports are published as-is, so the advertised host:port also works from the host.
+        published = {str(p) for p in service.get("ports", [])}
+        assert {f"{args.port}:{args.port}", f"{args.fetch_port}:{args.fetch_port}"} <= published
+        assert service["depends_on"]["zookeeper"]["condition"] == "service_healthy"
+    assert len(ids) == 3, "broker ids must be distinct"
+    assert len(hosts) == 3, "advertised hosts must be distinct"
+    assert len(volumes) == 3, "each broker needs its own volume"
+    assert len({p for e in endpoints for p in e}) == 6, "ports must be distinct across brokers"
+
+
+def test_zookeeper_service(compose: dict[str, Any]) -> None:
+    zk = compose["services"]["zookeeper"]
+    assert zk["image"].split(":")[0] == "zookeeper"
+    assert "healthcheck" in zk
+
+
+def test_bench_targets_the_brokers(compose: dict[str, Any]) -> None:
+    from bench.cli import build_parser as bench_parser
+
+    bench = compose["services"]["bench"]
+    argv = _argv(bench)
+    assert argv[0] == "annal-bench"
+    args = _parse(bench_parser(), argv[1:])
+    brokers = _brokers(compose)
+    advertised = {f"{a.advertised_host}:{a.port}" for a in brokers.values()}
+    servers = set(args.bootstrap_server.split(","))
+    assert servers and servers <= advertised, (servers, advertised)
+    for name in brokers:
+        assert bench["depends_on"][name]["condition"] == "service_healthy"
