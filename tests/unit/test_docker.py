@@ -259,7 +259,7 @@ def test_three_distinct_brokers(compose: dict[str, Any]) -> None:
         assert args.zookeeper and args.zookeeper.split(",")[0].split(":")[0] == "zookeeper"
         assert not getattr(args, "standalone", False)
         assert args.data_dir == DATA_DIR
-        endpoints.add((args.port, args.fetch_port))
+        endpoints.add((args.port, args.fetch_port, args.metrics_port))
         mounts = [v for v in service.get("volumes", []) if v.split(":")[1] == DATA_DIR]
         assert len(mounts) == 1, f"{name} has no volume on {DATA_DIR}"
         volume = mounts[0].split(":")[0]
@@ -271,12 +271,15 @@ def test_three_distinct_brokers(compose: dict[str, Any]) -> None:
         assert int(env.get("ANNAL_PORT", 9092)) == args.port
         # Ports are published as-is, so the advertised host:port also works from the host.
         published = {str(p) for p in service.get("ports", [])}
-        assert {f"{args.port}:{args.port}", f"{args.fetch_port}:{args.fetch_port}"} <= published
+        for port in (args.port, args.fetch_port, args.metrics_port):
+            assert f"{port}:{port}" in published, f"{name}: port {port} not published as-is"
         assert service["depends_on"]["zookeeper"]["condition"] == "service_healthy"
     assert len(ids) == 3, "broker ids must be distinct"
     assert len(hosts) == 3, "advertised hosts must be distinct"
     assert len(volumes) == 3, "each broker needs its own volume"
-    assert len({p for e in endpoints for p in e}) == 6, "ports must be distinct across brokers"
+    # Distinct ports: inside one container the three must differ, and published on one host
+    # they must differ across brokers too.
+    assert len({p for e in endpoints for p in e}) == 9, endpoints
 
 
 def test_zookeeper_service(compose: dict[str, Any]) -> None:
