@@ -1,0 +1,172 @@
+"""A throwaway standalone broker for ``annal-bench`` runs given no ``--bootstrap-server``.
+
+``LocalBroker`` makes a temporary data directory, picks two free loopback ports, and starts
+``python -m broker broker start --standalone --data-dir <tmp> --port P --fetch-port F`` as a
+child process (its own session, so a Ctrl-C at the bench reaches the bench first and the bench
+stops the broker cleanly). The broker's stdout and stderr go to ``broker.log`` in a second
+temporary directory, whose tail is printed if the broker fails to start or dies. On ``stop()``
+the broker gets SIGTERM (SIGKILL after ``stop_timeout_s``) and both directories are removed.
+
+The free ports are found by binding port 0 and closing the socket; another process could take
+one in between, in which case the broker fails to bind, and ``start()`` retries with new ports.
+
+Not thread-safe: one owner starts and stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from types import TracebackType
+
+__all__ = ["LocalBroker", "LocalBrokerError", "free_port", "wait_for_port"]
+
+
+class LocalBrokerError(RuntimeError):
+    """The local broker could not be started (its log tail is in the message)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, deadline: float, alive: "subprocess.Popen[bytes] | None" = None) -> bool:
+    """Poll until a TCP connect to (host, port) succeeds, the deadline passes, or ``alive`` exits."""
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class LocalBroker:
+    """A standalone broker child process on a temporary data directory (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
+        start_timeout_s: float = 30.0,
+        stop_timeout_s: float = 15.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.host = host
+        self.extra_args = list(extra_args or [])
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.python = python
+        self.port = 0
+        self.fetch_port = 0
+        self.data_dir = ""
+        self._log_dir = ""
+        self._log_file: object | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self._log_dir, "broker.log")
+
+    def command(self) -> list[str]:
+        return [
+            self.python, "-m", "broker", "broker", "start", "--standalone",
+            "--data-dir", self.data_dir,
+            "--port", str(self.port),
+            "--fetch-port", str(self.fetch_port),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def log_tail(self, max_bytes: int = 4000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - max_bytes))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def start(self, attempts: int = 3) -> LocalBroker:
+        self.data_dir = tempfile.mkdtemp(prefix="annal-bench-data-")
+        self._log_dir = tempfile.mkdtemp(prefix="annal-bench-log-")
+        last = ""
+        for _ in range(attempts):
+            self.port, self.fetch_port = free_port(self.host), free_port(self.host)
+            if self.port == self.fetch_port:
+                continue
+            log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._log_file = log
+            env = dict(os.environ)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + self.start_timeout_s
+            if wait_for_port(self.host, self.port, deadline, self.process) and wait_for_port(
+                self.host, self.fetch_port, deadline, self.process
+            ):
+                return self
+            last = self.log_tail()
+            self._terminate()
+            log.close()
+            self._log_file = None
+        self._remove_dirs()
+        raise LocalBrokerError(f"the local broker did not start; last log lines:\n{last}")
+
+    def _terminate(self) -> int | None:
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=self.stop_timeout_s)
+            except ProcessLookupError:
+                pass
+        self.process = None
+        return proc.returncode
+
+    def _remove_dirs(self) -> None:
+        for d in (self.data_dir, self._log_dir):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+        self.data_dir = ""
+        self._log_dir = ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> int | None:
+        """Stop the broker and remove its directories; returns its exit code."""
+        rc = self._terminate()
+        if self._log_file is not None:
+            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file = None
+        self._remove_dirs()
+        return rc
+
+    def __enter__(self) -> LocalBroker:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
