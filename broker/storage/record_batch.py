@@ -606,6 +606,13 @@ def _read_headers(data: bytes, pos: int) -> tuple[tuple[tuple[str, bytes | None]
     return tuple(headers), pos
 
 
+# _H[b] for the first byte b of a varint: for b < 0x80 (a one-byte varint) its value; for
+# b >= 0x80 of a two-byte varint, _H[b] + (second_byte << 6) is the value when it is
+# non-negative (bit 0 clear). Two-byte varints cover record and value lengths up to 8 KiB,
+# so the decoder reads them inline instead of calling decode_varint.
+_H: tuple[int, ...] = _ZZ + tuple((b & 127) >> 1 for b in range(128, 256))
+
+
 def _decode_into(
     data: bytes,
     pos: int,
@@ -613,52 +620,51 @@ def _decode_into(
     count: int,
     base_offset: int,
     base_timestamp: int,
-    start_offset: int,
     out: list[tuple[int, int, bytes | None, bytes | None, tuple]],
 ) -> None:
-    """Decode ``count`` records from ``data[pos:end]`` and append ``(offset, timestamp, key,
-    value, headers)`` tuples for offsets >= start_offset to ``out``.
+    """Decode the ``count`` records in ``data[pos:end]`` and append an ``(offset, timestamp,
+    key, value, headers)`` tuple for each to ``out``.
 
-    The common shapes (one- or two-byte varints, null key, no headers) are read inline; the
-    rest goes through the general helpers. Every record must end exactly where its length
-    says and the last one exactly at ``end``, else CorruptRecordError."""
-    zz = _ZZ
+    The common shapes (one- or two-byte varints, null key, no headers) are read inline with
+    the _H table; anything else goes through decode_varint / _read_bytes / _read_headers.
+    Every record must end exactly where its length says and the last one exactly at ``end``,
+    else CorruptRecordError (so a lying length can never make the decoder read the next
+    batch's bytes as records)."""
+    h = _H
     dv = decode_varint
-    rb = _read_bytes
+    rbytes = _read_bytes
     append = out.append
     try:
         for _ in range(count):
             # length
             b = data[pos]
             if b < 128:
-                rec_end = pos + 1 + zz[b]
                 pos += 1
+                rec_end = pos + h[b]
             else:
                 b2 = data[pos + 1]
-                if b2 < 128:
-                    u = (b & 127) | (b2 << 7)
-                    rec_end = pos + 2 + ((u >> 1) ^ -(u & 1))
+                if b2 < 128 and not b & 1:
                     pos += 2
+                    rec_end = pos + h[b] + (b2 << 6)
                 else:
                     ln, pos = dv(data, pos)
                     rec_end = pos + ln
-            # attributes (unused in v2 records), then timestampDelta
+            # attributes (no record-level attributes are defined in v2), timestampDelta
             b = data[pos + 1]
             if b < 128:
-                tsd = zz[b]
+                tsd = h[b]
                 pos += 2
             else:
                 tsd, pos = dv(data, pos + 1)
             # offsetDelta
             b = data[pos]
             if b < 128:
-                od = zz[b]
+                od = h[b]
                 pos += 1
             else:
                 b2 = data[pos + 1]
-                if b2 < 128:
-                    u = (b & 127) | (b2 << 7)
-                    od = (u >> 1) ^ -(u & 1)
+                if b2 < 128 and not b & 1:
+                    od = h[b] + (b2 << 6)
                     pos += 2
                 else:
                     od, pos = dv(data, pos)
@@ -669,45 +675,45 @@ def _decode_into(
                 pos += 1
             elif b < 128 and not b & 1:
                 pos += 1
-                key = data[pos : pos + (b >> 1)]
-                pos += b >> 1
+                key = data[pos : pos + h[b]]
+                pos += h[b]
             else:
-                key, pos = rb(data, pos)
+                key, pos = rbytes(data, pos)
             # value
             b = data[pos]
-            if b & 1:
-                if b == 1:
-                    value = None
-                    pos += 1
+            if b < 128:
+                if b & 1:
+                    if b == 1:
+                        value = None
+                        pos += 1
+                    else:
+                        value, pos = rbytes(data, pos)
                 else:
-                    value, pos = rb(data, pos)
-            elif b < 128:
-                pos += 1
-                value = data[pos : pos + (b >> 1)]
-                pos += b >> 1
+                    vl = h[b]
+                    pos += 1
+                    value = data[pos : pos + vl]
+                    pos += vl
             else:
                 b2 = data[pos + 1]
-                if b2 < 128:
-                    vl = ((b & 127) | (b2 << 7)) >> 1
+                if b2 < 128 and not b & 1:
+                    vl = h[b] + (b2 << 6)
                     pos += 2
                     value = data[pos : pos + vl]
                     pos += vl
                 else:
-                    value, pos = rb(data, pos)
+                    value, pos = rbytes(data, pos)
             # headers
-            if data[pos] == 0:
-                headers: tuple = ()
-                pos += 1
-            else:
+            if data[pos]:
                 headers, pos = _read_headers(data, pos)
+            else:
+                headers = ()
+                pos += 1
             if pos != rec_end:
                 raise CorruptRecordError(
                     f"record length says it ends at {rec_end} but its fields end at {pos}",
                     position=pos,
                 )
-            offset = base_offset + od
-            if offset >= start_offset:
-                append((offset, base_timestamp + tsd, key, value, headers))
+            append((base_offset + od, base_timestamp + tsd, key, value, headers))
     except IndexError:
         raise CorruptRecordError("record data runs past the end of the batch", position=pos) from None
     if pos != end:
@@ -750,9 +756,7 @@ def _as_bytes(buf: Buffer) -> bytes:
     return buf if type(buf) is bytes else bytes(buf)
 
 
-def _decode_buffer(
-    buf: Buffer, start_offset: int, verify_crc: bool, out: list, whole_batches_only: bool
-) -> int:
+def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list) -> int:
     """Decode every whole batch of ``buf`` into ``out`` (tuples); returns the next offset
     after the last whole batch (``start_offset`` when there is none)."""
     data = _as_bytes(buf)
@@ -774,7 +778,12 @@ def _decode_buffer(
         batch_next = base_offset + h.last_offset_delta + 1
         if batch_next > start_offset:
             records, rpos, rend = _records_of(data, pos, h)
-            _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, start_offset, out)
+            if base_offset >= start_offset:
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out)
+            else:  # the fetch started inside this batch
+                batch: list = []
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch)
+                out.extend([r for r in batch if r[0] >= start_offset])
         if batch_next > next_offset:
             next_offset = batch_next
         pos += size
@@ -787,7 +796,7 @@ def decode_batch(buf: Buffer, pos: int = 0, verify_crc: bool = True) -> tuple[Ba
     h = _checked_header(data, pos, verify_crc)
     records, rpos, rend = _records_of(data, pos, h)
     out: list = []
-    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, -(1 << 63), out)
+    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out)
     return h, list(map(_new_record, out))
 
 
@@ -808,7 +817,9 @@ def iter_records(buf: Buffer, start_offset: int = 0, verify_crc: bool = True) ->
         if h.base_offset + h.last_offset_delta >= start_offset:
             records, rpos, rend = _records_of(data, pos, h)
             out: list = []
-            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, start_offset, out)
+            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out)
+            if h.base_offset < start_offset:
+                out = [r for r in out if r[0] >= start_offset]
             yield from map(_new_record, out)
         pos += size
 
@@ -824,7 +835,9 @@ def decode_records_into(
     the offset after the last whole batch (``start_offset`` if ``buf`` holds none), which is
     where the next fetch starts."""
     out: list = []
-    next_offset = _decode_buffer(buf, start_offset, verify_crc, out, True)
+    next_offset = _decode_buffer(buf, start_offset, verify_crc, out)
+    if make is Record:
+        return list(map(_new_record, out)), next_offset  # type: ignore[arg-type]
     return list(_starmap(make, out)), next_offset
 
 
