@@ -253,10 +253,16 @@ def encode_varint(value: int) -> bytes:
 
 
 # _ZV[n] is the encoded varint of the non-negative int n (n < _VARINT_TABLE_SIZE).
-_ZV: tuple[bytes, ...] = tuple(encode_varint(n) for n in range(_VARINT_TABLE_SIZE))
+_ZV: tuple[bytes, ...] = (
+    tuple(bytes((n << 1,)) for n in range(64))
+    + tuple(bytes((((n << 1) & 0x7F) | 0x80, n >> 6)) for n in range(64, 8192))
+    + tuple(encode_varint(n) for n in range(8192, _VARINT_TABLE_SIZE))
+)
 # _ZV_ATTR[n] = attributes byte (always 0) + varint(n): the start of every record body.
 _ZV_ATTR: tuple[bytes, ...] = tuple(b"\x00" + v for v in _ZV)
 _NULL = b"\x01"  # varint(-1): a null key, value or header value
+# _ZV_NULLKEY[n] = varint(n) + a null key: offsetDelta and key of a record without a key.
+_ZV_NULLKEY: tuple[bytes, ...] = tuple(v + _NULL for v in _ZV)
 # _ZZ[b] decodes a one-byte varint b (b < 0x80).
 _ZZ: tuple[int, ...] = tuple((b >> 1) ^ -(b & 1) for b in range(128))
 
@@ -417,9 +423,10 @@ class BatchBuilder:
     """Builds one RecordBatch v2 incrementally; the producer's accumulator keeps one open per
     partition and closes it when ``append`` returns -1 or linger_ms passes.
 
-    Records are encoded as they are appended (so ``size_in_bytes`` is exact for the
-    uncompressed batch) and kept as a list of bytes objects, joined and (for lz4) compressed
-    once by ``build``. Not thread-safe: the accumulator appends under its own lock.
+    Records are encoded as they are appended, as a few bytes objects per record kept in one
+    list that ``build`` joins (and, for lz4, compresses) once; ``size_in_bytes`` is therefore
+    the exact size of the uncompressed batch so far. Not thread-safe: the accumulator appends
+    under its own lock.
     """
 
     __slots__ = (
@@ -447,7 +454,7 @@ class BatchBuilder:
         self.records_count: int = 0
         self.size_in_bytes: int = HEADER_SIZE
         self._parts: list[bytes] = []
-        self._joined: bytes | None = None
+        self._joined: tuple[int, bytes] | None = None  # (records_count, joined records)
 
     def append(
         self,
@@ -464,32 +471,41 @@ class BatchBuilder:
         if base is None:
             base = self.base_timestamp = timestamp_ms
         tsd = timestamp_ms - base
-        if headers or not (0 <= tsd < 16384 and count < 16384):
-            rec = _encode_record(count, tsd, key, value, headers)
-        else:
-            # Fast path (no headers, small deltas): attributes+timestampDelta from one table.
-            zv = _ZV
-            if value is None:
-                vpart = _NULL
-                vlen = 0
-            else:
-                vlen = len(value)
-                vpart = zv[vlen] if vlen < 16384 else encode_varint(vlen)
+        if not headers and value is not None and 0 <= tsd < 16384 and count < 16384:
+            # Fast path: every varint from a table (a body below 16 KiB has a table length).
+            vlen = len(value)
             if key is None:
-                prefix = _ZV_ATTR[tsd] + zv[count] + _NULL + vpart
-            else:
-                klen = len(key)
-                prefix = _ZV_ATTR[tsd] + zv[count] + (zv[klen] if klen < 16384 else encode_varint(klen)) + key + vpart
-            blen = len(prefix) + vlen + 1
-            if value is None:
-                rec = (zv[blen] if blen < 16384 else encode_varint(blen)) + prefix + b"\x00"
-            else:
-                rec = (zv[blen] if blen < 16384 else encode_varint(blen)) + prefix + value + b"\x00"
+                if vlen < 16000:
+                    p = _ZV_ATTR[tsd] + _ZV_NULLKEY[count] + _ZV[vlen]
+                    blen = len(p) + vlen + 1
+                    head = _ZV[blen]
+                    size = self.size_in_bytes + len(head) + blen
+                    if size > self.batch_size and count:
+                        return -1
+                    self._parts.extend((head, p, value, b"\x00"))
+                    self.size_in_bytes = size
+                    self.records_count = count + 1
+                    if timestamp_ms > self.max_timestamp:
+                        self.max_timestamp = timestamp_ms
+                    return count
+            elif vlen + len(key) < 16000:
+                p = _ZV_ATTR[tsd] + _ZV[count] + _ZV[len(key)] + key + _ZV[vlen]
+                blen = len(p) + vlen + 1
+                head = _ZV[blen]
+                size = self.size_in_bytes + len(head) + blen
+                if size > self.batch_size and count:
+                    return -1
+                self._parts.extend((head, p, value, b"\x00"))
+                self.size_in_bytes = size
+                self.records_count = count + 1
+                if timestamp_ms > self.max_timestamp:
+                    self.max_timestamp = timestamp_ms
+                return count
+        rec = _encode_record(count, tsd, key, value, headers)
         size = self.size_in_bytes + len(rec)
-        if count and size > self.batch_size:
+        if size > self.batch_size and count:
             return -1
         self._parts.append(rec)
-        self._joined = None
         self.size_in_bytes = size
         self.records_count = count + 1
         if timestamp_ms > self.max_timestamp:
@@ -508,17 +524,19 @@ class BatchBuilder:
         """The finished batch: header, CRC-32C, records (lz4-frame compressed for CODEC_LZ4).
 
         May be called more than once (for example again with another base offset); the
-        records are joined only once. Raises ValueError on an empty builder."""
-        if not self.records_count:
+        records are joined only once per set of records. Raises ValueError on an empty
+        builder."""
+        count = self.records_count
+        if not count:
             raise ValueError("a record batch needs at least one record")
         joined = self._joined
-        if joined is None:
-            joined = self._joined = b"".join(self._parts)
+        if joined is None or joined[0] != count:
+            joined = self._joined = (count, b"".join(self._parts))
         return _pack_batch(
-            joined,
+            joined[1],
             self.compression,
             base_offset,
-            self.records_count,
+            count,
             self.base_timestamp,  # type: ignore[arg-type]  # set by the first append
             self.max_timestamp,
             producer_id,
@@ -537,10 +555,10 @@ def encode_batch(
     baseTimestamp = the first record's timestamp. Raises ValueError on no records."""
     _check_codec(compression)
     parts: list[bytes] = []
-    append = parts.append
+    extend = parts.extend
     zv = _ZV
     zva = _ZV_ATTR
-    null = _NULL
+    zvn = _ZV_NULLKEY
     count = 0
     base = 0
     max_ts = -1
@@ -550,22 +568,22 @@ def encode_batch(
         if ts > max_ts:
             max_ts = ts
         tsd = ts - base
-        # Fast path: no headers, value present, every varint from the tables (the body
-        # length is below 16 KiB when key + value are below 16000 bytes).
-        if (
-            headers
-            or value is None
-            or not (0 <= tsd < 16384 and count < 16384)
-            or len(value) + (0 if key is None else len(key)) >= 16000
-        ):
-            append(_encode_record(count, tsd, key, value, headers))
-        else:
+        # Fast path: no headers, value present, every varint from the tables (the body is
+        # below 16 KiB when key + value are below 16000 bytes).
+        if not headers and value is not None and 0 <= tsd < 16384 and count < 16384:
             vlen = len(value)
             if key is None:
-                prefix = zva[tsd] + zv[count] + null + zv[vlen]
-            else:
-                prefix = zva[tsd] + zv[count] + zv[len(key)] + key + zv[vlen]
-            append(zv[len(prefix) + vlen + 1] + prefix + value + b"\x00")
+                if vlen < 16000:
+                    p = zva[tsd] + zvn[count] + zv[vlen]
+                    extend((zv[len(p) + vlen + 1], p, value, b"\x00"))
+                    count += 1
+                    continue
+            elif vlen + len(key) < 16000:
+                p = zva[tsd] + zv[count] + zv[len(key)] + key + zv[vlen]
+                extend((zv[len(p) + vlen + 1], p, value, b"\x00"))
+                count += 1
+                continue
+        extend((_encode_record(count, tsd, key, value, headers),))
         count += 1
     if not count:
         raise ValueError("a record batch needs at least one record")
