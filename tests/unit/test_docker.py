@@ -155,11 +155,9 @@ def test_dockerfile_runtime_stage(dockerfile: list[Instruction]) -> None:
 
 
 def test_dockerfile_default_command_parses(dockerfile: list[Instruction]) -> None:
-    from broker.cli import build_parser
-
     stage = final_stage(dockerfile)
     cmd = [exec_form(i.args) for i in stage if i.keyword == "CMD"][-1]
-    args = _parse(build_parser(), cmd)
+    args = _annal_parse(cmd)
     assert args.command == "broker"
 
 
@@ -196,6 +194,17 @@ def compose() -> dict[str, Any]:
     return data
 
 
+def _annal_parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``annal ...`` (without the program name) with the real dispatcher's parser.
+
+    ``broker.cli._parser_for`` builds the parser exactly as ``annal`` does at run time (the
+    named subcommand only), so this does not need every other subcommand importable.
+    """
+    from broker import cli
+
+    return _parse(cli._parser_for(argv), argv)
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     try:
         return parser.parse_args(argv)
@@ -213,34 +222,39 @@ def _argv(service: dict[str, Any]) -> list[str]:
     return [*entrypoint, *command]
 
 
+def _bench_parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``annal-bench TOOL ...`` with the tool's own parser (bench/cli.py dispatches)."""
+    import importlib
+
+    from bench.cli import COMMANDS
+
+    assert argv and argv[0] in COMMANDS, f"unknown annal-bench tool in {argv}"
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return _parse(module.build_parser(), argv[1:])
+
+
 def _annal_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: s for name, s in compose["services"].items() if str(s.get("image", "")).startswith("annal")}
 
 
 def _brokers(compose: dict[str, Any]) -> dict[str, argparse.Namespace]:
-    from broker.cli import build_parser
-
-    parser = build_parser()
     out = {}
     for name, service in _annal_services(compose).items():
         argv = _argv(service)
         if argv[0] == "annal" and argv[1:2] == ["broker"]:
-            out[name] = _parse(parser, argv[1:])
+            out[name] = _annal_parse(argv[1:])
     return out
 
 
 def test_every_annal_command_parses(compose: dict[str, Any]) -> None:
-    from bench.cli import build_parser as bench_parser
-    from broker.cli import build_parser
-
     services = _annal_services(compose)
     assert services
     for name, service in services.items():
         argv = _argv(service)
         if argv[0] == "annal":
-            _parse(build_parser(), argv[1:])
+            _annal_parse(argv[1:])
         elif argv[0] == "annal-bench":
-            _parse(bench_parser(), argv[1:])
+            _bench_parse(argv[1:])
         else:
             pytest.fail(f"service {name} runs {argv[0]!r}, neither annal nor annal-bench")
 
@@ -289,15 +303,13 @@ def test_zookeeper_service(compose: dict[str, Any]) -> None:
 
 
 def test_bench_targets_the_brokers(compose: dict[str, Any]) -> None:
-    from bench.cli import build_parser as bench_parser
-
     bench = compose["services"]["bench"]
     argv = _argv(bench)
     assert argv[0] == "annal-bench"
-    args = _parse(bench_parser(), argv[1:])
+    args = _bench_parse(argv[1:])
     brokers = _brokers(compose)
     advertised = {f"{a.advertised_host}:{a.port}" for a in brokers.values()}
-    servers = set(args.bootstrap_server.split(","))
+    servers = set(args.bootstrap_servers.split(","))
     assert servers and servers <= advertised, (servers, advertised)
     for name in brokers:
         assert bench["depends_on"][name]["condition"] == "service_healthy"
