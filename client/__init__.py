@@ -1,0 +1,46 @@
+"""Annal's Python client SDK: Producer, Consumer and Admin (kafka-python's names).
+
+    from client import Producer, Consumer, Admin, NewTopic, TopicPartition
+
+Producer and Consumer talk to brokers' binary data ports for records and to their gRPC ports
+for metadata and offsets; Admin uses gRPC only. Errors are ``client.errors`` (the one Annal
+hierarchy, with ``retriable`` flags).
+"""
+
+from __future__ import annotations
+
+from client import errors
+from client._accumulator import FutureRecordMetadata
+from client.admin import EARLIEST, LATEST, Admin
+from client.consumer import Consumer
+from client.producer import Producer
+from client.structs import (
+    BrokerMetadata,
+    ClusterDescription,
+    ConsumerRecord,
+    NewTopic,
+    OffsetAndTimestamp,
+    PartitionMetadata,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+)
+
+__all__ = [
+    "Admin",
+    "BrokerMetadata",
+    "ClusterDescription",
+    "Consumer",
+    "ConsumerRecord",
+    "EARLIEST",
+    "FutureRecordMetadata",
+    "LATEST",
+    "NewTopic",
+    "OffsetAndTimestamp",
+    "PartitionMetadata",
+    "Producer",
+    "RecordMetadata",
+    "TopicDescription",
+    "TopicPartition",
+    "errors",
+]

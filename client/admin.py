@@ -1,0 +1,168 @@
+"""Admin: create, delete, list and describe topics; describe the cluster; list offsets.
+
+Every call is one gRPC request to a broker (the first of ``bootstrap_servers`` that answers;
+topic changes go to the controller in cluster mode when it is known). Per-topic failures raise
+the error of the first topic that failed, after every topic of the call was attempted, unless
+``raise_errors=False`` asks for the per-topic results instead.
+
+Thread-safe: gRPC channels are; each call is independent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from broker.errors import AnnalError, BrokerNotAvailableError, LocalUsageError, UnknownTopicOrPartitionError, for_code
+from broker.protocol import annal_pb2
+
+from client._metadata import _CONFIG_KEYS, GrpcMetadataSource, snapshot_from_response
+from client._rpc import RpcClient, parse_bootstrap
+from client.structs import (
+    BrokerMetadata,
+    ClusterDescription,
+    NewTopic,
+    OffsetAndTimestamp,
+    TopicDescription,
+    TopicPartition,
+)
+
+__all__ = ["Admin", "EARLIEST", "LATEST"]
+
+EARLIEST = -2
+"""``list_offsets`` spec: the log start offset."""
+LATEST = -1
+"""``list_offsets`` spec: the log end offset (the next offset to be written)."""
+
+
+def _topic_config(configs: Mapping[str, Any]) -> annal_pb2.TopicConfig:
+    kwargs: dict[str, int] = {}
+    for k, v in configs.items():
+        key = k.replace(".", "_")
+        if key not in _CONFIG_KEYS:
+            raise LocalUsageError(f"unknown topic config {k!r}; known: {', '.join(_CONFIG_KEYS)}")
+        try:
+            kwargs[key] = int(v)
+        except (TypeError, ValueError):
+            raise LocalUsageError(f"topic config {k}={v!r} is not an integer") from None
+    return annal_pb2.TopicConfig(**kwargs)
+
+
+class Admin:
+    """Administers topics (kafka-python's ``KafkaAdminClient`` names).
+
+    Args:
+        bootstrap_servers: ``"host:port[,...]"`` of the brokers' gRPC ports, or a list.
+        request_timeout_ms: deadline of each call.
+    """
+
+    def __init__(self, bootstrap_servers: str | Sequence[str] = "127.0.0.1:9092", request_timeout_ms: int = 30000) -> None:
+        self._rpc = RpcClient(request_timeout_ms)
+        self._source = GrpcMetadataSource(self._rpc, parse_bootstrap(bootstrap_servers), request_timeout_ms)
+        self._timeout_ms = request_timeout_ms
+
+    def _call(self, method: str, request: Any) -> Any:
+        last: AnnalError | None = None
+        for address in self._source.addresses():
+            try:
+                return self._rpc.call(address, method, request, self._timeout_ms)
+            except AnnalError as exc:
+                if not isinstance(exc, BrokerNotAvailableError):
+                    raise
+                last = exc
+        raise BrokerNotAvailableError(f"no broker answered {method}: {last}")
+
+    @staticmethod
+    def _raise_first(results: Iterable[Any]) -> dict[str, AnnalError | None]:
+        out: dict[str, AnnalError | None] = {}
+        for r in results:
+            out[r.name] = None if r.error_code == 0 else for_code(r.error_code)(r.error_message or "", topic=r.name)
+        return out
+
+    def create_topics(
+        self, new_topics: Sequence[NewTopic], validate_only: bool = False, raise_errors: bool = True
+    ) -> dict[str, AnnalError | None]:
+        """Create topics; returns ``{name: None or its error}``. With ``raise_errors`` the
+        first error is raised (after every topic was attempted)."""
+        topics = []
+        for nt in new_topics:
+            if not isinstance(nt, NewTopic):
+                raise TypeError(f"create_topics takes NewTopic values, not {type(nt).__name__}")
+            topics.append(
+                annal_pb2.NewTopic(name=nt.name, partitions=nt.num_partitions, config=_topic_config(nt.topic_configs))
+            )
+        resp = self._call("CreateTopics", annal_pb2.CreateTopicsRequest(topics=topics, validate_only=validate_only))
+        out = self._raise_first(resp.results)
+        if raise_errors:
+            for err in out.values():
+                if err is not None:
+                    raise err
+        return out
+
+    def delete_topics(self, topics: Sequence[str], raise_errors: bool = True) -> dict[str, AnnalError | None]:
+        """Delete topics; returns ``{name: None or its error}`` (raises the first with
+        ``raise_errors``)."""
+        if isinstance(topics, str):
+            topics = [topics]
+        resp = self._call("DeleteTopics", annal_pb2.DeleteTopicsRequest(names=list(topics)))
+        out = self._raise_first(resp.results)
+        if raise_errors:
+            for err in out.values():
+                if err is not None:
+                    raise err
+        return out
+
+    def list_topics(self) -> list[str]:
+        """Names of every topic, sorted."""
+        resp = self._call("Metadata", annal_pb2.MetadataRequest())
+        return sorted(t.name for t in resp.topics if t.error_code == 0)
+
+    def describe_topics(self, topics: Sequence[str] | None = None) -> list[TopicDescription]:
+        """Topics (all when None) with each partition's leader and log start/end offsets.
+        Raises ``UnknownTopicOrPartitionError`` for a named topic that does not exist."""
+        names = list(topics) if topics is not None else None
+        resp = self._call("Metadata", annal_pb2.MetadataRequest(topics=names or []))
+        snap = snapshot_from_response(resp, names)
+        if names:
+            missing = [n for n in names if n not in snap.topics]
+            if missing:
+                raise UnknownTopicOrPartitionError(f"no such topic: {', '.join(missing)}", topics=missing)
+            return [snap.topics[n] for n in names]
+        return [snap.topics[n] for n in sorted(snap.topics)]
+
+    def describe_cluster(self) -> ClusterDescription:
+        """The live brokers, the controller id and the cluster id."""
+        resp = self._call("Metadata", annal_pb2.MetadataRequest())
+        brokers = tuple(
+            sorted(
+                (BrokerMetadata(b.broker_id, b.host, b.port, b.fetch_port) for b in resp.brokers),
+                key=lambda b: b.broker_id,
+            )
+        )
+        return ClusterDescription(resp.cluster_id, resp.controller_id, brokers)
+
+    def list_offsets(self, specs: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndTimestamp]:
+        """For each partition: ``EARLIEST`` (-2), ``LATEST`` (-1) or a timestamp in ms ->
+        the offset (and matched timestamp; -1 offset when no record is that recent)."""
+        req = annal_pb2.ListOffsetsRequest(
+            partitions=[
+                annal_pb2.ListOffsetsPartition(topic=tp.topic, partition=tp.partition, timestamp=int(ts))
+                for tp, ts in specs.items()
+            ]
+        )
+        resp = self._call("ListOffsets", req)
+        out: dict[TopicPartition, OffsetAndTimestamp] = {}
+        for r in resp.results:
+            if r.error_code:
+                raise for_code(r.error_code)(r.error_message or "", topic=r.topic, partition=r.partition)
+            out[TopicPartition(r.topic, r.partition)] = OffsetAndTimestamp(r.offset, r.timestamp)
+        return out
+
+    def close(self) -> None:
+        """Close the gRPC channels. Idempotent."""
+        self._rpc.close()
+
+    def __enter__(self) -> "Admin":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
