@@ -1,0 +1,502 @@
+"""The broker core, shared by standalone and cluster mode.
+
+``Broker`` owns the ``LogManager`` (every partition log this broker leads), the current topic
+placements (pushed by the ``Coordinator``, the only thing that differs between the two modes),
+the long-poll waiters, the maintenance timer (retention, flush_ms, segment_ms) and the metrics.
+The network edges (``grpc_service.py``, ``data_port.py``) call it and turn its results and
+``AnnalError`` exceptions into wire answers; nothing here knows about gRPC or frames.
+
+Leadership: a request for a partition this broker does not lead raises ``NotLeaderError`` with
+``details['leader']`` = the leader's ``BrokerInfo`` (host, port, fetch_port), or
+``LeaderNotAvailableError`` when the leader is not live; an unknown topic or partition raises
+``UnknownTopicOrPartitionError``. Topic names are validated (``broker.topic_names``) before any
+name can reach the file system.
+
+Long-poll: ``add_waiter(partitions, wake)`` registers a callback that every append to one of
+those partitions calls (from the appending thread); fetches wait on timers and these wake-ups,
+never in polling loops.
+
+Thread-safety: thread-safe. Appends come from gRPC worker threads and the data port's event
+loop thread; the logs serialise their own appends. The placement map is replaced whole
+(copy-on-write), so readers never lock it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from broker.coordination.base import BrokerInfo, Coordinator, TopicPlacement
+from broker.errors import (
+    AnnalError,
+    BrokerShuttingDownError,
+    InvalidConfigError,
+    InvalidFetchSizeError,
+    InvalidPartitionsError,
+    InvalidRequiredAcksError,
+    LeaderNotAvailableError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    UnknownTopicOrPartitionError,
+)
+from broker.server.config import MAX_PARTITIONS, NEVER, BrokerConfig, validate_topic_config
+from broker.server.metrics import BrokerMetrics, PartitionStat
+from broker.storage.record_batch import LOG_OVERHEAD, iter_batch_positions, parse_header
+from broker.topic_names import is_valid_topic_name, validate_topic_name
+
+__all__ = [
+    "Broker",
+    "AppendResult",
+    "TopicResult",
+    "PartitionMetadata",
+    "TopicMetadata",
+    "read_result_size",
+    "read_result_bytes",
+    "release_read",
+]
+
+log = logging.getLogger("annal.broker")
+
+Buffer = bytes | bytearray | memoryview
+WakeCallback = Callable[[], None]
+
+LATEST_TIMESTAMP = -1
+EARLIEST_TIMESTAMP = -2
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Base offset of each batch appended, in order, and the log end offset after them."""
+
+    base_offsets: tuple[int, ...]
+    log_end_offset: int
+    bytes: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicResult:
+    name: str
+    error: AnnalError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMetadata:
+    partition: int
+    leader: int
+    log_start_offset: int = -1
+    log_end_offset: int = -1
+    size_bytes: int = -1
+    error: AnnalError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMetadata:
+    name: str
+    partitions: tuple[PartitionMetadata, ...] = ()
+    config: Mapping[str, int] | None = None
+    error: AnnalError | None = None
+
+
+def _batch_layout(buf: Buffer) -> tuple[list[int], int]:
+    """Record count of each batch in ``buf`` (by length fields) and the bytes they cover."""
+    counts = []
+    end = 0
+    for pos, size in iter_batch_positions(buf):
+        counts.append(parse_header(buf, pos).last_offset_delta + 1)
+        end = pos + size
+    return counts, end
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, coordinator: Coordinator, metrics: BrokerMetrics | None = None) -> None:
+        self.config = config
+        self.coordinator = coordinator
+        self.metrics = metrics if metrics is not None else BrokerMetrics(self.partition_stats)
+        self.me: BrokerInfo | None = None
+        self.logs: Any = None  # broker.storage.LogManager once open()
+        self._placements: dict[str, TopicPlacement] = {}
+        self._placement_lock = threading.Lock()
+        self._waiters: dict[tuple[str, int], set[WakeCallback]] = {}
+        self._waiters_lock = threading.Lock()
+        self._shutting_down = False
+        self._closed = False
+        self._maintenance_stop = threading.Event()
+        self._maintenance_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Open (and recover) every partition log in the data dir."""
+        from broker.storage import LogManager
+
+        started = time.monotonic()
+        self.logs = LogManager(self.config.data_dir, self._log_config({}))
+        logs = self.logs.all_logs()
+        truncated = sum(1 for plog in logs.values() if getattr(plog.report, "lost_data", False))
+        log.info(
+            "opened %d partition log(s) in %s in %.0f ms (%d truncated by recovery)",
+            len(logs), self.config.data_dir, (time.monotonic() - started) * 1000, truncated,
+        )
+
+    def start(self, me: BrokerInfo) -> None:
+        """Join the cluster as ``me`` and start following placements and the maintenance timer."""
+        self.me = me
+        self.coordinator.start(me)
+        self.coordinator.add_listener(self._on_placements)
+        self._maintenance_thread = threading.Thread(
+            target=self._maintenance_loop, name="annal-maintenance", daemon=True
+        )
+        self._maintenance_thread.start()
+
+    def begin_shutdown(self) -> None:
+        """Wake every long-poll so it answers now (the edges stop taking new requests; the
+        ones in flight still complete)."""
+        self._shutting_down = True
+        self._wake_all()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def close(self) -> None:
+        """Stop the timer, flush and close every log, leave the cluster. Idempotent."""
+        self.begin_shutdown()
+        self._closed = True
+        self._maintenance_stop.set()
+        if self._maintenance_thread is not None:
+            self._maintenance_thread.join(timeout=30)
+            self._maintenance_thread = None
+        try:
+            self.coordinator.stop()
+        except Exception:
+            log.exception("leaving the cluster failed")
+        if self.logs is not None:
+            logs, self.logs = self.logs, None
+            started = time.monotonic()
+            logs.flush_all()
+            logs.close_all()
+            log.info("flushed and closed all logs in %.0f ms", (time.monotonic() - started) * 1000)
+
+    # ------------------------------------------------------------------ placements
+
+    def _on_placements(self, placements: Mapping[str, TopicPlacement]) -> None:
+        """Coordinator callback: open logs for partitions now led here, drop deleted topics."""
+        me = self.me
+        assert me is not None
+        with self._placement_lock:
+            old = self._placements
+            new = dict(placements)
+            for name, placement in new.items():
+                if not is_valid_topic_name(name):
+                    log.error("ignoring topic with an illegal name %r from the coordinator", name)
+                    continue
+                wanted = None
+                for partition, leader in placement.partitions.items():
+                    if leader == me.broker_id and self.logs is not None:
+                        try:
+                            wanted = wanted or self._log_config(placement.config)
+                            plog = self.logs.get_or_create(name, partition, wanted)
+                            if plog.config != wanted:
+                                # Logs recovered at start-up were opened with the broker
+                                # defaults; the topic's own settings apply from here on.
+                                plog.config = wanted
+                        except Exception:
+                            log.exception("cannot open log %s-%d", name, partition)
+                if name not in old:
+                    log.info("topic %s: %d partition(s), config %s", name, placement.partition_count,
+                             dict(placement.config) or "defaults")
+            self._placements = new
+            for name in old.keys() - new.keys():
+                if self.logs is not None:
+                    try:
+                        self.logs.delete_topic(name)
+                    except Exception:
+                        log.exception("deleting the logs of topic %s failed", name)
+                log.info("topic %s deleted", name)
+                self._wake_topic(name, old[name])
+
+    def placements(self) -> dict[str, TopicPlacement]:
+        return self._placements
+
+    def _log_config(self, overrides: Mapping[str, Any]) -> Any:
+        """The storage ``LogConfig`` of a topic: broker defaults, then the topic's overrides.
+        ``NEVER`` (Kafka's Long.MAX_VALUE) for flush_messages/flush_ms is storage's None."""
+        from broker.storage import LogConfig
+
+        merged: dict[str, Any] = self.config.topic_config(overrides)
+        merged.pop("partitions", None)
+        for key in ("flush_messages", "flush_ms"):
+            if merged.get(key) == NEVER:
+                merged[key] = None
+        return LogConfig.from_dict(merged)
+
+    # ------------------------------------------------------------------ topics
+
+    def _check_serving(self) -> None:
+        if self._closed:
+            raise BrokerShuttingDownError("broker is shutting down")
+
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any], validate_only: bool = False
+    ) -> TopicPlacement | None:
+        """Validate and create one topic. ``partitions <= 0`` takes the broker default."""
+        self._check_serving()
+        validate_topic_name(name)
+        overrides = validate_topic_config(config, allow_partitions=False)
+        if partitions is None or partitions <= 0:
+            partitions = int(self.config.topic_defaults["partitions"])
+        if partitions > MAX_PARTITIONS:
+            raise InvalidPartitionsError(f"partitions must be at most {MAX_PARTITIONS}, not {partitions}")
+        merged = self.config.topic_config(overrides)
+        if merged["max_message_bytes"] > self.config.max_request_bytes:
+            raise InvalidConfigError(
+                f"max_message_bytes {merged['max_message_bytes']} exceeds the broker's "
+                f"max_request_bytes {self.config.max_request_bytes}"
+            )
+        if validate_only:
+            from broker.errors import TopicAlreadyExistsError
+
+            if name in self._placements:
+                raise TopicAlreadyExistsError(f"topic {name!r} already exists", topic=name)
+            return None
+        return self.coordinator.create_topic(name, partitions, overrides)
+
+    def delete_topic(self, name: str) -> None:
+        self._check_serving()
+        if not is_valid_topic_name(name):
+            raise UnknownTopicOrPartitionError(f"topic {name[:60]!r} does not exist", topic=name)
+        self.coordinator.delete_topic(name)
+
+    def metadata(self, topics: Sequence[str] | None = None) -> tuple[dict[int, BrokerInfo], list[TopicMetadata]]:
+        """Live brokers and, for ``topics`` (all when empty), placements plus local offsets."""
+        placements = self._placements
+        names = list(topics) if topics else sorted(placements)
+        out = []
+        for name in names:
+            placement = placements.get(name)
+            if placement is None:
+                out.append(TopicMetadata(name, error=UnknownTopicOrPartitionError(f"topic {name[:60]!r} does not exist")))
+                continue
+            parts = []
+            for partition in sorted(placement.partitions):
+                leader = placement.partitions[partition]
+                plog = self._local_log(name, partition) if self.me and leader == self.me.broker_id else None
+                if plog is not None:
+                    parts.append(PartitionMetadata(partition, leader, plog.log_start_offset, plog.log_end_offset,
+                                                   plog.size_bytes))
+                else:
+                    parts.append(PartitionMetadata(partition, leader))
+            out.append(TopicMetadata(name, tuple(parts), self.config.topic_config(placement.config)))
+        return self.coordinator.brokers(), out
+
+    # ------------------------------------------------------------------ partition lookup
+
+    def _local_log(self, topic: str, partition: int) -> Any:
+        logs = self.logs
+        return None if logs is None else logs.get(topic, partition)
+
+    def leader_log(self, topic: str, partition: int) -> Any:
+        """The ``PartitionLog`` of a partition this broker leads, or the error saying why not."""
+        placement = self._placements.get(topic)
+        if placement is None:
+            if not is_valid_topic_name(topic):
+                raise UnknownTopicOrPartitionError(f"topic {topic[:60]!r} does not exist (illegal name)", topic=topic[:255])
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist", topic=topic)
+        leader = placement.partitions.get(partition)
+        if leader is None:
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} has no partition {partition} (it has {placement.partition_count})",
+                topic=topic, partition=partition,
+            )
+        me = self.me
+        if me is None or leader != me.broker_id:
+            info = self.coordinator.brokers().get(leader)
+            if info is None:
+                raise LeaderNotAvailableError(
+                    f"partition {topic}-{partition} has no live leader (broker {leader})",
+                    topic=topic, partition=partition, leader_id=leader,
+                )
+            raise NotLeaderError(
+                f"broker {me.broker_id if me else -1} does not lead {topic}-{partition}; broker {leader} "
+                f"at {info.host}:{info.port} does",
+                topic=topic, partition=partition, leader=info,
+            )
+        plog = self._local_log(topic, partition)
+        if plog is None:
+            if self.logs is None:
+                raise BrokerShuttingDownError("broker is shutting down")
+            plog = self.logs.get_or_create(topic, partition, self._log_config(placement.config))
+        return plog
+
+    def max_message_bytes(self, topic: str) -> int:
+        placement = self._placements.get(topic)
+        overrides = placement.config if placement is not None else {}
+        return int(overrides.get("max_message_bytes", self.config.topic_defaults["max_message_bytes"]))
+
+    # ------------------------------------------------------------------ produce
+
+    def append(self, topic: str, partition: int, batches: Sequence[Buffer], acks: int) -> AppendResult:
+        """Append ``batches`` (each one or more whole RecordBatch v2 batches) to a partition.
+
+        All batches are validated before any is written: one bad batch fails the partition and
+        nothing of it is appended. With ``acks == -1`` the log is flushed (fdatasync) before this
+        returns. Raises ``AnnalError`` subclasses (CorruptRecordError, InvalidRecordError,
+        MessageTooLargeError, UnsupportedCompressionTypeError, NotLeaderError, ...).
+        """
+        self._check_serving()
+        if acks not in (0, 1, -1):
+            raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1 (all), not {acks}", acks=acks)
+        plog = self.leader_log(topic, partition)
+        if not batches:
+            return AppendResult((), plog.log_end_offset, 0, 0)
+        if len(batches) == 1:
+            buf: Buffer = batches[0]
+        else:
+            buf = b"".join(batches)
+        counts, covered = _batch_layout(buf)
+        base = plog.append_batches(buf)  # validates every batch (CRC, lengths, size) first
+        offsets = []
+        next_offset = base
+        for n in counts:
+            offsets.append(next_offset)
+            next_offset += n
+        if acks == -1:
+            plog.flush()
+        records = sum(counts)
+        self.metrics.record_append(topic, len(buf), records)
+        self.notify_append(topic, partition)
+        return AppendResult(tuple(offsets), plog.log_end_offset, len(buf), records)
+
+    # ------------------------------------------------------------------ fetch
+
+    def read(self, topic: str, partition: int, offset: int, max_bytes: int) -> Any:
+        """A ``LogReadResult`` starting at the batch holding ``offset``: whole batches up to
+        ``max_bytes``, at least one. The caller must ``release()`` it. Raises
+        ``OffsetOutOfRangeError`` (with the valid range), ``InvalidFetchSizeError``, ..."""
+        if max_bytes <= 0:
+            raise InvalidFetchSizeError(f"max_bytes must be positive, not {max_bytes}", max_bytes=max_bytes)
+        plog = self.leader_log(topic, partition)
+        start, end = plog.log_start_offset, plog.log_end_offset
+        if offset < start or offset > end:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside [{start}, {end}] of {topic}-{partition}",
+                log_start_offset=start, log_end_offset=end,
+            )
+        return plog.read(offset, max_bytes)
+
+    def list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int]:
+        """``(offset, timestamp)``: -2 earliest, -1 latest, else the first batch with a max
+        timestamp >= ``timestamp`` (offset -1 when none)."""
+        plog = self.leader_log(topic, partition)
+        if timestamp == EARLIEST_TIMESTAMP:
+            return plog.log_start_offset, -1
+        if timestamp == LATEST_TIMESTAMP:
+            return plog.log_end_offset, -1
+        if timestamp < 0:
+            from broker.errors import InvalidRequestError
+
+            raise InvalidRequestError(f"timestamp {timestamp} is neither -1, -2 nor a time in ms")
+        found = plog.offset_for_timestamp(timestamp)
+        if found is None:
+            return -1, -1
+        if isinstance(found, tuple):
+            return int(found[0]), int(found[1])
+        return int(getattr(found, "offset")), int(getattr(found, "timestamp", -1))
+
+    # ------------------------------------------------------------------ long-poll waiters
+
+    def add_waiter(self, partitions: Iterable[tuple[str, int]], wake: WakeCallback) -> list[tuple[str, int]]:
+        """Call ``wake()`` (from the appending thread) on every append to one of ``partitions``
+        until ``remove_waiter``. ``wake`` must be cheap and must not block."""
+        keys = list(dict.fromkeys(partitions))
+        with self._waiters_lock:
+            for key in keys:
+                self._waiters.setdefault(key, set()).add(wake)
+        if self._shutting_down:
+            wake()
+        return keys
+
+    def remove_waiter(self, keys: Iterable[tuple[str, int]], wake: WakeCallback) -> None:
+        with self._waiters_lock:
+            for key in keys:
+                s = self._waiters.get(key)
+                if s is not None:
+                    s.discard(wake)
+                    if not s:
+                        del self._waiters[key]
+
+    def notify_append(self, topic: str, partition: int) -> None:
+        key = (topic, partition)
+        if key not in self._waiters:  # the common case, no lock needed (dict reads are atomic)
+            return
+        with self._waiters_lock:
+            callbacks = list(self._waiters.get(key, ()))
+        for wake in callbacks:
+            try:
+                wake()
+            except Exception:
+                log.exception("long-poll wake-up failed")
+
+    def _wake_topic(self, topic: str, placement: TopicPlacement) -> None:
+        for partition in placement.partitions:
+            self.notify_append(topic, partition)
+
+    def _wake_all(self) -> None:
+        with self._waiters_lock:
+            callbacks = {w for s in self._waiters.values() for w in s}
+        for wake in callbacks:
+            try:
+                wake()
+            except Exception:
+                log.exception("long-poll wake-up failed")
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _maintenance_loop(self) -> None:
+        interval = self.config.maintenance_interval_ms / 1000
+        while not self._maintenance_stop.wait(interval):
+            logs = self.logs
+            if logs is None:
+                return
+            try:
+                done = logs.run_maintenance(int(time.time() * 1000))
+            except Exception:
+                log.exception("log maintenance failed")
+                continue
+            if done.get("segments_rolled"):
+                log.info("maintenance: rolled %d segment(s) older than segment_ms", done["segments_rolled"])
+            if done.get("segments_deleted"):
+                log.info("maintenance: retention deleted %d segment(s)", done["segments_deleted"])
+
+    # ------------------------------------------------------------------ metrics
+
+    def partition_stats(self) -> Iterable[PartitionStat]:
+        for name, placement in list(self._placements.items()):
+            for partition in placement.partitions:
+                plog = self._local_log(name, partition)
+                if plog is not None:
+                    yield (name, partition, plog.log_start_offset, plog.log_end_offset, plog.size_bytes)
+
+
+# ---------------------------------------------------------------------- LogReadResult access
+# The edges use these three so that they depend on one small surface of the storage API.
+
+
+def read_result_size(result: Any) -> int:
+    """Bytes of record batches in a ``LogReadResult``."""
+    return int(result.size)
+
+
+def read_result_bytes(result: Any) -> bytes:
+    """The record batches of a ``LogReadResult`` copied into one ``bytes`` (gRPC needs bytes)."""
+    return bytes(result.tobytes())
+
+
+def release_read(result: Any) -> None:
+    """Give back the segment handles a ``LogReadResult`` holds. ``None`` is ignored."""
+    if result is not None:
+        result.release()
