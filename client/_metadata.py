@@ -334,13 +334,16 @@ class ClusterMetadata:
 
 
 def zookeeper_metadata(zookeeper: str, retry_backoff_ms: int) -> ClusterMetadata:
-    """ClusterMetadata fed from ZooKeeper watches (cluster mode), from ``client._zk_metadata``.
+    """ClusterMetadata fed from ZooKeeper watches (cluster mode), from ``client._zk``.
 
     Raises ``LocalUsageError`` when this installation has no ZooKeeper support."""
     try:
-        from client._zk_metadata import ZooKeeperMetadataSource  # type: ignore[import-not-found,unused-ignore]
+        from client._zk import ZooKeeperMetadataSource
     except ImportError as exc:
         raise LocalUsageError(
             f"zookeeper= cluster mode is not available: {exc}; use bootstrap_servers="
         ) from None
-    return ClusterMetadata(ZooKeeperMetadataSource(zookeeper), retry_backoff_ms)
+    source = ZooKeeperMetadataSource(zookeeper)
+    metadata = ClusterMetadata(source, retry_backoff_ms)
+    source.attach(metadata)  # watches push every change from now on
+    return metadata

@@ -1,0 +1,292 @@
+"""Cluster metadata from ZooKeeper watches, for clients in cluster mode (Kafka 0.7's design).
+
+A producer or consumer created with ``zookeeper="127.0.0.1:2181/annal"`` does not ask brokers
+where partitions live: it watches the same znodes the brokers write (layout in
+``broker.coordination.zk_paths``)::
+
+    /brokers/ids/<id>        -> live brokers (ephemeral; gone when a broker dies)
+    /brokers/topics/<topic>  -> partition -> broker id, and topic config
+    /controller              -> the controller's broker id
+
+Every change is pushed to the ``ClusterMetadata`` it is attached to (``attach``) as a whole
+``MetadataSnapshot``. A partition keeps its placed broker as leader even while that broker is
+down (placements are fixed, as in Kafka 0.7): the sender holds its batches until the broker is
+back or ``delivery_timeout_ms`` passes, while the producer's partitioner steers keyless
+records to partitions whose broker is alive.
+
+Watch callbacks only mark state dirty; one thread of this source re-reads ZooKeeper and
+applies the snapshot, so listeners never run on kazoo's threads.
+
+Thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KazooState
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.retry import KazooRetry
+
+from broker.coordination import zk_paths as paths
+from broker.coordination.base import TopicPlacement
+from broker.errors import LeaderNotAvailableError, NetworkError
+
+from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+
+if TYPE_CHECKING:
+    from client._metadata import ClusterMetadata, MetadataSnapshot
+
+__all__ = ["ZooKeeperMetadataSource", "connect"]
+
+log = logging.getLogger(__name__)
+
+
+def connect(zookeeper: str, *, session_timeout_ms: int = 10000, connect_timeout_ms: int = 15000) -> KazooClient:
+    """A started kazoo client on ``zookeeper`` (``/annal`` chroot when none is given) that
+    retries connections forever. Raises ``NetworkError`` when ZooKeeper cannot be reached
+    within ``connect_timeout_ms``."""
+    hosts = paths.with_default_chroot(zookeeper)
+    client = KazooClient(
+        hosts=hosts,
+        timeout=session_timeout_ms / 1000.0,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2),
+        command_retry=KazooRetry(
+            max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, max_jitter=0.2,
+            deadline=max(2.0, session_timeout_ms / 1000.0),
+        ),
+        logger=logging.getLogger("kazoo.client"),
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No chroot path exists")
+            client.start(timeout=connect_timeout_ms / 1000.0)
+    except (KazooTimeoutError, KazooException) as exc:
+        try:
+            client.stop()
+            client.close()
+        except Exception:
+            pass
+        raise NetworkError(f"could not connect to ZooKeeper at {hosts} within {connect_timeout_ms} ms: {exc}") from exc
+    return client
+
+
+class ZooKeeperMetadataSource:
+    """A ``MetadataSource`` that watches ZooKeeper and pushes snapshots to its
+    ``ClusterMetadata`` (see the module docstring). ``client`` may be shared (for example
+    with a consumer group member); the source only closes a client it created."""
+
+    def __init__(
+        self,
+        zookeeper: str | None = None,
+        *,
+        client: KazooClient | None = None,
+        session_timeout_ms: int = 10000,
+    ) -> None:
+        if client is None:
+            if zookeeper is None:
+                raise ValueError("pass zookeeper= or client=")
+            client = connect(zookeeper, session_timeout_ms=session_timeout_ms)
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self.client = client
+        self._lock = threading.Lock()
+        self._brokers: dict[int, BrokerMetadata] = {}
+        self._placements: dict[str, TopicPlacement] = {}
+        self._controller_id = -1
+        self._metadata: ClusterMetadata | None = None
+        self._dirty = threading.Event()
+        self._dirty_brokers = True
+        self._dirty_topics = True
+        self._closed = threading.Event()
+        self.version = 0  # bumped after every applied re-read
+        self._applied = threading.Condition(self._lock)
+        client.add_listener(self._on_state)
+        for p in (paths.BROKER_IDS, paths.BROKER_TOPICS):
+            client.retry(client.ensure_path, p)
+        self._read(brokers=True, topics=True)
+        ChildrenWatch(client, paths.BROKER_IDS, self._on_brokers)
+        ChildrenWatch(client, paths.BROKER_TOPICS, self._on_topics)
+        DataWatch(client, paths.CONTROLLER, self._on_controller)
+        self._thread = threading.Thread(target=self._loop, name="annal-zk-metadata", daemon=True)
+        self._thread.start()
+
+    # -- MetadataSource ------------------------------------------------------------------
+
+    def attach(self, metadata: "ClusterMetadata") -> None:
+        """Push every future change (and the current state, now) to ``metadata``."""
+        self._metadata = metadata
+        metadata.update(self.snapshot())
+
+    def fetch(self, topics: list[str] | None) -> "MetadataSnapshot":
+        """The watched state; topics asked for but not yet seen are read directly, so a
+        topic created a moment ago is found before its watch event arrives."""
+        if topics:
+            with self._lock:
+                unseen = [t for t in topics if t not in self._placements]
+            if unseen:
+                try:
+                    self._read(brokers=False, topics=True)
+                except (KazooException, KazooTimeoutError) as exc:
+                    raise NetworkError(f"ZooKeeper unavailable: {exc!r}") from exc
+        return self.snapshot(topics)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._dirty.set()
+        self.client.remove_listener(self._on_state)
+        if self._owns_client:
+            try:
+                self.client.stop()
+                self.client.close()
+            except Exception:
+                pass
+
+    # -- state ------------------------------------------------------------------------------
+
+    def snapshot(self, topics: list[str] | None = None) -> "MetadataSnapshot":
+        from client._metadata import MetadataSnapshot
+
+        with self._lock:
+            brokers = dict(self._brokers)
+            placements = dict(self._placements)
+            controller = self._controller_id
+        described: dict[str, TopicDescription] = {}
+        for name, placement in placements.items():
+            parts = tuple(
+                PartitionMetadata(
+                    name,
+                    p,
+                    leader,
+                    -1,
+                    -1,
+                    0,
+                    0 if leader in brokers else LeaderNotAvailableError.code,
+                )
+                for p, leader in sorted(placement.partitions.items())
+            )
+            described[name] = TopicDescription(name, parts, dict(placement.config))
+        missing = frozenset(t for t in (topics or ()) if t not in described)
+        return MetadataSnapshot(
+            brokers=brokers, topics=described, missing=missing, complete=True, controller_id=controller
+        )
+
+    def placements(self) -> dict[str, TopicPlacement]:
+        with self._lock:
+            return dict(self._placements)
+
+    def wait_for_version(self, version: int, timeout_s: float) -> bool:
+        """Wait until a re-read after ``version`` was applied (used by tests and benches)."""
+        deadline = time.monotonic() + timeout_s
+        with self._applied:
+            while self.version <= version:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied.wait(left)
+        return True
+
+    # -- watches ----------------------------------------------------------------------------
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            self._mark(brokers=True, topics=True)
+        elif state == KazooState.LOST:
+            log.warning("ZooKeeper session of the client expired; metadata will be re-read")
+
+    def _mark(self, *, brokers: bool = False, topics: bool = False) -> None:
+        with self._lock:
+            self._dirty_brokers |= brokers
+            self._dirty_topics |= topics
+        self._dirty.set()
+
+    def _on_brokers(self, _children: list[str]) -> bool | None:
+        self._mark(brokers=True)
+        return False if self._closed.is_set() else None
+
+    def _on_topics(self, _children: list[str]) -> bool | None:
+        self._mark(topics=True)
+        return False if self._closed.is_set() else None
+
+    def _on_controller(self, data: bytes | None, _stat: object) -> bool | None:
+        with self._lock:
+            self._controller_id = paths.decode_controller(data) if data is not None else -1
+        return False if self._closed.is_set() else None
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            self._dirty.wait(1.0)
+            if self._closed.is_set():
+                return
+            with self._lock:
+                brokers, topics = self._dirty_brokers, self._dirty_topics
+                self._dirty_brokers = self._dirty_topics = False
+                self._dirty.clear()
+            if not (brokers or topics):
+                continue
+            try:
+                self._read(brokers=brokers, topics=topics)
+            except (KazooException, KazooTimeoutError) as exc:
+                log.debug("metadata re-read deferred: %r", exc)
+                self._mark(brokers=brokers, topics=topics)
+                self._closed.wait(0.2)
+                continue
+            except Exception:
+                log.exception("metadata re-read failed")
+                continue
+            md = self._metadata
+            if md is not None:
+                try:
+                    md.update(self.snapshot())
+                except Exception:
+                    log.exception("metadata listener failed")
+
+    def _read_all(self, parent: str) -> dict[str, bytes | None]:
+        children = self.client.get_children(parent)
+        pending = [(c, self.client.get_async(f"{parent}/{c}")) for c in children]
+        out: dict[str, bytes | None] = {}
+        for child, result in pending:
+            try:
+                out[child] = result.get(timeout=10.0)[0]
+            except NoNodeError:
+                pass
+        return out
+
+    def _read(self, *, brokers: bool, topics: bool) -> None:
+        fresh_brokers: dict[int, BrokerMetadata] | None = None
+        fresh_topics: dict[str, TopicPlacement] | None = None
+        if brokers:
+            fresh_brokers = {}
+            for child, data in self._read_all(paths.BROKER_IDS).items():
+                try:
+                    info = paths.decode_broker(int(child), data)
+                except ValueError:
+                    continue
+                fresh_brokers[info.broker_id] = BrokerMetadata(info.broker_id, info.host, info.port, info.fetch_port)
+        if topics:
+            fresh_topics = {}
+            for child, data in self._read_all(paths.BROKER_TOPICS).items():
+                try:
+                    fresh_topics[child] = paths.decode_topic(child, data)
+                except ValueError:
+                    continue
+        with self._lock:
+            if fresh_brokers is not None:
+                if fresh_brokers.keys() != self._brokers.keys():
+                    log.info("live brokers (pid %d): %s", os.getpid(), sorted(fresh_brokers))
+                self._brokers = fresh_brokers
+            if fresh_topics is not None:
+                self._placements = fresh_topics
+            self.version += 1
+            self._applied.notify_all()
