@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence,
 
 from crc32c import crc32c
 from lz4.frame import compress as _lz4_compress
+from lz4.frame import LZ4FrameDecompressor as _LZ4FrameDecompressor
 from lz4.frame import decompress as _lz4_decompress
 
 from broker.errors import (
@@ -373,16 +374,43 @@ def _compress(records: bytes, compression: int) -> bytes:
     return records
 
 
+# A batch is at most max_message_bytes on the wire (1 MiB by default) but lz4 can expand a
+# crafted frame ~255x; refuse to inflate one past this rather than let a producer exhaust the
+# broker's memory through validate_records.
+MAX_DECOMPRESSED_BYTES = 1 << 27  # 128 MiB
+
+
 def _decompress(data: Buffer, codec: int, position: int) -> bytes:
-    if codec == CODEC_LZ4:
-        try:
+    """The records area of a compressed batch. Raises CorruptRecordError on a malformed,
+    truncated or oversized frame, UnsupportedCompressionTypeError on a codec other than lz4."""
+    if codec != CODEC_LZ4:
+        raise UnsupportedCompressionTypeError(
+            f"compression codec {CODEC_NAMES.get(codec, codec)} is not supported (none, lz4 are)",
+            codec=codec,
+        )
+    try:
+        if len(data) >= 14 and data[4] & 0x08:
+            # The frame declares its content size (Kafka's and python-lz4's writers do):
+            # check it before inflating; LZ4F itself then verifies the frame matches it.
+            declared = int.from_bytes(data[6:14], "little")
+            if declared > MAX_DECOMPRESSED_BYTES:
+                raise CorruptRecordError(
+                    f"lz4 frame declares {declared} bytes, over the {MAX_DECOMPRESSED_BYTES}-byte limit",
+                    position=position,
+                )
             return _lz4_decompress(data)
-        except RuntimeError as exc:  # lz4.frame reports every malformed frame as RuntimeError
-            raise CorruptRecordError(f"lz4 frame cannot be decompressed: {exc}", position=position) from exc
-    raise UnsupportedCompressionTypeError(
-        f"compression codec {CODEC_NAMES.get(codec, codec)} is not supported (none, lz4 are)",
-        codec=codec,
-    )
+        # No declared size: inflate through a bounded decompressor (slower, so not the default).
+        decompressor = _LZ4FrameDecompressor()
+        out = decompressor.decompress(data, max_length=MAX_DECOMPRESSED_BYTES)
+        if not decompressor.eof:
+            raise CorruptRecordError(
+                "lz4 frame is truncated or inflates past the "
+                f"{MAX_DECOMPRESSED_BYTES}-byte limit",
+                position=position,
+            )
+        return out
+    except RuntimeError as exc:  # python-lz4 reports every malformed frame as RuntimeError
+        raise CorruptRecordError(f"lz4 frame cannot be decompressed: {exc}", position=position) from None
 
 
 def _pack_batch(

@@ -521,3 +521,29 @@ def test_set_base_offset_keeps_crc_valid():
     assert header.base_offset == 123_456_789 and header.crc == crc_before
     assert DefaultRecordBatch(bytearray(buf)).validate_crc()
     assert [r.offset for r in decode_batch(buf)[1]] == [123_456_789, 123_456_790, 123_456_791]
+
+
+@pytest.mark.parametrize("store_size", [True, False])
+def test_lz4_frames_with_and_without_content_size(store_size):
+    plain = encode_batch(MIXED[:4])
+    buf = bytearray(plain[:HEADER_SIZE])
+    buf += lz4.frame.compress(plain[HEADER_SIZE:], block_linked=False, store_size=store_size)
+    struct.pack_into(">i", buf, 8, len(buf) - LOG_OVERHEAD)
+    struct.pack_into(">h", buf, 21, CODEC_LZ4)
+    recrc(buf)
+    assert decode_batch(buf)[1] == expected(MIXED[:4])
+    truncated = bytearray(buf[:-6])
+    struct.pack_into(">i", truncated, 8, len(truncated) - LOG_OVERHEAD)
+    recrc(truncated)
+    with pytest.raises(CorruptRecordError, match="lz4"):
+        decode_batch(truncated)
+
+
+def test_lz4_frame_declaring_a_huge_size_is_refused():
+    buf = bytearray(encode_batch(MIXED[:2], compression=CODEC_LZ4))
+    frame = HEADER_SIZE
+    assert buf[frame + 4] & 0x08  # content size present
+    buf[frame + 6 : frame + 14] = (1 << 40).to_bytes(8, "little")
+    recrc(buf)
+    with pytest.raises(CorruptRecordError, match="limit"):
+        validate_records(buf)
