@@ -247,7 +247,12 @@ class PartitionLog:
         rp = leo if had_clean_shutdown and not report.lost_data else min(recovery_point or 0, leo)
         level = logging.WARNING if report.lost_data or report.problems else logging.INFO
         log.log(level, "loaded log %s: offsets [%d, %d); %s", path, lso, leo, report.summary())
-        return cls(path, cfg, cache, own, segments, lso, rp, report)
+        lg = cls(path, cfg, cache, own, segments, lso, rp, report)
+        if report.segments_scanned or report.lost_data:
+            # What recovery kept (and cut) is made durable now, so the next crash need not
+            # scan it again.
+            lg.flush()
+        return lg
 
     # --- snapshot ---------------------------------------------------------------------------------
 

@@ -1,0 +1,312 @@
+"""Recovery of a partition folder: torn and corrupt tails, leftovers, damaged indexes, and a
+hypothesis state machine that appends, reads, rolls, applies retention, reopens and crashes
+(cutting or flipping bytes of the unflushed tail) against an in-memory model."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from broker.storage import PartitionLog
+from broker.storage.record_batch import encode_batch, iter_records
+
+pytestmark = pytest.mark.timeout(120)
+
+SMALL = dict(segment_bytes=2048, segment_index_bytes=4096, retention_ms=-1)
+
+
+def batch(n: int = 1, tag: bytes = b"v", size: int = 10) -> bytes:
+    return encode_batch([(1000 + i, None, tag + b"-%d-" % i + b"x" * size, None) for i in range(n)])
+
+
+def fill(path: str, batches: int, flush: bool = True, **cfg) -> list[int]:
+    lg = PartitionLog.open(path, **{**SMALL, **cfg})
+    offs = [lg.append(batch(2, b"%d" % i)) for i in range(batches)]
+    if flush:
+        lg.flush()
+    lg.close()
+    return offs
+
+
+def all_offsets(lg: PartitionLog) -> list[int]:
+    if lg.log_end_offset == lg.log_start_offset:
+        return []
+    with lg.read(lg.log_start_offset, 1 << 30) as r:
+        return [rec.offset for rec in iter_records(r.tobytes())]
+
+
+def last_log(path: str) -> str:
+    return os.path.join(path, sorted(n for n in os.listdir(path) if n.endswith(".log"))[-1])
+
+
+def test_torn_tail_is_cut_at_last_whole_batch(tmp_path, caplog):
+    path = str(tmp_path / "t-0")
+    fill(path, 10)
+    f = last_log(path)
+    size = os.path.getsize(f)
+    os.truncate(f, size - 7)
+    with caplog.at_level(logging.WARNING):
+        lg = PartitionLog.open(path)
+    try:
+        assert lg.report.bytes_truncated > 0 and lg.report.truncated_at_offset == 18
+        assert lg.log_end_offset == 18
+        assert all_offsets(lg) == list(range(18))
+        assert lg.append(batch(1)) == 18
+        assert "truncated" in caplog.text
+    finally:
+        lg.close()
+
+
+def test_flipped_byte_cuts_from_that_batch_and_deletes_later_segments(tmp_path):
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    assert len(logs) >= 3
+    victim = os.path.join(path, logs[1])
+    with open(victim, "r+b") as f:
+        f.seek(300)
+        b = f.read(1)
+        f.seek(300)
+        f.write(bytes([b[0] ^ 0x40]))
+    lg = PartitionLog.open(path)  # no recovery point: scan everything
+    try:
+        first = int(logs[1][:20])
+        assert first < lg.log_end_offset < first + 10
+        assert len(lg.segments) == 2
+        assert lg.report.segments_deleted == len(logs) - 2
+        assert all_offsets(lg) == list(range(lg.log_end_offset))
+        assert sorted(n for n in os.listdir(path) if n.endswith(".log")) == logs[:2]
+    finally:
+        lg.close()
+
+
+def test_clean_segments_below_recovery_point_are_not_scanned(tmp_path):
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    lg = PartitionLog.open(path)
+    rp = lg.recovery_point
+    n = len(lg.segments)
+    lg.close()
+    lg = PartitionLog.open(path, recovery_point=rp)
+    try:
+        assert lg.report.segments_scanned == 1  # only the one holding the recovery point
+        assert n > 1 and lg.log_end_offset == 120
+    finally:
+        lg.close()
+    lg = PartitionLog.open(path, recovery_point=rp, had_clean_shutdown=True)
+    try:
+        assert lg.report.segments_scanned == 0 and lg.log_end_offset == 120
+        assert all_offsets(lg) == list(range(120))
+    finally:
+        lg.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "short", "garbage"])
+def test_damaged_index_below_recovery_point_is_rebuilt(tmp_path, damage):
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    idx = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".index"))[0]
+    if damage == "missing":
+        os.unlink(idx)
+    elif damage == "short":
+        os.truncate(idx, os.path.getsize(idx) - 4)
+    else:
+        with open(idx, "r+b") as f:
+            f.seek(os.path.getsize(idx) - 4)
+            f.write(b"\x00\x00\x00\x00")
+    lg = PartitionLog.open(path, recovery_point=120, had_clean_shutdown=True)
+    try:
+        assert lg.report.indexes_rebuilt == 1
+        assert all_offsets(lg) == list(range(120))
+        for off in (0, 1, 17, 33):
+            with lg.read(off, 1) as r:
+                assert next(iter_records(r.tobytes())).offset == off - off % 2
+    finally:
+        lg.close()
+
+
+def test_leftover_files_are_removed(tmp_path):
+    path = str(tmp_path / "t-0")
+    fill(path, 3)
+    for name in ("00000000000000000099.log.deleted", "x.tmp", "00000000000000000005.index",
+                 "00000000000000000000.index.swap"):
+        open(os.path.join(path, name), "wb").close()
+    lg = PartitionLog.open(path)
+    try:
+        assert sorted(lg.report.files_removed) == sorted([
+            "00000000000000000099.log.deleted", "x.tmp", "00000000000000000005.index",
+            "00000000000000000000.index.swap"])
+        assert lg.log_end_offset == 6
+    finally:
+        lg.close()
+
+
+def test_segment_out_of_sequence_is_dropped(tmp_path):
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    # Rename the last segment so it no longer follows the one before it.
+    base = int(logs[-1][:20])
+    for suffix in (".log", ".index", ".timeindex"):
+        os.rename(os.path.join(path, f"{base:020d}{suffix}"), os.path.join(path, f"{base + 5:020d}{suffix}"))
+    lg = PartitionLog.open(path)
+    try:
+        assert lg.log_end_offset == base
+        assert lg.report.segments_deleted == 1
+    finally:
+        lg.close()
+
+
+def test_zero_length_and_empty_folder(tmp_path):
+    path = str(tmp_path / "t-0")
+    os.makedirs(path)
+    open(os.path.join(path, "00000000000000000000.log"), "wb").close()
+    lg = PartitionLog.open(path)
+    try:
+        assert lg.log_end_offset == 0
+        assert lg.append(batch(1)) == 0
+    finally:
+        lg.close()
+
+
+# --------------------------------------------------------------------------- state machine
+
+
+class LogMachine(RuleBasedStateMachine):
+    """The log against a list of batches. After a crash the log must be a prefix of the model
+    holding at least every flushed batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="annal-sm-")
+        self.path = os.path.join(self.dir, "t-0")
+        self.cfg = dict(segment_bytes=1024, segment_index_bytes=2048, retention_ms=-1, retention_bytes=3000)
+        self.log = PartitionLog.open(self.path, **self.cfg)
+        # model: list of (base_offset, [values], size)
+        self.model: list[tuple[int, list[bytes], int]] = []
+        self.lso = 0
+        self.n = 0
+
+    def teardown(self) -> None:
+        import shutil
+
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def leo(self) -> int:
+        if not self.model:
+            return self.lso
+        base, vals, _ = self.model[-1]
+        return base + len(vals)
+
+    @rule(count=st.integers(1, 5), size=st.integers(0, 120))
+    def append(self, count: int, size: int) -> None:
+        self.n += 1
+        vals = [b"%d.%d:" % (self.n, i) + b"p" * size for i in range(count)]
+        b = encode_batch([(self.n, None, v, None) for v in vals])
+        base = self.log.append(b)
+        assert base == self.leo
+        self.model.append((base, vals, len(b)))
+
+    @rule(data=st.data(), max_bytes=st.integers(1, 3000))
+    def read(self, data, max_bytes: int) -> None:
+        if self.leo == self.lso:
+            with self.log.read(self.lso, max_bytes) as r:
+                assert r.size == 0
+            return
+        offset = data.draw(st.integers(self.lso, self.leo))
+        with self.log.read(offset, max_bytes) as r:
+            got = [(rec.offset, rec.value) for rec in iter_records(r.tobytes())]
+            size = r.size
+        if offset == self.leo:
+            assert got == []
+            return
+        k = next(i for i, (b, v, _) in enumerate(self.model) if b <= offset < b + len(v))
+        want, total = [], 0
+        for j in range(k, len(self.model)):
+            b, v, s = self.model[j]
+            if j > k and total + s > max_bytes:
+                break
+            total += s
+            want += [(b + i, x) for i, x in enumerate(v)]
+        assert got == want and size == total
+
+    @rule()
+    def roll(self) -> None:
+        self.log.roll()
+
+    @rule()
+    def flush(self) -> None:
+        self.log.flush()
+        assert self.log.recovery_point == self.leo
+
+    @rule()
+    def retention(self) -> None:
+        self.log.delete_old_segments()
+        new = self.log.log_start_offset
+        assert new >= self.lso
+        self.model = [m for m in self.model if m[0] >= new]
+        assert not self.model or self.model[0][0] == new
+        self.lso = new
+
+    @rule()
+    def reopen_clean(self) -> None:
+        lso = self.log.log_start_offset
+        self.log.close()
+        rp = self.log.recovery_point  # close() flushed everything
+        self.log = PartitionLog.open(self.path, recovery_point=rp,
+                                     log_start_offset=lso, had_clean_shutdown=True, **self.cfg)
+        assert self.log.report.segments_scanned == 0 and not self.log.report.lost_data
+        assert rp == self.leo
+
+    @rule(data=st.data(), flip=st.booleans())
+    def crash(self, data, flip: bool) -> None:
+        rp, lso = self.log.recovery_point, self.log.log_start_offset
+        seg = self.log.active_segment
+        seg_path, seg_base, seg_size = seg.log_path, seg.base_offset, seg.size
+        self.log.abandon()
+        # Unflushed bytes of the last segment: from the batch holding the recovery point on.
+        flushed_pos = 0
+        pos = 0
+        for b, v, s in self.model:
+            if b < seg_base:
+                continue
+            if b < rp:
+                flushed_pos = pos + s
+            pos += s
+        assert pos == seg_size
+        if seg_size > flushed_pos:
+            at = data.draw(st.integers(flushed_pos, seg_size - 1))
+            if flip:
+                with open(seg_path, "r+b") as f:
+                    f.seek(at)
+                    byte = f.read(1)[0]
+                    f.seek(at)
+                    f.write(bytes([byte ^ data.draw(st.integers(1, 255))]))
+            else:
+                os.truncate(seg_path, at)
+        self.log = PartitionLog.open(self.path, recovery_point=rp, log_start_offset=lso, **self.cfg)
+        leo = self.log.log_end_offset
+        assert rp <= leo <= self.leo
+        self.model = [m for m in self.model if m[0] + len(m[1]) <= leo]
+        assert self.leo == leo or (not self.model and leo == self.lso)
+
+    @invariant()
+    def offsets_agree(self) -> None:
+        assert self.log.log_end_offset == self.leo
+        assert self.log.log_start_offset == self.lso
+
+
+TestLogMachine = LogMachine.TestCase
+TestLogMachine.settings = settings(
+    max_examples=100, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
