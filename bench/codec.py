@@ -216,7 +216,7 @@ def run_once(n: int) -> dict[str, float]:
     def unframe() -> None:
         offset = 0
         for data in framed_fetches:
-            out = []
+            out: list[tuple[int, int, None, bytes, tuple[()]]] = []
             append = out.append
             pos = 0
             end = len(data)

@@ -33,6 +33,7 @@ Because the CRC starts at ``attributes``, the broker assigns offsets by overwrit
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 from itertools import starmap as _starmap
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
@@ -131,7 +132,7 @@ class BatchHeader(NamedTuple):
         return self.attributes & CODEC_MASK
 
 
-def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+def parse_header(buf: bytes | bytearray | memoryview | mmap.mmap, pos: int = 0) -> BatchHeader:
     """Parse the header of the batch at ``pos``; checks only that 61 bytes are there."""
     if len(buf) - pos < HEADER_SIZE:
         raise CorruptRecordError(
@@ -140,7 +141,7 @@ def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHead
     return BatchHeader._make(HEADER_STRUCT.unpack_from(buf, pos))
 
 
-def batch_size_at(buf: bytes | bytearray | memoryview, pos: int) -> int:
+def batch_size_at(buf: bytes | bytearray | memoryview | mmap.mmap, pos: int) -> int:
     """Total size of the batch at ``pos`` from its batchLength field, or -1 if fewer than
     12 bytes remain. Does not validate anything else."""
     if len(buf) - pos < LOG_OVERHEAD:
@@ -149,7 +150,7 @@ def batch_size_at(buf: bytes | bytearray | memoryview, pos: int) -> int:
 
 
 def validate_batch(
-    buf: bytes | bytearray | memoryview,
+    buf: bytes | bytearray | memoryview | mmap.mmap,
     pos: int = 0,
     max_batch_bytes: int | None = None,
 ) -> BatchHeader:
@@ -206,12 +207,12 @@ def validate_batch(
     return h
 
 
-def set_base_offset(buf: bytearray | memoryview, base_offset: int, pos: int = 0) -> None:
+def set_base_offset(buf: bytearray | memoryview | mmap.mmap, base_offset: int, pos: int = 0) -> None:
     """Overwrite baseOffset of the batch at ``pos`` in place; the CRC stays valid."""
     _Q.pack_into(buf, pos, base_offset)
 
 
-def iter_batch_positions(buf: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None):
+def iter_batch_positions(buf: bytes | bytearray | memoryview | mmap.mmap, pos: int = 0, end: int | None = None):
     """Yield ``(position, size)`` of each complete batch in ``buf[pos:end]`` using only the
     length fields (no validation); stops at the first incomplete batch."""
     end = len(buf) if end is None else end
@@ -234,7 +235,7 @@ def iter_batch_positions(buf: bytes | bytearray | memoryview, pos: int = 0, end:
 # --------------------------------------------------------------------------------------------
 
 T = TypeVar("T")
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 HeaderList = Sequence[Tuple[str, Optional[bytes]]]
 
 _VARINT_TABLE_SIZE = 1 << 14  # covers record lengths, offset deltas and sizes up to 16 KiB
@@ -796,6 +797,13 @@ def _records_of(data: bytes, pos: int, h: BatchHeader) -> tuple[bytes, int, int]
     return records, 0, len(records)
 
 
+def _batch_bytes(buf: Buffer, pos: int, h: BatchHeader) -> tuple[bytes, int]:
+    """The batch at ``pos`` as bytes (and its position in them) without copying the rest."""
+    if type(buf) is bytes:
+        return buf, pos
+    return bytes(memoryview(buf)[pos : pos + h.batch_length + LOG_OVERHEAD]), 0
+
+
 def _as_bytes(buf: Buffer) -> bytes:
     # Indexing and slicing bytes is several times faster than a memoryview, and the copy of a
     # fetch response costs far less than decoding its records.
@@ -837,9 +845,10 @@ def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list) 
 
 
 def decode_batch(buf: Buffer, pos: int = 0, verify_crc: bool = True) -> tuple[BatchHeader, list[Record]]:
-    """Decode the one batch at ``pos`` (it must be complete): its header and records."""
-    data = _as_bytes(buf)
-    h = _checked_header(data, pos, verify_crc)
+    """Decode the one batch at ``pos`` (it must be complete): its header and records.
+    Copies only this batch out of a non-bytes buffer (a segment's mmap, say)."""
+    h = _checked_header(buf, pos, verify_crc)
+    data, pos = _batch_bytes(buf, pos, h)
     records, rpos, rend = _records_of(data, pos, h)
     out: list = []
     _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out)
@@ -897,7 +906,7 @@ def validate_records(buf: Buffer, pos: int = 0) -> int:
     header keys, and no byte left over. Returns recordsCount. Raises CorruptRecordError or
     InvalidRecordError (and whatever validate_batch raises)."""
     h = validate_batch(buf, pos)
-    data = _as_bytes(buf)
+    data, pos = _batch_bytes(buf, pos, h)
     records, p, end = _records_of(data, pos, h)
     dv = decode_varint
     count = h.records_count

@@ -547,3 +547,17 @@ def test_lz4_frame_declaring_a_huge_size_is_refused():
     recrc(buf)
     with pytest.raises(CorruptRecordError, match="limit"):
         validate_records(buf)
+
+
+def test_decoding_from_an_mmap_at_a_position(tmp_path):
+    import mmap
+
+    first = encode_batch(MIXED[:2])
+    second = encode_batch(MIXED[2:5], compression=CODEC_LZ4, base_offset=2)
+    path = tmp_path / "segment.log"
+    path.write_bytes(first + second)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        assert validate_records(mm, len(first)) == 3
+        assert decode_batch(mm, len(first))[1] == expected(MIXED[2:5], 2)
+        assert decode_batch(memoryview(mm)[len(first) :])[1] == expected(MIXED[2:5], 2)
+        assert list(iter_records(mm, start_offset=1)) == expected(MIXED[:5])[1:]
