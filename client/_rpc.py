@@ -105,6 +105,11 @@ class RpcClient:
                         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                         ("grpc.max_send_message_length", 64 * 1024 * 1024),
                         ("grpc.enable_retries", 0),
+                        # Reconnect soon after a broker restarts (gRPC's default backoff grows
+                        # to minutes); the client's own retry_backoff_ms paces the calls.
+                        ("grpc.initial_reconnect_backoff_ms", 100),
+                        ("grpc.min_reconnect_backoff_ms", 100),
+                        ("grpc.max_reconnect_backoff_ms", 1000),
                     ],
                 )
                 entry = (channel, annal_pb2_grpc.AnnalStub(channel))
