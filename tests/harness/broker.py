@@ -40,6 +40,7 @@ __all__ = [
     "BrokerStartError",
     "BrokerLogPlugin",
     "register_plugin",
+    "attach_logs",
     "broker",
     "broker_factory",
     "write_toml",
@@ -287,6 +288,12 @@ class BrokerLogPlugin:
             for b in item.stash.get(_BROKERS, []):
                 lines = b.log_text().splitlines()[-300:]
                 report.sections.append((f"broker log of {b!r} (last 300 lines)", "\n".join(lines)))
+
+
+def attach_logs(request: pytest.FixtureRequest, *brokers: BrokerProcess) -> None:
+    """Attach these brokers' logs to the report if the requesting test fails (for brokers
+    shared by a module, which the function-scoped fixtures do not know about)."""
+    request.node.stash.setdefault(_BROKERS, []).extend(brokers)
 
 
 def register_plugin(config: pytest.Config) -> None:
