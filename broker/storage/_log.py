@@ -229,7 +229,7 @@ class PartitionLog:
         cfg = LogConfig.from_dict(config_values, config)
         os.makedirs(path, exist_ok=True)
         own = handle_cache is None
-        cache = handle_cache or HandleCache()
+        cache = handle_cache if handle_cache is not None else HandleCache()
         segments, report = load_segments(
             path, cfg.segment_config, cache,
             recovery_point=recovery_point if not had_clean_shutdown else None,
