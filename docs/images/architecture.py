@@ -4,7 +4,7 @@ Run ``python docs/images/architecture.py docs/images/architecture.svg`` after ch
 ``rsvg-convert -o /tmp/a.png docs/images/architecture.svg`` renders it for a look.
 """
 import sys
-W, H = 1200, 830
+W, H = 1200, 840
 out = []
 def add(s): out.append(s)
 def esc(s): return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -37,8 +37,8 @@ box(20, 48, 300, 100, "#eaf1fb", BLUE)
 text(32, 70, "Producers", size=14, weight="bold", fill=BLUE)
 text(32, 90, "client.Producer · annal produce")
 text(32, 107, "annal-bench produce")
-text(32, 125, "record accumulator → a batch per partition,", size=11.5, fill=GREY)
-text(32, 140, "sent to that partition's leader", size=11.5, fill=GREY)
+text(32, 125, "record accumulator → a batch per partition;", size=11.5, fill=GREY)
+text(32, 140, "leaders from gRPC Metadata or ZooKeeper", size=11.5, fill=GREY)
 
 box(345, 48, 210, 100, "#f2f2f2", GREY)
 text(357, 70, "Admin", size=14, weight="bold", fill=GREY)
@@ -102,11 +102,12 @@ for path, note in zlines:
 
 # --- storage (bottom) ---
 sy = 585
-box(20, sy, 860, 230, "#fffdf6", ORANGE, dash="5,4")
+box(20, sy, 860, 240, "#fffdf6", ORANGE, dash="5,4")
 text(32, sy + 24, "Data dir of each broker (--data-dir): a folder per partition it leads", size=14, weight="bold", fill=ORANGE)
 rows = [
     ("<data_dir>/", ""),
     ("  .lock", "flock: one broker per data dir"),
+    ("  topics.json", "standalone mode: topics and configs"),
     ("  recovery-point-offset-checkpoint", "per partition: offset known flushed"),
     ("  log-start-offset-checkpoint", "per partition: first offset kept"),
     ("  .annal_cleanshutdown", "present only after a clean stop"),
@@ -125,7 +126,7 @@ for path, note in rows:
 
 # --- where offsets live ---
 lx, ly = 905, sy
-box(lx, ly, 280, 230, "#ffffff", "#aaaaaa")
+box(lx, ly, 280, 240, "#ffffff", "#aaaaaa")
 text(lx + 12, ly + 24, "Where offsets live", size=13, weight="bold")
 notes = [
     "Record offsets: each batch header",
@@ -147,19 +148,20 @@ for n in notes:
 # producers bus (blue): down from producers, across, drop to each gRPC box
 PB = 190
 line([(100, 148), (100, PB)], BLUE, end=False)
-line([(100, PB), (bx[2] + 71, PB)], BLUE, end=False)
+line([(100, PB), (bx[2] + 165, PB)], BLUE, end=False)
 for x in bx:
-    line([(x + 71, PB), (x + 71, BY + 10)], BLUE)
-text(108, PB - 6, "Produce / ProduceStream (gRPC) to the leader", size=11.5, fill=BLUE)
+    line([(x + 165, PB), (x + 165, BY + 10)], BLUE)
+text(108, PB - 6, "PRODUCE on the data port, to each partition's leader", size=11.5, fill=BLUE)
 # consumers bus (green)
 CB = 225
-line([(820, 148), (820, CB)], GREEN, end=False)
-line([(820, CB), (bx[0] + 199, CB)], GREEN, end=False)
+line([(850, 148), (850, CB)], GREEN, end=False)
+line([(850, CB), (bx[0] + 235, CB)], GREEN, end=False)
 for x in bx:
-    line([(x + 199, CB), (x + 199, BY + 10)], GREEN)
-text(660, CB - 6, "FETCH (sendfile)", size=11.5, fill=GREEN, anchor="end")
+    line([(x + 235, CB), (x + 235, BY + 10)], GREEN)
+text(842, CB - 6, "FETCH (sendfile)", size=11.5, fill=GREEN, anchor="end")
 # admin: to any broker (one arrow, dashed)
 line([(420, 148), (420, BY + 10)], GREY, dash="5,4")
+text(414, 246, "Metadata, admin (gRPC)", size=11, fill=GREY, anchor="end")
 # consumers <-> ZooKeeper
 line([(880, 98), (zx + 140, 98), (zx + 140, zy)], PURPLE, dash="6,4", start=True)
 text(zx + 148, 128, "join group, own", size=11, fill=PURPLE)
