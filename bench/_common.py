@@ -61,6 +61,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 def connection(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Yield {"bootstrap_servers": ...} or {"zookeeper": ...}; a local broker if neither given."""
     if args.zookeeper:
+        # Producers and consumers find the brokers in ZooKeeper; the Admin client (gRPC) is
+        # given the brokers read from there too (see _admin).
         yield {"zookeeper": args.zookeeper, "bootstrap_servers": None, "local_broker": False}
         return
     if args.bootstrap_servers:
@@ -79,15 +81,29 @@ def connection(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             log(f"the local broker had exited during the run; last log lines:\n{tail}")
 
 
-def _admin(conn: Mapping[str, Any]) -> Any:
+def _bootstrap_from_zookeeper(zookeeper: str) -> str:
+    """The live brokers' gRPC addresses, read from ZooKeeper (the Admin client speaks gRPC)."""
+    from client._zk import ZooKeeperMetadataSource
+
+    source = ZooKeeperMetadataSource(zookeeper)
+    try:
+        brokers = source.snapshot().brokers
+    finally:
+        source.close()
+    if not brokers:
+        raise RuntimeError(f"no live broker registered in ZooKeeper {zookeeper}")
+    return ",".join(f"{b.host}:{b.port}" for b in brokers.values())
+
+
+def _admin(conn: dict[str, Any]) -> Any:
     from client import Admin
 
-    if conn.get("zookeeper"):
-        return Admin(zookeeper=conn["zookeeper"])
+    if not conn.get("bootstrap_servers") and conn.get("zookeeper"):
+        conn["bootstrap_servers"] = _bootstrap_from_zookeeper(conn["zookeeper"])
     return Admin(bootstrap_servers=conn["bootstrap_servers"])
 
 
-def ensure_topic(conn: Mapping[str, Any], topic: str, partitions: int, timeout_s: float = 30.0) -> int:
+def ensure_topic(conn: dict[str, Any], topic: str, partitions: int, timeout_s: float = 30.0) -> int:
     """Create ``topic`` with ``partitions`` partitions unless it exists; return its partition count."""
     from broker.errors import TopicAlreadyExistsError
     from client.structs import NewTopic
@@ -111,7 +127,12 @@ def ensure_topic(conn: Mapping[str, Any], topic: str, partitions: int, timeout_s
 
 
 def _describe(admin: Any, topic: str) -> list[Any]:
-    descs = admin.describe_topics([topic])
+    from broker.errors import UnknownTopicOrPartitionError
+
+    try:
+        descs = admin.describe_topics([topic])
+    except UnknownTopicOrPartitionError:
+        return []
     if isinstance(descs, Mapping):
         desc = descs.get(topic)
     else:
@@ -119,7 +140,7 @@ def _describe(admin: Any, topic: str) -> list[Any]:
     return list(desc.partitions) if desc is not None else []
 
 
-def describe_partitions(conn: Mapping[str, Any], topic: str) -> dict[int, tuple[int, int]]:
+def describe_partitions(conn: dict[str, Any], topic: str) -> dict[int, tuple[int, int]]:
     """{partition: (log_start_offset, log_end_offset)} of ``topic``."""
     admin = _admin(conn)
     try:

@@ -1,14 +1,17 @@
 """A throwaway standalone broker for ``annal-bench`` runs given no ``--bootstrap-server``.
 
-``LocalBroker`` makes a temporary data directory, picks two free loopback ports, and starts
-``python -m broker broker start --standalone --data-dir <tmp> --port P --fetch-port F`` as a
-child process (its own session, so a Ctrl-C at the bench reaches the bench first and the bench
+``LocalBroker`` makes a temporary data directory and starts
+``python -m broker broker start --standalone --data-dir <tmp> --port 0 --fetch-port 0
+--metrics-port 0`` as a child process (its own session, so a Ctrl-C at the bench reaches the bench first and the bench
 stops the broker cleanly). The broker's stdout and stderr go to ``broker.log`` in a second
 temporary directory, whose tail is printed if the broker fails to start or dies. On ``stop()``
 the broker gets SIGTERM (SIGKILL after ``stop_timeout_s``) and both directories are removed.
 
-The free ports are found by binding port 0 and closing the socket; another process could take
-one in between, in which case the broker fails to bind, and ``start()`` retries with new ports.
+The broker binds free ports itself (port 0) and logs one line once it serves, which gives them::
+
+    annal broker 0 ready: grpc=127.0.0.1:40123 data=127.0.0.1:40124 metrics=127.0.0.1:40125 data_dir=...
+
+``start()`` waits for that line (and checks both ports accept a connection).
 
 Not thread-safe: one owner starts and stops it.
 """
@@ -16,6 +19,7 @@ Not thread-safe: one owner starts and stops it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +30,8 @@ import time
 from types import TracebackType
 
 __all__ = ["LocalBroker", "LocalBrokerError", "free_port", "wait_for_port"]
+
+_READY = re.compile(r"ready: grpc=([^\s:]+):(\d+) data=([^\s:]+):(\d+)")
 
 
 class LocalBrokerError(RuntimeError):
@@ -87,8 +93,10 @@ class LocalBroker:
         return [
             self.python, "-m", "broker", "broker", "start", "--standalone",
             "--data-dir", self.data_dir,
-            "--port", str(self.port),
-            "--fetch-port", str(self.fetch_port),
+            "--host", self.host,
+            "--port", "0",
+            "--fetch-port", "0",
+            "--metrics-port", "0",
             *self.extra_args,
         ]  # fmt: skip
 
@@ -102,33 +110,45 @@ class LocalBroker:
         except OSError:
             return ""
 
-    def start(self, attempts: int = 3) -> LocalBroker:
+    def _read_ready_line(self, deadline: float) -> bool:
+        """Wait for the broker's ready line in its log; set the ports from it."""
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            m = _READY.search(self.log_tail(64 * 1024))
+            if m:
+                self.host = m.group(1)
+                self.port = int(m.group(2))
+                self.fetch_port = int(m.group(4))
+                return True
+            if self.process.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def start(self) -> LocalBroker:
+        """Start the broker and wait until it serves; raises ``LocalBrokerError`` otherwise."""
         self.data_dir = tempfile.mkdtemp(prefix="annal-bench-data-")
         self._log_dir = tempfile.mkdtemp(prefix="annal-bench-log-")
-        last = ""
-        for _ in range(attempts):
-            self.port, self.fetch_port = free_port(self.host), free_port(self.host)
-            if self.port == self.fetch_port:
-                continue
-            log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-            self._log_file = log
-            env = dict(os.environ)
-            env.setdefault("PYTHONUNBUFFERED", "1")
-            self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
-            deadline = time.monotonic() + self.start_timeout_s
-            if wait_for_port(self.host, self.port, deadline, self.process) and wait_for_port(
-                self.host, self.fetch_port, deadline, self.process
-            ):
-                return self
-            last = self.log_tail()
-            self._terminate()
-            log.close()
-            self._log_file = None
-        self._remove_dirs()
-        raise LocalBrokerError(f"the local broker did not start; last log lines:\n{last}")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_file = log
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.process = subprocess.Popen(
+            self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.start_timeout_s
+        if (
+            self._read_ready_line(deadline)
+            and wait_for_port(self.host, self.port, deadline, self.process)
+            and wait_for_port(self.host, self.fetch_port, deadline, self.process)
+        ):
+            return self
+        last = self.log_tail()
+        rc = self.process.poll()
+        self.stop()
+        state = f"exited with code {rc}" if rc is not None else f"not ready within {self.start_timeout_s} s"
+        raise LocalBrokerError(f"the local broker {state}; last log lines:\n{last}")
 
     def _terminate(self) -> int | None:
         proc = self.process

@@ -30,11 +30,9 @@ Bytes counted per record are its value plus its key, if any.
 
 from __future__ import annotations
 
-import os
+import operator
 import random
 import struct
-import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -307,6 +305,23 @@ def _consumer(cfg: Mapping[str, Any], index: int) -> tuple[Any, bool]:
     return consumer, False
 
 
+_VALUE = operator.attrgetter("value")
+_KEY = operator.attrgetter("key")
+
+
+def _record_bytes(records: list[Any]) -> int:
+    """Key plus value bytes of ``records``, summed in C loops (no Python work per record)."""
+    values = list(map(_VALUE, records))
+    keys = list(map(_KEY, records))
+    try:
+        total = sum(map(len, values))
+    except TypeError:  # null values
+        total = sum(len(v) for v in values if v is not None)
+    if keys.count(None) != len(keys):
+        total += sum(len(k) for k in keys if k is not None)
+    return total
+
+
 def consume_worker(
     cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop_event: Any, remaining: Any
 ) -> None:
@@ -355,13 +370,12 @@ def _consume(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
                 left = remaining.value
             if take < len(batch):
                 del batch[take:]
-            nbytes = 0
-            for r in batch:
-                v = r.value
-                k = r.key
-                nbytes += (len(v) if v is not None else 0) + (len(k) if k is not None else 0)
-                if e2e and v is not None and len(v) >= 8:
-                    rec.record_us((now - unpack_stamp(v)[0]) // 1000)
+            nbytes = _record_bytes(batch)
+            if e2e:
+                for r in batch:
+                    v = r.value
+                    if v is not None and len(v) >= 8:
+                        rec.record_us((now - unpack_stamp(v)[0]) // 1000)
             records += len(batch)
             bytes_ += nbytes
             tick_records += len(batch)
