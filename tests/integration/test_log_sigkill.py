@@ -22,7 +22,7 @@ CHILD = textwrap.dedent(
     from broker.storage.record_batch import encode_batch
 
     path, every = sys.argv[1], int(sys.argv[2])
-    lg = PartitionLog.open(path, segment_bytes=64 * 1024, segment_index_bytes=16 * 1024)
+    lg = PartitionLog.open(path, segment_bytes=8 * 1024, segment_index_bytes=4 * 1024)
     i = 0
     while True:
         n = 1 + i % 7
