@@ -259,9 +259,26 @@ def test_every_annal_command_parses(compose: dict[str, Any]) -> None:
             pytest.fail(f"service {name} runs {argv[0]!r}, neither annal nor annal-bench")
 
 
-def test_three_distinct_brokers(compose: dict[str, Any]) -> None:
+def test_brokers_are_distinct(compose: dict[str, Any]) -> None:
+    _check_brokers(compose)
+
+
+def test_readme_fourth_broker_fits(compose: dict[str, Any]) -> None:
+    """The broker-4 block docker/README.md tells users to add keeps the cluster valid."""
+    readme = (DOCKER / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    snippet = next(b for b in blocks if "broker-4:" in b)
+    text = (DOCKER / "compose.yaml").read_text()
+    text = text.replace("\n  bench:\n", "\n" + snippet + "\n  bench:\n", 1)
+    text = text.rstrip() + "\n  broker-4-data:\n"
+    extended = yaml.safe_load(text)
+    assert "broker-4" in extended["services"]
+    assert len(_check_brokers(extended)) == 4
+
+
+def _check_brokers(compose: dict[str, Any]) -> dict[str, argparse.Namespace]:
     brokers = _brokers(compose)
-    assert len(brokers) == 3, sorted(brokers)
+    assert len(brokers) >= 3, sorted(brokers)
     services = compose["services"]
     ids, hosts, endpoints, volumes = set(), set(), set(), set()
     for name, args in brokers.items():
@@ -288,12 +305,14 @@ def test_three_distinct_brokers(compose: dict[str, Any]) -> None:
         for port in (args.port, args.fetch_port, args.metrics_port):
             assert f"{port}:{port}" in published, f"{name}: port {port} not published as-is"
         assert service["depends_on"]["zookeeper"]["condition"] == "service_healthy"
-    assert len(ids) == 3, "broker ids must be distinct"
-    assert len(hosts) == 3, "advertised hosts must be distinct"
-    assert len(volumes) == 3, "each broker needs its own volume"
+    n = len(brokers)
+    assert len(ids) == n, "broker ids must be distinct"
+    assert len(hosts) == n, "advertised hosts must be distinct"
+    assert len(volumes) == n, "each broker needs its own volume"
     # Distinct ports: inside one container the three must differ, and published on one host
     # they must differ across brokers too.
-    assert len({p for e in endpoints for p in e}) == 9, endpoints
+    assert len({p for e in endpoints for p in e}) == 3 * n, endpoints
+    return brokers
 
 
 def test_zookeeper_service(compose: dict[str, Any]) -> None:
