@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from broker.errors import AnnalError, BrokerNotAvailableError, LocalUsageError, UnknownTopicOrPartitionError, for_code
+from broker.errors import (
+    AnnalError,
+    BrokerNotAvailableError,
+    InvalidPartitionsError,
+    LocalUsageError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 from broker.protocol import annal_pb2
 
 from client._metadata import _CONFIG_KEYS, GrpcMetadataSource, snapshot_from_response
@@ -87,6 +94,13 @@ class Admin:
         for nt in new_topics:
             if not isinstance(nt, NewTopic):
                 raise TypeError(f"create_topics takes NewTopic values, not {type(nt).__name__}")
+            if not isinstance(nt.name, str):
+                raise TypeError(f"topic name must be a str, not {type(nt.name).__name__}")
+            if isinstance(nt.num_partitions, bool) or not isinstance(nt.num_partitions, int) or nt.num_partitions < 1:
+                # proto3 cannot tell 0 from unset, so this is checked here, not left to the broker.
+                raise InvalidPartitionsError(
+                    f"num_partitions of {nt.name!r} must be an int >= 1, not {nt.num_partitions!r}"
+                )
             topics.append(
                 annal_pb2.NewTopic(name=nt.name, partitions=nt.num_partitions, config=_topic_config(nt.topic_configs))
             )
