@@ -1,0 +1,199 @@
+"""annal-bench end to end at a tiny size: real broker process, real worker processes.
+
+Each test runs a tool through its ``main([...])`` (or the installed ``annal-bench`` command)
+with a local standalone broker started by the bench itself, then checks the JSON summary for
+sane values. No timing asserts: rates only have to be positive and percentiles ordered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import consumer_performance, end_to_end_latency, producer_performance
+from bench._local_broker import LocalBroker, LocalBrokerError
+from bench._workers import Collector, WorkerError
+
+N = 10_000
+
+
+def _load(path: Path) -> dict[str, Any]:
+    summary = json.loads(path.read_text())
+    assert summary["schema"] == "annal-bench/1"
+    assert summary["machine"]["cpus"] >= 1
+    assert summary["command_line"][0] == "annal-bench"
+    return summary
+
+
+def _ordered(lat: dict[str, float]) -> None:
+    assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["p999_ms"] <= lat["max_ms"]
+    assert lat["min_ms"] <= lat["avg_ms"] <= lat["max_ms"]
+
+
+def _leftover_bench_dirs() -> set[str]:
+    import tempfile
+
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(("annal-bench-data-", "annal-bench-log-"))}
+
+
+@pytest.mark.timeout(120)
+def test_produce_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _leftover_bench_dirs()
+    out, png = tmp_path / "p.json", tmp_path / "p.png"
+    rc = producer_performance.main([
+        "--num-records", str(N), "--record-size", "100", "--json", str(out), "--plot", str(png),
+    ])  # fmt: skip
+    assert rc == 0
+    s = _load(out)
+    r = s["result"]
+    assert s["tool"] == "produce"
+    assert r["records"] == N and r["errors"] == 0
+    assert r["bytes"] == N * 100
+    assert r["records_per_sec"] > 0 and r["mb_per_sec"] > 0
+    assert r["latency_ms"]["count"] == N
+    _ordered(r["latency_ms"])
+    assert sum(p["records"] for p in s["timeseries"]) == N
+    assert s["config"]["num_records"] == N and s["config"]["local_broker"] is True
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"{N} records sent, [\d.]+ records/sec \([\d.]+ MB/sec\), [\d.]+ ms avg latency, [\d.]+ ms max latency, "
+        r"[\d.]+ ms 50th, [\d.]+ ms 95th, [\d.]+ ms 99th, [\d.]+ ms 99\.9th\.",
+        final,
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert _leftover_bench_dirs() <= before  # the local broker's directories are gone
+
+
+@pytest.mark.timeout(180)
+def test_produce_several_producers_keys_lz4_merge_histograms(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    rc = producer_performance.main([
+        "--num-records", str(N + 1), "--record-size", "64", "--key-size", "8", "--producers", "2",
+        "--partitions", "3", "--compression", "lz4", "--acks", "all", "--linger-ms", "2",
+        "--throughput", "20000", "--payload-text", "random", "--json", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    r = _load(out)["result"]
+    assert r["records"] == N + 1
+    assert [p["records"] for p in r["per_producer"]] == [5001, 5000]
+    assert r["bytes"] == (N + 1) * (64 + 8)
+    assert r["latency_ms"]["count"] == N + 1  # both producers' histograms merged
+    _ordered(r["latency_ms"])
+
+
+@pytest.mark.timeout(120)
+def test_produce_with_per_record_callbacks(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    assert producer_performance.main(["--num-records", "3000", "--latency-per", "record", "--json", str(out)]) == 0
+    r = _load(out)["result"]
+    assert r["latency_per"] == "record"
+    assert r["records"] == 3000 and r["latency_ms"]["count"] == 3000
+
+
+@pytest.mark.timeout(180)
+def test_consume_fills_the_topic_then_reads_exactly_n(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c.json"
+    rc = consumer_performance.main([
+        "--num-records", str(N), "--consumers", "2", "--partitions", "2", "--json", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    s = _load(out)
+    r = s["result"]
+    assert s["tool"] == "consume"
+    assert r["filled_records"] == N
+    assert r["records"] == N
+    assert sum(c["records"] for c in r["per_consumer"]) == N
+    assert r["bytes"] == N * 100
+    assert r["records_per_sec"] > 0 and r["mb_per_sec"] > 0
+    assert r["end_epoch_s"] >= r["start_epoch_s"]
+    assert r["timed_out"] is False
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("start.time, end.time, data.consumed.in.MB")
+    fields = lines[-1].split(", ")
+    assert len(fields) == 10 and fields[4] == str(N)
+
+
+@pytest.mark.timeout(120)
+def test_consume_refuses_more_consumers_than_partitions_without_group() -> None:
+    assert consumer_performance.main(["--num-records", "10", "--consumers", "3", "--partitions", "2"]) == 2
+
+
+@pytest.mark.timeout(120)
+def test_e2e_latency(tmp_path: Path) -> None:
+    out, png = tmp_path / "e.json", tmp_path / "e.png"
+    rc = end_to_end_latency.main([
+        "--rate", "5000", "--duration-s", "2", "--record-size", "100", "--json", str(out), "--plot", str(png),
+    ])  # fmt: skip
+    assert rc == 0
+    s = _load(out)
+    r = s["result"]
+    assert s["tool"] == "e2e"
+    assert r["records_sent"] == r["records_received"] == N
+    assert r["e2e_latency_ms"]["count"] == N
+    _ordered(r["e2e_latency_ms"])
+    _ordered(r["produce_latency_ms"])
+    assert r["send_records_per_sec"] > 0
+    assert sum(p["records"] for p in s["timeseries"]) == N  # the consumer's records only
+    assert png.stat().st_size > 0
+
+
+@pytest.mark.timeout(120)
+def test_installed_command_ceiling(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("annal-bench")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bench.cli"]
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run(
+        [*cmd, "ceiling", "--data-dir", str(tmp_path / "d"), "--write-mb", "4", "--fsync-iterations", "3",
+         "--sendfile-file-mb", "2", "--transfer-mb", "8", "--records", "10000", "--runs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(out.read_text())
+    assert s["command_line"][1] == "ceiling"
+    assert all(v["median"] > 0 for v in s["result"].values())
+    assert "sequential write + fdatasync" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_local_broker_start_stop_and_cleanup() -> None:
+    b = LocalBroker().start()
+    data_dir, log_path = b.data_dir, b.log_path
+    try:
+        assert b.alive() and b.port > 0 and b.fetch_port > 0
+        assert os.path.isdir(data_dir)
+        assert "ready:" in b.log_tail()
+    finally:
+        assert b.stop() == 0  # SIGTERM: a clean shutdown
+    assert not os.path.exists(data_dir) and not os.path.exists(log_path)
+
+
+@pytest.mark.timeout(60)
+def test_local_broker_that_cannot_start_reports_its_log() -> None:
+    before = _leftover_bench_dirs()
+    with pytest.raises(LocalBrokerError, match="exited with code"):
+        LocalBroker(extra_args=["--log-level", "NOT-A-LEVEL"]).start()
+    assert _leftover_bench_dirs() <= before
+
+
+def failing_worker(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop_event: Any) -> None:
+    from bench._workers import _run_worker
+
+    def body() -> dict[str, Any]:
+        raise ValueError(f"worker {index} broke: {cfg['why']}")
+
+    _run_worker(queue, index, body)
+
+
+@pytest.mark.timeout(60)
+def test_collector_reports_a_failed_worker() -> None:
+    c = Collector()
+    c.spawn(failing_worker, {"why": "on purpose"}, name="failing")
+    with pytest.raises(WorkerError, match="broke: on purpose"):
+        c.run()
