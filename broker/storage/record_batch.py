@@ -36,7 +36,7 @@ import functools
 import mmap
 import struct
 from itertools import starmap as _starmap
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from crc32c import crc32c
 from lz4.frame import compress as _lz4_compress
@@ -667,10 +667,13 @@ def _decode_into(
     count: int,
     base_offset: int,
     base_timestamp: int,
-    out: list[tuple[int, int, bytes | None, bytes | None, tuple]],
+    out: list,
+    new: Callable[[tuple[int, int, bytes | None, bytes | None, tuple]], Any],
 ) -> None:
-    """Decode the ``count`` records in ``data[pos:end]`` and append an ``(offset, timestamp,
-    key, value, headers)`` tuple for each to ``out``.
+    """Decode the ``count`` records in ``data[pos:end]`` and append
+    ``new((offset, timestamp, key, value, headers))`` for each to ``out``: ``_new_record``
+    makes Records (a C call; the 5-tuple goes straight back to the free list), ``tuple``
+    keeps the tuples as they are.
 
     The common shapes (one- or two-byte varints, null key, no headers) are read inline with
     the _H table; anything else goes through decode_varint / _read_bytes / _read_headers.
@@ -702,7 +705,12 @@ def _decode_into(
                 tsd = h[b]
                 pos += 2
             else:
-                tsd, pos = dv(data, pos + 1)
+                b2 = data[pos + 2]
+                if b2 < 128 and not b & 1:
+                    tsd = h[b] + (b2 << 6)
+                    pos += 3
+                else:
+                    tsd, pos = dv(data, pos + 1)
             # offsetDelta
             b = data[pos]
             if b < 128:
@@ -760,7 +768,7 @@ def _decode_into(
                     f"record length says it ends at {rec_end} but its fields end at {pos}",
                     position=pos,
                 )
-            append((base_offset + od, base_timestamp + tsd, key, value, headers))
+            append(new((base_offset + od, base_timestamp + tsd, key, value, headers)))
     except IndexError:
         raise CorruptRecordError("record data runs past the end of the batch", position=pos) from None
     if pos != end:
@@ -810,7 +818,7 @@ def _as_bytes(buf: Buffer) -> bytes:
     return buf if type(buf) is bytes else bytes(buf)
 
 
-def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list) -> int:
+def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list, new: Callable) -> int:
     """Decode every whole batch of ``buf`` into ``out`` (tuples); returns the next offset
     after the last whole batch (``start_offset`` when there is none)."""
     data = _as_bytes(buf)
@@ -833,10 +841,10 @@ def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list) 
         if batch_next > start_offset:
             records, rpos, rend = _records_of(data, pos, h)
             if base_offset >= start_offset:
-                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out)
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out, new)
             else:  # the fetch started inside this batch
                 batch: list = []
-                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch)
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch, new)
                 out.extend([r for r in batch if r[0] >= start_offset])
         if batch_next > next_offset:
             next_offset = batch_next
@@ -851,8 +859,8 @@ def decode_batch(buf: Buffer, pos: int = 0, verify_crc: bool = True) -> tuple[Ba
     data, pos = _batch_bytes(buf, pos, h)
     records, rpos, rend = _records_of(data, pos, h)
     out: list = []
-    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out)
-    return h, list(map(_new_record, out))
+    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out, _new_record)
+    return h, out
 
 
 def iter_records(buf: Buffer, start_offset: int = 0, verify_crc: bool = True) -> Iterator[Record]:
@@ -872,10 +880,10 @@ def iter_records(buf: Buffer, start_offset: int = 0, verify_crc: bool = True) ->
         if h.base_offset + h.last_offset_delta >= start_offset:
             records, rpos, rend = _records_of(data, pos, h)
             out: list = []
-            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out)
+            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out, _new_record)
             if h.base_offset < start_offset:
                 out = [r for r in out if r[0] >= start_offset]
-            yield from map(_new_record, out)
+            yield from out
         pos += size
 
 
@@ -890,9 +898,10 @@ def decode_records_into(
     the offset after the last whole batch (``start_offset`` if ``buf`` holds none), which is
     where the next fetch starts."""
     out: list = []
-    next_offset = _decode_buffer(buf, start_offset, verify_crc, out)
     if make is Record:
-        return list(map(_new_record, out)), next_offset  # type: ignore[arg-type]
+        next_offset = _decode_buffer(buf, start_offset, verify_crc, out, _new_record)
+        return out, next_offset
+    next_offset = _decode_buffer(buf, start_offset, verify_crc, out, tuple)
     return list(_starmap(make, out)), next_offset
 
 
