@@ -50,7 +50,7 @@ __all__ = ["ZooKeeperMetadataSource", "connect"]
 log = logging.getLogger(__name__)
 
 
-def connect(zookeeper: str, *, session_timeout_ms: int = 10000, connect_timeout_ms: int = 15000) -> KazooClient:
+def connect(zookeeper: str, *, session_timeout_ms: int = 6000, connect_timeout_ms: int = 15000) -> KazooClient:
     """A started kazoo client on ``zookeeper`` (``/annal`` chroot when none is given) that
     retries connections forever. Raises ``NetworkError`` when ZooKeeper cannot be reached
     within ``connect_timeout_ms``."""
@@ -89,7 +89,7 @@ class ZooKeeperMetadataSource:
         zookeeper: str | None = None,
         *,
         client: KazooClient | None = None,
-        session_timeout_ms: int = 10000,
+        session_timeout_ms: int = 6000,
     ) -> None:
         if client is None:
             if zookeeper is None:

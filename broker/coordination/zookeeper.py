@@ -131,6 +131,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._session_gen = 0  # bumped on every LOST
         self._sessions_seen: set[int] = set()
         self._registered_session: int | None = None
+        self._last_session_id: int | None = None
         self._registered = threading.Event()
 
         self._dirty = threading.Event()
@@ -392,7 +393,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._connected.clear()
             log.warning(
                 "ZooKeeper connection SUSPENDED (session %s); still serving open partitions",
-                _hex(self.session_id),
+                _hex(self._last_session_id),
             )
         elif state == KazooState.LOST:
             self._connected.clear()
@@ -402,7 +403,8 @@ class ZooKeeperCoordinator(Coordinator):
             log.warning("ZooKeeper session LOST (expired); still serving open partitions, will register again")
         else:
             self._connected.set()
-            log.info("ZooKeeper connected (session %s)", _hex(self.session_id))
+            self._last_session_id = self.session_id
+            log.info("ZooKeeper connected (session %s)", _hex(self._last_session_id))
             self._session_kick.set()
             self._mark_dirty(brokers=True, topics=True)
             self._deletions_kick.set()

@@ -7,6 +7,9 @@
   teardown, and fault helpers: ``expire_session`` (a second client with the same session
   id and password closes the session on the server, which is a real expiry, not a local
   simulation), ``drop_connection``, ``stop_server`` / ``start_server`` / ``restart_server``.
+* ``zk_cluster`` (function scope): a ``ZkCluster`` that starts real broker processes
+  (``tests.harness.broker.BrokerProcess`` with ``--zookeeper`` and ``--broker-id``) in the
+  test's chroot, with a 4 s session timeout, and reads what they registered.
 * ``pytest_runtest_makereport``: when a test that used ``zk`` fails, the ZooKeeper server log
   written during that test is attached to the report.
 
@@ -26,10 +29,14 @@ from kazoo.client import KazooClient
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.states import KazooState
 
+from broker.coordination import zk_paths
 from broker.coordination.zk_server import ZooKeeperNotInstalledError, ZooKeeperServer
+from tests.harness.broker import BrokerProcess
 
 __all__ = [
     "ZooKeeperHarness",
+    "ZkCluster",
+    "zk_cluster",
     "wait_until",
     "zookeeper_server",
     "zk",
@@ -182,6 +189,98 @@ class ZooKeeperHarness:
                     cleaner.close()
                 except Exception:
                     pass
+
+
+class ZkCluster:
+    """Broker processes joined to one test's chroot. Not thread-safe."""
+
+    def __init__(self, zk: ZooKeeperHarness, broker_factory: Callable[..., BrokerProcess], session_timeout_ms: int = 4000) -> None:
+        self.zk = zk
+        self._factory = broker_factory
+        self.session_timeout_ms = session_timeout_ms
+        self.brokers: dict[int, BrokerProcess] = {}
+        self._client: KazooClient | None = None
+
+    @property
+    def hosts(self) -> str:
+        return self.zk.hosts
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.brokers.values() if b.running)
+
+    def client(self) -> KazooClient:
+        if self._client is None:
+            self._client = self.zk.client()
+        return self._client
+
+    def add(
+        self, broker_id: int, *, start: bool = True, extra_args: tuple[str, ...] = (), name: str | None = None, keep: bool = True
+    ) -> BrokerProcess:
+        """A broker process with this id (``keep=False``: not recorded in ``brokers``, for a
+        second process claiming a taken id)."""
+        b = self._factory(
+            name or f"broker{broker_id}",
+            start=False,
+            broker_id=broker_id,
+            extra_args=[
+                "--zookeeper", self.zk.hosts,
+                "--zookeeper-session-timeout-ms", str(self.session_timeout_ms),
+                *extra_args,
+            ],
+        )
+        if keep:
+            self.brokers[broker_id] = b
+        if start:
+            b.start()
+        return b
+
+    def start(self, *broker_ids: int) -> list[BrokerProcess]:
+        """Start brokers in parallel (each start waits for its ready line)."""
+        made = [self.add(i, start=False) for i in broker_ids]
+        errors: list[BaseException] = []
+
+        def go(b: BrokerProcess) -> None:
+            try:
+                b.start()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=go, args=(b,)) for b in made]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return made
+
+    def registered(self) -> set[int]:
+        return {int(c) for c in self.client().get_children(zk_paths.BROKER_IDS)}
+
+    def registration_owner(self, broker_id: int) -> int | None:
+        stat = self.client().exists(zk_paths.broker_path(broker_id))
+        return None if stat is None else stat.ephemeralOwner
+
+    def controller(self) -> int:
+        try:
+            data, _ = self.client().get(zk_paths.CONTROLLER)
+        except Exception:
+            return -1
+        return zk_paths.decode_controller(data)
+
+    def placement(self, topic: str) -> dict[int, int]:
+        data, _ = self.client().get(zk_paths.topic_path(topic))
+        return dict(zk_paths.decode_topic(topic, data).partitions)
+
+    def wait_registered(self, ids: set[int], timeout_s: float = 30.0) -> None:
+        wait_until(lambda: self.registered() == ids, timeout_s, f"registered brokers == {sorted(ids)}")
+
+
+@pytest.fixture
+def zk_cluster(zk: ZooKeeperHarness, broker_factory: Callable[..., BrokerProcess]) -> ZkCluster:
+    """Broker processes in this test's chroot (stopped at teardown by ``broker_factory``)."""
+    return ZkCluster(zk, broker_factory)
 
 
 @pytest.fixture(scope="session")
