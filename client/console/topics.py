@@ -92,8 +92,8 @@ def _run(admin: Admin, args: argparse.Namespace) -> int:
             print(name)
         return 0
     for desc in admin.describe_topics(topics or None):
-        configs = ",".join(f"{k}={v}" for k, v in sorted(desc.configs.items()))
-        print(f"Topic: {desc.name}\tPartitionCount: {desc.partition_count}\tConfigs: {configs}")
+        shown = ",".join(f"{k}={v}" for k, v in sorted(desc.configs.items()))
+        print(f"Topic: {desc.name}\tPartitionCount: {desc.partition_count}\tConfigs: {shown}")
         for p in desc.partitions:
             print(
                 f"\tTopic: {desc.name}\tPartition: {p.partition}\tLeader: {p.leader}"
