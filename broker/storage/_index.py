@@ -56,6 +56,7 @@ class AbstractIndex:
         self.base_offset = base_offset
         self.writable = writable
         self.entries_read = 0  # entries touched by lookups, for the O(1) lookup claim
+        self._allocated = 0  # bytes from 0 known to have disk blocks (see reserve)
         es = self.ENTRY_SIZE
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         fd = os.open(path, flags, 0o644)
@@ -94,6 +95,26 @@ class AbstractIndex:
     def reset(self) -> None:
         """Forget every entry (before a rebuild)."""
         self._entries = 0
+
+    def reserve(self, extra: int) -> None:
+        """Allocate disk blocks for the next ``extra`` entries before they are written.
+
+        The preallocated file is sparse; storing into a hole of a shared mapping when the
+        filesystem is full raises SIGBUS, which would kill the broker. ``posix_fallocate`` of
+        the pages about to be touched turns that into an ``OSError`` (ENOSPC) the caller can
+        answer. One call per new page at most (``_allocated`` remembers how far it got)."""
+        if not self.writable:
+            return
+        end = min((self._entries + extra) * self.ENTRY_SIZE, self._capacity)
+        if end <= self._allocated:
+            return
+        end = _page_round_up(end, self._capacity)
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, self._allocated, end - self._allocated)
+        finally:
+            os.close(fd)
+        self._allocated = end
 
     def truncate_to_entries(self, n: int) -> None:
         if n < self._entries:

@@ -275,6 +275,9 @@ class LogSegment:
         pos = self.size
         end = pos + len(data)
         try:
+            # Index pages first: a full disk must fail here, before anything is written.
+            h.index.reserve(sum(hd.records_count for hd in headers))
+            h.time_index.reserve(len(headers))
             h.ensure_log_capacity(end)
             written = 0
             while written < len(data):
@@ -356,6 +359,8 @@ class LogSegment:
             if not self.index_has_room(hd.records_count, 1):
                 error = "index full"
                 break
+            h.index.reserve(hd.records_count)  # ENOSPC here, not SIGBUS in the mapping
+            h.time_index.reserve(1)
             h.index.append_batch(hd.base_offset - self.base_offset, hd.records_count, pos)
             if h.time_index.maybe_append(hd.max_timestamp, hd.base_offset - self.base_offset):
                 self.max_timestamp = hd.max_timestamp
