@@ -397,6 +397,17 @@ class RecordAccumulator:
         """Tell the sticky partitioner how many partitions ``topic`` has."""
         self._partition_counts[topic] = n
 
+    def set_available_partitions(self, topic: str, partitions: list[int] | None) -> None:
+        """Send keyless records of ``topic`` only to ``partitions`` (those whose leader is
+        alive; None: all). If the open sticky batch is on a partition no longer available it
+        is closed, so keyless records from the next batch on go to a live partition; records
+        already in it wait for their leader until delivery_timeout_ms."""
+        with self.lock:
+            self.partitioner.set_available(topic, partitions)
+            batch = self.sticky.get(topic)
+            if batch is not None and not self.partitioner.is_available(topic, batch.tp.partition):
+                self._close_open(batch)
+
     # -- sender side ---------------------------------------------------------------------------
 
     def ready(self, now_ms: float, muted: set[TopicPartition]) -> tuple[list[TopicPartition], float]:

@@ -35,17 +35,32 @@ class StickyPartitionCache:
     Not thread-safe by itself: the record accumulator calls it under its lock.
     """
 
-    __slots__ = ("_current", "_random")
+    __slots__ = ("_current", "_random", "_available")
 
     def __init__(self, seed: int | None = None) -> None:
         self._current: dict[str, int] = {}
         self._random = random.Random(seed)
+        # Partitions whose leader is alive, for topics where some are not (cluster mode:
+        # keyless records go only there, Kafka 0.7's producer load balancing).
+        self._available: dict[str, list[int]] = {}
+
+    def set_available(self, topic: str, partitions: list[int] | None) -> None:
+        """Restrict keyless records of ``topic`` to ``partitions`` (None or empty: all)."""
+        if partitions:
+            self._available[topic] = sorted(partitions)
+        else:
+            self._available.pop(topic, None)
+
+    def is_available(self, topic: str, partition: int) -> bool:
+        avail = self._available.get(topic)
+        return avail is None or partition in avail
 
     def partition(self, topic: str, num_partitions: int) -> int:
         """The topic's sticky partition, chosen now if the topic has none yet."""
         p = self._current.get(topic)
-        if p is None or p >= num_partitions:
-            p = self._random.randrange(num_partitions)
+        if p is None or p >= num_partitions or (topic in self._available and p not in self._available[topic]):
+            avail = [a for a in self._available.get(topic, ()) if a < num_partitions]
+            p = self._random.choice(avail) if avail else self._random.randrange(num_partitions)
             self._current[topic] = p
         return p
 
@@ -53,7 +68,13 @@ class StickyPartitionCache:
         """Move the topic off ``previous`` (whose batch was closed) to another partition at
         random; a no-op if the topic already moved on (another batch closed first)."""
         p = self._current.get(topic)
-        if p is not None and p != previous and p < num_partitions:
+        if p is not None and p != previous and p < num_partitions and self.is_available(topic, p):
+            return p
+        avail = [a for a in self._available.get(topic, ()) if a < num_partitions]
+        if avail:
+            others = [a for a in avail if a != previous]
+            p = self._random.choice(others or avail)
+            self._current[topic] = p
             return p
         if num_partitions <= 1:
             p = 0

@@ -181,6 +181,11 @@ class Producer:
             n = md.partition_count(topic)
             if n:
                 self._accumulator.set_partition_count(topic, n)
+                # Keyless records go only to partitions whose leader is alive (keyed ones
+                # keep key -> partition and wait for the leader to come back).
+                desc = md.topic(topic)
+                live = [pm.partition for pm in desc.partitions if pm.leader >= 0 and md.is_alive(pm.leader)] if desc else []
+                self._accumulator.set_available_partitions(topic, live if 0 < len(live) < n else None)
 
     # -- sending ------------------------------------------------------------------------------------
 
