@@ -181,13 +181,16 @@ class LocalCluster:
                 return True
             except UnhealthyError:
                 return False
+        # `annal cluster up` prints machine-parsable lines, then "cluster ready: ...".
         text = _tail(self.log_path, 64_000)
-        bootstrap = re.search(r"bootstrap[_ -]servers?\s*[:=]\s*(\S+)", text, re.IGNORECASE)
-        zookeeper = re.search(r"zookeeper\s*[:=]\s*(\S+)", text, re.IGNORECASE)
-        if bootstrap is None:
+        if not re.search(r"^cluster ready:", text, re.MULTILINE):
             return False
+        bootstrap = re.search(r"^bootstrap_servers=(\S+)", text, re.MULTILINE)
+        zookeeper = re.search(r"^zookeeper=(\S+)", text, re.MULTILINE)
+        if bootstrap is None or zookeeper is None:
+            raise RunFailed(f"`annal cluster up` did not print bootstrap_servers= and zookeeper=:\n{text}")
         self.bootstrap_servers = bootstrap.group(1)
-        self.zookeeper = zookeeper.group(1) if zookeeper else ""
+        self.zookeeper = zookeeper.group(1)
         return True
 
     def stop(self) -> int | None:
@@ -247,7 +250,7 @@ def _value(i: int, size: int) -> bytes:
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    from broker.errors import TopicAlreadyExistsError
+    from broker.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
     from client import Admin, NewTopic
 
     admin = Admin(bootstrap_servers=bootstrap)
@@ -256,10 +259,16 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
             admin.create_topics([NewTopic(name, partitions)])
         except TopicAlreadyExistsError:
             pass
+        # Every broker learns of the topic through its ZooKeeper watch, so the broker that
+        # answers may not know it yet: wait until one answer shows every partition led.
         deadline = time.monotonic() + 30
+        leaders: list[int] = []
         while True:
-            description = admin.describe_topics([name])[0]
-            leaders = [p.leader for p in description.partitions]
+            try:
+                description = admin.describe_topics([name])[0]
+                leaders = [p.leader for p in description.partitions]
+            except UnknownTopicOrPartitionError:
+                leaders = []
             if len(leaders) == partitions and all(leader >= 0 for leader in leaders):
                 print(f"   topic {name}: {partitions} partitions, leaders {leaders}")
                 return
