@@ -299,6 +299,8 @@ def _encode_headers(headers: HeaderList) -> bytes:
     """headerCount varint followed by each (key, value) header, as in a record body."""
     parts = [_varint(len(headers))]
     for hkey, hval in headers:
+        if type(hkey) is not str:
+            raise TypeError(f"header key must be str, not {type(hkey).__name__}: {hkey!r}")
         kb = hkey.encode("utf-8")
         parts.append(_varint(len(kb)))
         parts.append(kb)

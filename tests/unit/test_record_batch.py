@@ -561,3 +561,16 @@ def test_decoding_from_an_mmap_at_a_position(tmp_path):
         assert decode_batch(mm, len(first))[1] == expected(MIXED[2:5], 2)
         assert decode_batch(memoryview(mm)[len(first) :])[1] == expected(MIXED[2:5], 2)
         assert list(iter_records(mm, start_offset=1)) == expected(MIXED[:5])[1:]
+
+
+def test_header_keys_must_be_str():
+    with pytest.raises(TypeError, match="header key must be str"):
+        encode_batch([(1, None, b"v", [(b"bytes-key", b"x")])])
+    with pytest.raises(TypeError, match="header key must be str"):
+        BatchBuilder().append(1, None, b"v", [(b"bytes-key", b"x")])
+
+
+def test_values_may_be_bytearray_or_memoryview():
+    records = [(1, bytearray(b"k"), memoryview(b"value"), None), (2, None, bytearray(b"v" * 200), [("h", b"1")])]
+    buf = encode_batch(records)
+    assert [(r.key, r.value) for r in decode_batch(buf)[1]] == [(b"k", b"value"), (None, b"v" * 200)]
