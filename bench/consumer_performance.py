@@ -81,6 +81,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if args.num_records < 1 or args.consumers < 1:
         log("annal-bench consume: --num-records and --consumers must be >= 1")
         return 2
+    if args.group and not args.zookeeper:
+        log("annal-bench consume: --group needs --zookeeper (consumer groups live in ZooKeeper)")
+        return 2
     started = time.time()
     filled = 0
     try:

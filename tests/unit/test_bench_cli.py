@@ -52,6 +52,7 @@ def test_bootstrap_and_zookeeper_are_exclusive() -> None:
 
 def test_consume_and_e2e_reject_bad_options() -> None:
     assert consumer_performance.main(["--num-records", "0"]) == 2
+    assert consumer_performance.main(["--group", "g"]) == 2  # groups need ZooKeeper
     assert end_to_end_latency.main(["--rate", "0"]) == 2
     assert end_to_end_latency.main(["--record-size", "4"]) == 2
 
