@@ -1,0 +1,207 @@
+"""Storage engine figures: append and read speed of a ``PartitionLog`` against the ceiling of
+this machine's page cache and disk.
+
+    .venv/bin/python -m bench.storage [--dir DIR] [--runs 3] [--write docs/benchmarks/storage.md]
+
+Figures (each the median of ``--runs`` runs, every run printed):
+
+* append of already-encoded 1 MiB batches (the bytes a produce request carries, so ``append``
+  copies each once to set its baseOffset) into the page cache, in MB/s;
+* the same with an fdatasync per batch (``flush_messages=1``);
+* reads of 64 KiB at random offsets of a 10,000,000-record log, and near its head (reads/s), and
+  their ratio (the dense index makes a lookup one array read wherever the offset is);
+* the ceiling: buffered ``write()`` of 1 MiB blocks, ``write()`` + ``fdatasync`` per 1 MiB, and
+  the cost of one fdatasync after a 4 KiB write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from broker.storage import PartitionLog
+from broker.storage.record_batch import encode_batch
+
+MiB = 1 << 20
+
+
+def one_mib_batch() -> bytes:
+    """A 1 MiB RecordBatch: 1024 records of ~1000-byte values."""
+    value = bytes(random.Random(1).randbytes(1000))
+    b = encode_batch([(1_700_000_000_000 + i, None, value, None) for i in range(1024)])
+    return b
+
+
+def bench_append(root: str, batch: bytes, total_bytes: int, flush_each: bool) -> float:
+    path = tempfile.mkdtemp(dir=root)
+    try:
+        cfg = dict(segment_bytes=1 << 30, max_message_bytes=2 * MiB, retention_ms=-1)
+        if flush_each:
+            cfg["flush_messages"] = 1
+        lg = PartitionLog.open(os.path.join(path, "bench-0"), **cfg)
+        n = max(1, total_bytes // len(batch))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            lg.append(batch)
+        dt = time.perf_counter() - t0
+        lg.close()
+        return n * len(batch) / dt / 1e6
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def build_big_log(root: str, records: int) -> PartitionLog:
+    """A log of ``records`` records of 10-byte values in 1000-record batches (segments of
+    256 MiB, so it spans a few)."""
+    per = 1000
+    b = encode_batch([(1_700_000_000_000, None, b"0123456789", None)] * per)
+    lg = PartitionLog.open(os.path.join(root, "read-0"), segment_bytes=64 * MiB, retention_ms=-1)
+    for _ in range(records // per):
+        lg.append(b)
+    return lg
+
+
+def bench_reads(lg: PartitionLog, pick: Callable[[], int], seconds: float, max_bytes: int = 64 * 1024) -> float:
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(200):
+            r = lg.read(pick(), max_bytes)
+            r.release()
+        n += 200
+        now = time.perf_counter()
+        if now >= end:
+            return n / (now - t0)
+
+
+def ceiling_write(root: str, total_bytes: int, fsync_each: bool) -> float:
+    path = os.path.join(root, "ceiling.bin")
+    block = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(total_bytes // MiB):
+            os.write(fd, block)
+            if fsync_each:
+                os.fdatasync(fd)
+        dt = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return total_bytes / dt / 1e6
+
+
+def ceiling_fdatasync_ms(root: str, n: int = 200) -> float:
+    path = os.path.join(root, "fsync.bin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    block = os.urandom(4096)
+    times = []
+    try:
+        for _ in range(n):
+            os.write(fd, block)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return statistics.median(times) * 1000
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.storage", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", default=None, help="where to write (default: a temp dir under /tmp)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--append-mib", type=int, default=512, help="MiB appended per append run")
+    p.add_argument("--fsync-mib", type=int, default=256, help="MiB appended per fdatasync run")
+    p.add_argument("--records", type=int, default=10_000_000, help="records in the read log")
+    p.add_argument("--read-seconds", type=float, default=3.0)
+    p.add_argument("--write", metavar="MD", help="write the results table to this markdown file")
+    args = p.parse_args(argv)
+
+    root = tempfile.mkdtemp(prefix="annal-bench-storage-", dir=args.dir)
+    rows: list[tuple[str, str, list[float], str]] = []
+
+    def measure(name: str, target: str, unit: str, fn: Callable[[], float]) -> list[float]:
+        runs = []
+        for i in range(args.runs):
+            v = fn()
+            runs.append(v)
+            print(f"{name} run {i + 1}: {v:,.2f} {unit}", flush=True)
+        print(f"{name}: median {statistics.median(runs):,.2f} {unit}", flush=True)
+        rows.append((name, target, runs, unit))
+        return runs
+
+    try:
+        batch = one_mib_batch()
+        print(f"batch: {len(batch)} bytes, 1024 records", flush=True)
+        measure("append 1 MiB batches, page cache", ">= 1000 MB/s", "MB/s",
+                lambda: bench_append(root, batch, args.append_mib * MiB, False))
+        measure("append 1 MiB batches, fdatasync each", ">= 500 MB/s", "MB/s",
+                lambda: bench_append(root, batch, args.fsync_mib * MiB, True))
+
+        print(f"building a {args.records:,}-record log...", flush=True)
+        lg = build_big_log(root, args.records)
+        leo = lg.log_end_offset
+        rnd = random.Random(7)
+        rand_runs = measure(f"read 64 KiB at random offsets of {leo:,} records", "", "reads/s",
+                            lambda: bench_reads(lg, lambda: rnd.randrange(0, leo), args.read_seconds))
+        head_runs = measure("read 64 KiB near the head (last 100,000 offsets)", "", "reads/s",
+                            lambda: bench_reads(lg, lambda: rnd.randrange(leo - 100_000, leo), args.read_seconds))
+        ratio = [h / r for h, r in zip(head_runs, rand_runs)]
+        rows.append(("head/random read rate ratio", "<= 1.2x", ratio, "x"))
+        print(f"ratio head/random: {statistics.median(ratio):.3f}", flush=True)
+        lg.close()
+
+        measure("ceiling: buffered write() of 1 MiB blocks", "", "MB/s",
+                lambda: ceiling_write(root, args.append_mib * MiB, False))
+        measure("ceiling: write() + fdatasync per 1 MiB", "", "MB/s",
+                lambda: ceiling_write(root, args.fsync_mib * MiB, True))
+        measure("ceiling: one fdatasync after a 4 KiB write", "", "ms", lambda: ceiling_fdatasync_ms(root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    cmd = ".venv/bin/python -m bench.storage " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        "| figure | target | median | runs |",
+        "|---|---|---|---|",
+    ]
+    for name, target, runs, unit in rows:
+        fmt = (lambda v: f"{v:.3f}") if unit in ("x", "ms") else (lambda v: f"{v:,.0f}")
+        lines.append(f"| {name} | {target or '-'} | **{fmt(statistics.median(runs))} {unit}** | "
+                     f"{', '.join(fmt(v) for v in runs)} |")
+    table = "\n".join(lines)
+    meta = (f"Command: `{cmd.strip()}`  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
+            f"Machine: {os.cpu_count()} CPUs (`nproc`), {cpu_model()}, Python {platform.python_version()}, "
+            f"files under {root.rsplit('/', 1)[0]}")
+    print()
+    print(table)
+    print(meta)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(table + "\n\n" + meta + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
