@@ -32,12 +32,10 @@ Because the CRC starts at ``attributes``, the broker assigns offsets by overwrit
 
 from __future__ import annotations
 
-import functools
 import mmap
-import operator
 import struct
 from itertools import starmap as _starmap
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from crc32c import crc32c
 from lz4.frame import compress as _lz4_compress
@@ -343,7 +341,6 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes | None], ...]
 
 
-_new_record = functools.partial(tuple.__new__, Record)  # Record from a 5-tuple, all in C
 
 
 def compression_from_name(name: str | None) -> int:
@@ -671,12 +668,13 @@ def _decode_into(
     base_offset: int,
     base_timestamp: int,
     out: list,
-    new: Callable[[tuple[int, int, bytes | None, bytes | None, tuple]], Any],
+    cls: type[tuple],
 ) -> None:
     """Decode the ``count`` records in ``data[pos:end]`` and append
-    ``new((offset, timestamp, key, value, headers))`` for each to ``out``: ``_new_record``
-    makes Records (a C call; the 5-tuple goes straight back to the free list), ``tuple``
-    keeps the tuples as they are.
+    ``cls((offset, timestamp, key, value, headers))`` for each to ``out``, cls being Record
+    or tuple. ``tuple.__new__`` is called directly: it is the C constructor of a NamedTuple
+    (Record's own ``__new__`` is a Python function), it returns an exact tuple unchanged, and
+    the temporary 5-tuple goes straight back to the free list.
 
     The common shapes (one- or two-byte varints, null key, no headers) are read inline with
     the _H table; anything else goes through decode_varint / _read_bytes / _read_headers.
@@ -687,6 +685,7 @@ def _decode_into(
     dv = decode_varint
     rbytes = _read_bytes
     append = out.append
+    tnew = tuple.__new__
     try:
         for _ in range(count):
             # length
@@ -771,7 +770,7 @@ def _decode_into(
                     f"record length says it ends at {rec_end} but its fields end at {pos}",
                     position=pos,
                 )
-            append(new((base_offset + od, base_timestamp + tsd, key, value, headers)))
+            append(tnew(cls, (base_offset + od, base_timestamp + tsd, key, value, headers)))
     except IndexError:
         raise CorruptRecordError("record data runs past the end of the batch", position=pos) from None
     if pos != end:
@@ -821,7 +820,7 @@ def _as_bytes(buf: Buffer) -> bytes:
     return buf if type(buf) is bytes else bytes(buf)
 
 
-def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list, new: Callable) -> int:
+def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list, cls: type[tuple]) -> int:
     """Decode every whole batch of ``buf`` into ``out`` (tuples); returns the next offset
     after the last whole batch (``start_offset`` when there is none)."""
     data = _as_bytes(buf)
@@ -844,10 +843,10 @@ def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list, 
         if batch_next > start_offset:
             records, rpos, rend = _records_of(data, pos, h)
             if base_offset >= start_offset:
-                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out, new)
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out, cls)
             else:  # the fetch started inside this batch
                 batch: list = []
-                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch, new)
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch, cls)
                 out.extend([r for r in batch if r[0] >= start_offset])
         if batch_next > next_offset:
             next_offset = batch_next
@@ -862,7 +861,7 @@ def decode_batch(buf: Buffer, pos: int = 0, verify_crc: bool = True) -> tuple[Ba
     data, pos = _batch_bytes(buf, pos, h)
     records, rpos, rend = _records_of(data, pos, h)
     out: list = []
-    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out, _new_record)
+    _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out, Record)
     return h, out
 
 
@@ -883,7 +882,7 @@ def iter_records(buf: Buffer, start_offset: int = 0, verify_crc: bool = True) ->
         if h.base_offset + h.last_offset_delta >= start_offset:
             records, rpos, rend = _records_of(data, pos, h)
             out: list = []
-            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out, _new_record)
+            _decode_into(records, rpos, rend, h.records_count, h.base_offset, h.base_timestamp, out, Record)
             if h.base_offset < start_offset:
                 out = [r for r in out if r[0] >= start_offset]
             yield from out
@@ -902,7 +901,7 @@ def decode_records_into(
     where the next fetch starts."""
     out: list = []
     if make is Record:
-        next_offset = _decode_buffer(buf, start_offset, verify_crc, out, _new_record)
+        next_offset = _decode_buffer(buf, start_offset, verify_crc, out, Record)
         return out, next_offset
     next_offset = _decode_buffer(buf, start_offset, verify_crc, out, tuple)
     return list(_starmap(make, out)), next_offset
@@ -925,8 +924,9 @@ def validate_records(buf: Buffer, pos: int = 0) -> int:
     data, pos = _batch_bytes(buf, pos, h)
     records, p, end = _records_of(data, pos, h)
     count = h.records_count
-    deltas: list[int] = []
-    _decode_into(records, p, end, count, 0, 0, deltas, _offset_of)
+    decoded: list[tuple] = []
+    _decode_into(records, p, end, count, 0, 0, decoded, tuple)
+    deltas = [r[0] for r in decoded]
     if deltas != list(range(count)):
         bad = next(i for i, d in enumerate(deltas) if d != i)
         raise InvalidRecordError(
@@ -934,5 +934,3 @@ def validate_records(buf: Buffer, pos: int = 0) -> int:
         )
     return count
 
-
-_offset_of = operator.itemgetter(0)
