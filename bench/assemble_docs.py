@@ -1,0 +1,305 @@
+"""Assemble docs/benchmarks.md from the fragments docs/benchmarks/*.md and the ceiling JSON.
+
+    .venv/bin/python -m bench.assemble_docs [--fragments docs/benchmarks] [--out docs/benchmarks.md]
+
+This script only copies: every number in the output comes from a fragment's table (written by
+the engineer who ran the measurement) or from ``docs/benchmarks/ceiling.json`` (written by
+``annal-bench ceiling``). It computes one thing, the fraction of a figure's ceiling, as the
+measured median divided by the ceiling it names, and prints which ceiling it used.
+
+A fragment's table is recognised by its header: a column naming the figure (``figure``,
+``metric``, ``what``), and at least one of ``target`` or ``measured``/``median``. Other columns
+it picks up by name: ``runs``, ``command``, ``met``, ``ceiling``/``fraction``, ``notes``/
+``profile``. A row whose measured cell is empty or says "not measured" is kept and marked
+"not measured". Each fragment is also copied whole under "Details by area", so its notes and
+profiles travel with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import glob
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["main", "parse_tables", "Row", "fraction_of_ceiling", "parse_quantity"]
+
+AREAS = ("codec", "storage", "broker", "sdk", "cluster", "bench")
+
+_ROLE_PATTERNS: list[tuple[str, tuple[str, ...]]] = [
+    ("figure", ("figure", "metric", "what", "benchmark", "name")),
+    ("target", ("target", "goal")),
+    ("measured", ("median", "measured", "result", "value")),
+    ("runs", ("runs", "run 1", "samples")),
+    ("command", ("command", "how")),
+    ("met", ("met",)),
+    ("fraction", ("fraction", "ceiling", "% of")),
+    ("notes", ("note", "profile", "why", "comment", "remark")),
+]
+
+
+@dataclass(slots=True)
+class Row:
+    area: str
+    figure: str
+    target: str = ""
+    measured: str = ""
+    runs: str = ""
+    command: str = ""
+    met: str = ""
+    fraction: str = ""
+    notes: str = ""
+
+
+def _cells(line: str) -> list[str]:
+    s = line.strip()
+    if s.startswith("|"):
+        s = s[1:]
+    if s.endswith("|") and not s.endswith("\\|"):
+        s = s[:-1]
+    # split on | not escaped and not inside backticks
+    out, cur, tick = [], [], False
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch == "`":
+            tick = not tick
+        if ch == "\\" and i + 1 < len(s) and s[i + 1] == "|":
+            cur.append("|")
+            i += 2
+            continue
+        if ch == "|" and not tick:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur).strip())
+    return out
+
+
+def _roles(header: list[str]) -> dict[str, int]:
+    roles: dict[str, int] = {}
+    for idx, h in enumerate(header):
+        hl = h.lower()
+        for role, pats in _ROLE_PATTERNS:
+            if role in roles:
+                continue
+            if role == "met" and not re.search(r"\bmet\b", hl):
+                continue
+            if role == "measured" and ("target" in hl or "run" in hl and "median" not in hl):
+                continue
+            if any(p in hl for p in pats):
+                roles[role] = idx
+                break
+    return roles
+
+
+def parse_tables(text: str, area: str) -> list[Row]:
+    """Rows of every figures table in a fragment's markdown."""
+    lines = text.splitlines()
+    rows: list[Row] = []
+    i = 0
+    while i < len(lines) - 1:
+        if lines[i].lstrip().startswith("|") and re.match(r"^\s*\|?\s*:?-{3,}", lines[i + 1]):
+            header = _cells(lines[i])
+            roles = _roles(header)
+            j = i + 2
+            body = []
+            while j < len(lines) and lines[j].lstrip().startswith("|"):
+                body.append(_cells(lines[j]))
+                j += 1
+            if "figure" in roles and ("measured" in roles or "target" in roles):
+                for cells in body:
+                    def get(role: str, cells: list[str] = cells) -> str:
+                        k = roles.get(role)
+                        return cells[k] if k is not None and k < len(cells) else ""
+
+                    if not get("figure"):
+                        continue
+                    rows.append(Row(area, get("figure"), get("target"), get("measured"), get("runs"),
+                                    get("command"), get("met"), get("fraction"), get("notes")))  # fmt: skip
+            i = j
+        else:
+            i += 1
+    return rows
+
+
+_QTY = re.compile(
+    r"(?P<num>[0-9][0-9,]*(?:\.[0-9]+)?)\s*(?P<mult>[kKMG](?![Bi]))?\s*(?P<unit>"
+    r"GB/s|GiB/s|MB/s|MiB/s|records/s|records/sec|rec/s|msgs?/s|messages/s|ops/s|batches/s|us|µs|ms|s\b)?"
+)
+
+
+def parse_quantity(cell: str) -> tuple[float, str] | None:
+    """The first number with a unit in a cell: (value in base units, unit family)."""
+    for m in _QTY.finditer(cell.replace("\u202f", "")):
+        num = float(m.group("num").replace(",", ""))
+        mult = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}.get(m.group("mult") or "", 1.0)
+        unit = (m.group("unit") or "").lower()
+        if not unit:
+            continue
+        v = num * mult
+        if unit in ("gb/s", "gib/s"):
+            return v * (1e9 if unit == "gb/s" else 2**30), "bytes/s"
+        if unit in ("mb/s", "mib/s"):
+            return v * 2**20, "bytes/s"  # Annal's tools (like Kafka's) print MiB as MB
+        if unit in ("records/s", "records/sec", "rec/s", "msg/s", "msgs/s", "messages/s"):
+            return v, "records/s"
+        if unit in ("us", "µs"):
+            return v / 1e6, "s"
+        if unit == "ms":
+            return v / 1e3, "s"
+        if unit == "s":
+            return v, "s"
+        return v, unit
+    return None
+
+
+def fraction_of_ceiling(row: Row, ceiling: dict[str, float]) -> str:
+    """measured / ceiling for throughput figures (ceiling / measured for fsync latency)."""
+    q = parse_quantity(row.measured)
+    if q is None:
+        return "—"
+    value, family = q
+    text = f"{row.figure} {row.command}".lower()
+    if family == "bytes/s":
+        if any(w in text for w in ("fetch", "consum", "read", "sendfile", "zero-copy")):
+            key, label = "sendfile_gb_s", "sendfile"
+        elif any(w in text for w in ("fsync", "fdatasync", "acks=all", "acks all", "durab", "flush")):
+            key, label = "write_fdatasync_gb_s", "write+fdatasync"
+        elif any(w in text for w in ("append", "write", "produc", "segment")):
+            key, label = "write_buffered_gb_s", "buffered write"
+        else:
+            key, label = "socket_send_gb_s", "loopback send"
+        c = ceiling.get(key)
+        if not c:
+            return "—"
+        return f"{value / (c * 1e9):.2f} of {label} {c:.2f} GB/s"
+    if family == "records/s":
+        c = ceiling.get("python_records_per_s")
+        if not c:
+            return "—"
+        return f"{value / c:.3f} of Python floor {c / 1e6:.2f}M rec/s"
+    if family == "s" and any(w in text for w in ("fsync", "fdatasync", "acks=all")):
+        c = ceiling.get("fdatasync_us")
+        if not c or value <= 0:
+            return "—"
+        return f"{(c / 1e6) / value:.2f} (fdatasync {c:.0f} us / measured)"
+    return "—"
+
+
+def _esc(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _not_measured(row: Row) -> bool:
+    m = row.measured.strip().lower()
+    return not m or m in ("-", "—", "n/a") or m.startswith("not measured")
+
+
+def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: dict[str, str]) -> str:
+    from bench._report import machine_info
+
+    m = machine_info()
+    ceiling = {k: v["median"] for k, v in (ceiling_summary or {}).get("result", {}).items()}
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        "# Annal benchmarks",
+        "",
+        f"Assembled {now} by `.venv/bin/python -m bench.assemble_docs` from the fragments in "
+        "`docs/benchmarks/` (each written by the engineer who ran the measurement; this file only "
+        "copies their numbers).",
+        "",
+        f"Machine: {m['cpus']} cores (`nproc`), CPU model \"{m['cpu_model']}\", "
+        f"{round((m['mem_total_bytes'] or 0) / 2**30)} GiB RAM, {m['platform']}, Python {m['python']}. "
+        "The machine was shared with other engineers' test and benchmark runs while these figures were "
+        "taken, so they are noisy; each is the median of 3 runs.",
+        "",
+        "## Every figure",
+        "",
+        "\"Fraction of ceiling\" divides the measured median by this machine's limit from "
+        "`annal-bench ceiling` (below): byte rates by sendfile (fetch/consume), write+fdatasync "
+        "(durable writes), buffered write (appends/produce) or loopback send; record rates by the "
+        "pure-Python floor of framing 100-byte records; fsync-bound latencies as fdatasync time / "
+        "measured. A fragment's own ceiling column is used when it has one.",
+        "",
+        "| area | figure | target | measured (median of 3) | fraction of ceiling | met? | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        measured = "not measured" + (f" ({r.notes})" if r.notes else "") if _not_measured(r) else r.measured
+        if r.runs and not _not_measured(r):
+            measured += f" (runs: {r.runs})"
+        frac = r.fraction or ("—" if _not_measured(r) else fraction_of_ceiling(r, ceiling))
+        met = r.met or ("—" if not r.target else "not stated")
+        cmd = r.command or "—"
+        out.append(f"| {r.area} | {_esc(r.figure)} | {_esc(r.target) or '—'} | {_esc(measured)} | {_esc(frac)} | {_esc(met)} | {_esc(cmd)} |")
+    out += ["", "## Machine ceilings", ""]
+    if ceiling_summary:
+        from bench.ceiling import FIGURES
+
+        cmd = " ".join(ceiling_summary.get("command_line", ["annal-bench", "ceiling"]))
+        out += [
+            f"`{cmd}` at {ceiling_summary['started_at']}: each figure measured 3 times, interleaved; the median:",
+            "",
+            "| ceiling | median | runs |",
+            "|---|---|---|",
+        ]
+        for key, label, unit, fmt in FIGURES:
+            v = ceiling_summary["result"].get(key)
+            if v:
+                out.append(f"| {label} | {fmt.format(v['median'])} {unit} | {', '.join(fmt.format(x) for x in v['runs'])} |")
+    else:
+        out.append("not measured: no docs/benchmarks/ceiling.json")
+    missing = [a for a in AREAS if a not in fragments]
+    if missing:
+        out += ["", "## Fragments missing at assembly time", ""]
+        out += [f"- `docs/benchmarks/{a}.md`: not present when this file was assembled, so its figures are "
+                "not measured here." for a in missing]  # fmt: skip
+    out += ["", "## Details by area", ""]
+    for area, text in fragments.items():
+        out += [f"### {area} (`docs/benchmarks/{area}.md`)", ""]
+        for line in text.splitlines():
+            out.append("###" + line if line.startswith("#") else line)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.assemble_docs", description=__doc__.split("\n\n")[0])
+    p.add_argument("--fragments", default="docs/benchmarks")
+    p.add_argument("--ceiling-json", default="docs/benchmarks/ceiling.json")
+    p.add_argument("--out", default="docs/benchmarks.md")
+    args = p.parse_args(argv)
+    fragments: dict[str, str] = {}
+    paths = sorted(glob.glob(os.path.join(args.fragments, "*.md")))
+    order = {a: i for i, a in enumerate(AREAS)}
+    paths.sort(key=lambda pth: (order.get(os.path.basename(pth)[:-3], 99), pth))
+    rows: list[Row] = []
+    for path in paths:
+        area = os.path.basename(path)[:-3]
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        fragments[area] = text
+        found = parse_tables(text, area)
+        if not found:
+            print(f"warning: no figures table recognised in {path}", file=sys.stderr)
+        rows += found
+    ceiling = None
+    if os.path.exists(args.ceiling_json):
+        with open(args.ceiling_json, encoding="utf-8") as f:
+            ceiling = json.load(f)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(render(rows, ceiling, fragments))
+    print(f"wrote {args.out}: {len(rows)} figures from {len(fragments)} fragments")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""bench.assemble_docs: fragment tables are copied, not invented; ceilings fractions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.assemble_docs import Row, fraction_of_ceiling, main, parse_quantity, parse_tables
+
+FRAGMENT = """# Storage benchmarks
+
+Machine: 2 cores.
+
+| Figure | Target | Measured (median of 3) | Runs | Met? | Command |
+|---|---|---|---|---|---|
+| append throughput, 1 KiB records | >= 200 MB/s | 310.5 MB/s | 300.1, 310.5, 320.0 | yes | `python -m bench.storage append \\| tee` |
+| fetch via sendfile | >= 500 MB/s | 420 MB/s | 400, 420, 430 | no: profile shows recv | `python -m bench.storage fetch` |
+| recovery of 1 GiB | < 2 s | not measured | | | |
+
+| other | table |
+|---|---|
+| ignored | row |
+"""
+
+CEILING = {"write_buffered_gb_s": 1.0, "write_fdatasync_gb_s": 0.5, "fdatasync_us": 2000.0,
+           "sendfile_gb_s": 2.0, "socket_send_gb_s": 1.5, "python_records_per_s": 4e6}  # fmt: skip
+
+
+def test_parse_tables_copies_cells() -> None:
+    rows = parse_tables(FRAGMENT, "storage")
+    assert [r.figure for r in rows] == ["append throughput, 1 KiB records", "fetch via sendfile", "recovery of 1 GiB"]
+    a = rows[0]
+    assert (a.target, a.measured, a.runs, a.met) == (">= 200 MB/s", "310.5 MB/s", "300.1, 310.5, 320.0", "yes")
+    assert a.command == "`python -m bench.storage append | tee`"
+    assert rows[2].measured == "not measured"
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("310.5 MB/s", (310.5 * 2**20, "bytes/s")),
+        ("1.2 GB/s", (1.2e9, "bytes/s")),
+        ("262,284 records/s", (262284.0, "records/s")),
+        ("150k records/s", (150000.0, "records/s")),
+        ("3.5 ms", (0.0035, "s")),
+        ("850 us", (0.00085, "s")),
+        ("yes", None),
+    ],
+)
+def test_parse_quantity(cell: str, expected: tuple[float, str] | None) -> None:
+    got = parse_quantity(cell)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got[1] == expected[1] and got[0] == pytest.approx(expected[0])
+
+
+def test_fraction_picks_the_matching_ceiling() -> None:
+    assert fraction_of_ceiling(Row("broker", "fetch via sendfile", measured="1000 MB/s"), CEILING).endswith("of sendfile 2.00 GB/s")
+    assert fraction_of_ceiling(Row("storage", "append", measured="500 MB/s"), CEILING).startswith("0.52 of buffered write")
+    assert "write+fdatasync" in fraction_of_ceiling(Row("sdk", "produce acks=all", measured="100 MB/s"), CEILING)
+    assert fraction_of_ceiling(Row("sdk", "produce", measured="400,000 records/s"), CEILING).startswith("0.100 of Python floor")
+    assert fraction_of_ceiling(Row("sdk", "fsync latency", measured="4 ms"), CEILING).startswith("0.50")
+    assert fraction_of_ceiling(Row("sdk", "p99 latency", measured="4 ms"), CEILING) == "—"
+
+
+def test_main_assembles_and_marks_missing(tmp_path: Path) -> None:
+    frags = tmp_path / "benchmarks"
+    frags.mkdir()
+    (frags / "storage.md").write_text(FRAGMENT)
+    ceiling = {"started_at": "2026-11-26T15:00:00+00:00", "command_line": ["annal-bench", "ceiling"],
+               "result": {k: {"median": v, "runs": [v, v, v]} for k, v in CEILING.items()}}  # fmt: skip
+    (frags / "ceiling.json").write_text(json.dumps(ceiling))
+    out = tmp_path / "benchmarks.md"
+    assert main(["--fragments", str(frags), "--ceiling-json", str(frags / "ceiling.json"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| storage | append throughput, 1 KiB records | >= 200 MB/s | 310.5 MB/s (runs: 300.1, 310.5, 320.0) |" in text
+    assert "| storage | recovery of 1 GiB | < 2 s | not measured | — | not stated | — |" in text
+    assert "`docs/benchmarks/cluster.md`: not present" in text
+    assert "| os.sendfile over loopback | 2.00 GB/s |" in text
+    assert "#### Storage benchmarks" in text  # the fragment itself, headings demoted
