@@ -6,7 +6,8 @@
 3. Segments wholly below the recovery point (everything in them was fdatasync'ed together with
    their trimmed indexes) are loaded without scanning: ``LogSegment.load_clean`` checks, in O(1),
    that the last index entry points at a batch ending exactly at the end of the ``.log`` and
-   holding the last indexed offset. A missing or inconsistent index is rebuilt by scanning.
+   holding the last indexed offset (for the last segment, that its last batch passes
+   ``validate_batch``, CRC included). A missing or inconsistent index is rebuilt by scanning.
 4. From the segment holding the recovery point to the end (every segment after an unclean
    shutdown with no checkpoint), each segment is scanned batch by batch with ``validate_batch``
    and its indexes rebuilt. At the first torn, corrupt or out-of-sequence batch the ``.log`` is
@@ -134,7 +135,7 @@ def load_segments(
         # Pass 3
         if not scan:
             try:
-                seg.load_clean()
+                seg.load_clean(verify_last_batch=i == len(segments) - 1)
             except IndexCorruptError as e:
                 report.problems.append(f"rebuilding index: {e}")
                 report.indexes_rebuilt += 1

@@ -384,12 +384,14 @@ class LogSegment:
         self.unflushed = True
         return ScanResult(batches, pos, truncated, error)
 
-    def load_clean(self) -> None:
+    def load_clean(self, verify_last_batch: bool = False) -> None:
         """Load an inactive segment trusted to be whole (flushed, below the recovery point):
         size from the file, next offset and max timestamp from the last index entries, then an
         O(1) sanity check that the last index entry points at a batch ending at the end of the
-        file and holding the last indexed offset. Raises ``IndexCorruptError`` if it does not
-        add up (the caller then runs ``recover``)."""
+        file and holding the last indexed offset. ``verify_last_batch`` also checks that last
+        batch in full (CRC-32C included): the end of the last segment is where the last write
+        went. Raises ``IndexCorruptError`` if it does not add up (the caller then runs
+        ``recover``)."""
         try:
             size = os.stat(self.log_path).st_size
             n_index = os.stat(self.index_path).st_size
@@ -413,9 +415,9 @@ class LogSegment:
             last_pos = idx.lookup(idx.entries - 1)
             assert h.log_mm is not None
             try:
-                hd = parse_header(h.log_mm, last_pos)
+                hd = validate_batch(h.log_mm, last_pos) if verify_last_batch else parse_header(h.log_mm, last_pos)
             except AnnalError as e:
-                raise IndexCorruptError(f"{self.index_path}: last entry points at no batch") from e
+                raise IndexCorruptError(f"{self.index_path}: last entry points at no valid batch: {e}") from e
             last = self.base_offset + idx.entries - 1
             if last_pos + hd.batch_length + LOG_OVERHEAD != size or hd.last_offset != last or hd.base_offset > last:
                 raise IndexCorruptError(f"{self.index_path}: last entry does not match the end of {self.log_path}")
