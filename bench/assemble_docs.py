@@ -10,7 +10,9 @@ measured median divided by the ceiling it names, and prints which ceiling it use
 A fragment's table is recognised by its header: a column naming the figure (``figure``,
 ``metric``, ``what``), and at least one of ``target`` or ``measured``/``median``. Other columns
 it picks up by name: ``runs``, ``command``, ``met``, ``ceiling``/``fraction``, ``notes``/
-``profile``. A row whose measured cell is empty or says "not measured" is kept and marked
+``profile``. Without a command column, a fragment-wide ``Command: `...` `` line is used. Without
+a ``met`` column, a target that is a plain comparison (``>= 500 MB/s``) in the measured unit is
+compared with the median ("yes"/"no"); anything else says "not stated". A row whose measured cell is empty or says "not measured" is kept and marked
 "not measured". Each fragment is also copied whole under "Details by area", so its notes and
 profiles travel with the table.
 """
@@ -27,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["main", "parse_tables", "Row", "fraction_of_ceiling", "parse_quantity"]
+__all__ = ["main", "parse_tables", "Row", "fraction_of_ceiling", "parse_quantity", "met_target"]
 
 AREAS = ("codec", "storage", "broker", "sdk", "cluster", "bench")
 
@@ -40,6 +42,7 @@ _ROLE_PATTERNS: list[tuple[str, tuple[str, ...]]] = [
     ("met", ("met",)),
     ("fraction", ("fraction", "ceiling", "% of")),
     ("notes", ("note", "profile", "why", "comment", "remark")),
+    ("unit", ("unit",)),
 ]
 
 
@@ -54,6 +57,15 @@ class Row:
     met: str = ""
     fraction: str = ""
     notes: str = ""
+    unit: str = ""
+
+    def with_unit(self, cell: str) -> str:
+        """A target or measured cell with the table's unit column appended, if it has one."""
+        if not self.unit or not cell or cell.strip() in ("-", "—") or cell.lower().startswith("not measured"):
+            return cell
+        if parse_quantity(cell) is not None:
+            return cell
+        return f"{cell} {self.unit}"
 
 
 def _cells(line: str) -> list[str]:
@@ -123,7 +135,8 @@ def parse_tables(text: str, area: str) -> list[Row]:
                     if not get("figure"):
                         continue
                     rows.append(Row(area, get("figure"), get("target"), get("measured"), get("runs"),
-                                    get("command"), get("met"), get("fraction"), get("notes")))  # fmt: skip
+                                    get("command"), get("met"), get("fraction"), get("notes"),
+                                    get("unit")))  # fmt: skip
             i = j
         else:
             i += 1
@@ -132,12 +145,16 @@ def parse_tables(text: str, area: str) -> list[Row]:
 
 _QTY = re.compile(
     r"(?P<num>[0-9][0-9,]*(?:\.[0-9]+)?)\s*(?P<mult>[kKMG](?![Bi]))?\s*(?P<unit>"
-    r"GB/s|GiB/s|MB/s|MiB/s|records/s|records/sec|rec/s|msgs?/s|messages/s|ops/s|batches/s|us|µs|ms|s\b)?"
+    r"GB/s|GiB/s|MB/s|MiB/s|records/s|records/sec|rec/s|msgs?/s|messages/s|ops/s|batches/s|reads/s|us|µs|ms|s\b|x\b)?"
 )
 
 
-def parse_quantity(cell: str) -> tuple[float, str] | None:
-    """The first number with a unit in a cell: (value in base units, unit family)."""
+def parse_quantity(cell: str, *, mb_is_mib: bool = False) -> tuple[float, str] | None:
+    """The first number with a unit in a cell: (value in base units, unit family).
+
+    "MB/s" is 10^6 bytes/s unless ``mb_is_mib`` (annal-bench, like Kafka's tools, prints MiB/s
+    as "MB/sec"); "MiB/s" is always 2^20.
+    """
     for m in _QTY.finditer(cell.replace("\u202f", "")):
         num = float(m.group("num").replace(",", ""))
         mult = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}.get(m.group("mult") or "", 1.0)
@@ -147,8 +164,10 @@ def parse_quantity(cell: str) -> tuple[float, str] | None:
         v = num * mult
         if unit in ("gb/s", "gib/s"):
             return v * (1e9 if unit == "gb/s" else 2**30), "bytes/s"
-        if unit in ("mb/s", "mib/s"):
-            return v * 2**20, "bytes/s"  # Annal's tools (like Kafka's) print MiB as MB
+        if unit == "mib/s" or (unit == "mb/s" and mb_is_mib):
+            return v * 2**20, "bytes/s"
+        if unit == "mb/s":
+            return v * 1e6, "bytes/s"
         if unit in ("records/s", "records/sec", "rec/s", "msg/s", "msgs/s", "messages/s"):
             return v, "records/s"
         if unit in ("us", "µs"):
@@ -161,9 +180,30 @@ def parse_quantity(cell: str) -> tuple[float, str] | None:
     return None
 
 
+_CMP = re.compile(r"(>=|<=|≥|≤|>|<)")
+
+
+def met_target(target: str, measured: str, *, mb_is_mib: bool = False) -> str:
+    """"yes"/"no" when the target is a plain comparison (">= 100 MB/s") in the measured unit;
+    "" when it cannot be decided mechanically."""
+    m = _CMP.search(target)
+    if not m:
+        return ""
+    t = parse_quantity(target[m.end():], mb_is_mib=mb_is_mib)
+    v = parse_quantity(measured, mb_is_mib=mb_is_mib)
+    if t is None or v is None or t[1] != v[1]:
+        return ""
+    op = m.group(1)
+    ok = {">=": v[0] >= t[0], "≥": v[0] >= t[0], ">": v[0] > t[0],
+          "<=": v[0] <= t[0], "≤": v[0] <= t[0], "<": v[0] < t[0]}[op]  # fmt: skip
+    return "yes" if ok else "no"
+
+
 def fraction_of_ceiling(row: Row, ceiling: dict[str, float]) -> str:
     """measured / ceiling for throughput figures (ceiling / measured for fsync latency)."""
-    q = parse_quantity(row.measured)
+    if row.figure.lower().startswith("ceiling"):
+        return "—"  # a ceiling measured by a fragment is not divided by another ceiling
+    q = parse_quantity(row.with_unit(row.measured), mb_is_mib="annal-bench" in row.command)
     if q is None:
         return "—"
     value, family = q
@@ -233,13 +273,18 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        measured = "not measured" + (f" ({r.notes})" if r.notes else "") if _not_measured(r) else r.measured
+        measured = "not measured" + (f" ({r.notes})" if r.notes else "") if _not_measured(r) else r.with_unit(r.measured)
         if r.runs and not _not_measured(r):
             measured += f" (runs: {r.runs})"
         frac = r.fraction or ("—" if _not_measured(r) else fraction_of_ceiling(r, ceiling))
-        met = r.met or ("—" if not r.target else "not stated")
+        computed = (
+            met_target(r.with_unit(r.target), r.with_unit(r.measured), mb_is_mib="annal-bench" in r.command)
+            if not _not_measured(r)
+            else ""
+        )
+        met = r.met or computed or ("—" if not r.target or r.target in ("-", "—") else "not stated")
         cmd = r.command or "—"
-        out.append(f"| {r.area} | {_esc(r.figure)} | {_esc(r.target) or '—'} | {_esc(measured)} | {_esc(frac)} | {_esc(met)} | {_esc(cmd)} |")
+        out.append(f"| {r.area} | {_esc(r.figure)} | {_esc(r.with_unit(r.target)) or '—'} | {_esc(measured)} | {_esc(frac)} | {_esc(met)} | {_esc(cmd)} |")
     out += ["", "## Machine ceilings", ""]
     if ceiling_summary:
         from bench.ceiling import FIGURES
@@ -271,6 +316,12 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
     return "\n".join(out).rstrip() + "\n"
 
 
+def _fragment_command(text: str) -> str:
+    """A fragment-wide ``Command: `...` `` line, for tables without a command column."""
+    m = re.search(r"^\s*(?:[-*]\s+)?(?:\*\*)?Command(?:\*\*)?:\s*(?:\*\*)?\s*(.+?)\s*$", text, re.MULTILINE | re.IGNORECASE)
+    return m.group(1) if m else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.assemble_docs", description=__doc__.split("\n\n")[0])
     p.add_argument("--fragments", default="docs/benchmarks")
@@ -288,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             text = f.read()
         fragments[area] = text
         found = parse_tables(text, area)
+        default_cmd = _fragment_command(text)
+        for r in found:
+            if not r.command and default_cmd:
+                r.command = default_cmd
         if not found:
             print(f"warning: no figures table recognised in {path}", file=sys.stderr)
         rows += found

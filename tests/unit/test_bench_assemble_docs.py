@@ -40,7 +40,7 @@ def test_parse_tables_copies_cells() -> None:
 @pytest.mark.parametrize(
     ("cell", "expected"),
     [
-        ("310.5 MB/s", (310.5 * 2**20, "bytes/s")),
+        ("310.5 MB/s", (310.5e6, "bytes/s")),
         ("1.2 GB/s", (1.2e9, "bytes/s")),
         ("262,284 records/s", (262284.0, "records/s")),
         ("150k records/s", (150000.0, "records/s")),
@@ -59,7 +59,7 @@ def test_parse_quantity(cell: str, expected: tuple[float, str] | None) -> None:
 
 def test_fraction_picks_the_matching_ceiling() -> None:
     assert fraction_of_ceiling(Row("broker", "fetch via sendfile", measured="1000 MB/s"), CEILING).endswith("of sendfile 2.00 GB/s")
-    assert fraction_of_ceiling(Row("storage", "append", measured="500 MB/s"), CEILING).startswith("0.52 of buffered write")
+    assert fraction_of_ceiling(Row("storage", "append", measured="500 MB/s"), CEILING).startswith("0.50 of buffered write")
     assert "write+fdatasync" in fraction_of_ceiling(Row("sdk", "produce acks=all", measured="100 MB/s"), CEILING)
     assert fraction_of_ceiling(Row("sdk", "produce", measured="400,000 records/s"), CEILING).startswith("0.100 of Python floor")
     assert fraction_of_ceiling(Row("sdk", "fsync latency", measured="4 ms"), CEILING).startswith("0.50")
@@ -81,3 +81,33 @@ def test_main_assembles_and_marks_missing(tmp_path: Path) -> None:
     assert "`docs/benchmarks/cluster.md`: not present" in text
     assert "| os.sendfile over loopback | 2.00 GB/s |" in text
     assert "#### Storage benchmarks" in text  # the fragment itself, headings demoted
+
+
+def test_met_target_only_when_mechanical() -> None:
+    from bench.assemble_docs import met_target
+
+    assert met_target(">= 500 MB/s", "**303 MB/s**") == "no"
+    assert met_target(">= 1000 MB/s", "1,556 MB/s") == "yes"
+    assert met_target("<= 1.2x", "0.746 x") == "yes"
+    assert met_target("< 2 s", "1500 ms") == "yes"
+    assert met_target(">= 100k records/s", "3.5 ms") == ""  # different units: not decided
+    assert met_target("fast", "3.5 ms") == ""
+
+
+def test_mb_is_decimal_except_for_annal_bench_rows() -> None:
+    assert parse_quantity("1 MB/s") == (1e6, "bytes/s")
+    assert parse_quantity("1 MB/s", mb_is_mib=True) == (2**20, "bytes/s")
+
+
+def test_unit_column_and_fragment_command_line(tmp_path: Path) -> None:
+    frags = tmp_path / "b"
+    frags.mkdir()
+    (frags / "codec.md").write_text(
+        "- Command: `.venv/bin/python -m bench.codec --runs 3`\n\n"
+        "| figure | unit | target | median of 3 | runs | met |\n|---|---|---|---|---|---|\n"
+        "| encode_batch | rec/s | >= 2,000,000 | 1,439,084 | 1 / 2 / 3 | no |\n"
+    )
+    out = tmp_path / "o.md"
+    assert main(["--fragments", str(frags), "--ceiling-json", str(tmp_path / "none.json"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| codec | encode_batch | >= 2,000,000 rec/s | 1,439,084 rec/s (runs: 1 / 2 / 3) | — | no | `.venv/bin/python -m bench.codec --runs 3` |" in text
