@@ -1,0 +1,267 @@
+"""Client SDK benchmarks: Producer and Consumer against a real standalone broker on 127.0.0.1
+(broker and client side by side on this machine), plus ``Producer.send`` alone.
+
+    .venv/bin/python -m bench.sdk --runs 3 --records 10000000 --write docs/benchmarks/sdk.md
+
+Figures (each measured ``--runs`` times; the median is reported with every run):
+
+- ``send_ns``: ns per ``Producer.send(topic, value)`` call with the sender thread replaced by an
+  inert one, so only the application thread's work is timed (serialize checks, partition,
+  accumulator append into the open batch's ``BatchBuilder``, the returned future).
+- ``produce``: one Producer (acks=1, no compression, linger_ms=5, default batch_size), 100-byte
+  values, no key, one partition: records/s from the first ``send`` until ``flush`` returns.
+- ``consume``: one Consumer reading those records back from offset 0 (``poll`` with
+  ``max_records=--poll-records``): records/s until the last one is returned.
+- ``lz4`` / ``plain_log``: the same producer sending ``--log-records`` access-log-like lines
+  (``bench.codec.log_lines``, ~120 B) with lz4 and without; the lz4 rate as a % of the
+  uncompressed one, and the compression ratio (partition bytes on the broker without / with
+  lz4).
+
+Prints one line per figure per run and a JSON summary; ``--write`` writes the markdown fragment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the broker harness lives under tests/
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.codec import log_lines  # noqa: E402
+from client import Admin, Consumer, NewTopic, Producer  # noqa: E402
+import client.producer as producer_module  # noqa: E402
+from tests.harness.broker import BrokerProcess  # noqa: E402
+
+VALUE = b"v" * 100
+
+FIGURES: dict[str, tuple[str, str, str, str]] = {
+    # key: (label, unit, target, better)
+    "send_ns": ("Producer.send() alone (accumulator only), 100 B, no key", "ns/record", "a few hundred", "lower"),
+    "produce": ("Producer acks=1, no compression, 100 B, no key, 1 partition", "records/s", ">= 1,000,000", "higher"),
+    "consume": ("Consumer reading them back", "records/s", ">= 1,500,000", "higher"),
+    "plain_log": ("Producer acks=1, log-like text (~120 B), no compression", "records/s", "-", "higher"),
+    "lz4": ("Producer acks=1, log-like text, lz4", "records/s", "-", "higher"),
+    "lz4_pct": ("lz4 rate as % of the uncompressed rate (same text)", "%", ">= 70", "higher"),
+    "lz4_ratio": ("lz4 compression ratio (broker bytes without / with lz4)", "x", "-", "higher"),
+}
+
+
+class _InertSender:
+    """Stands in for the sender thread so that ``send_ns`` times the application thread only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def wakeup(self) -> None:
+        pass
+
+    def initiate_close(self) -> None:
+        pass
+
+    def force_close(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+
+def measure_send_ns(bootstrap: str, topic: str, n: int) -> float:
+    real = producer_module.Sender
+    producer_module.Sender = _InertSender  # type: ignore[misc,assignment]
+    try:
+        p = Producer(bootstrap, buffer_memory=1 << 31, linger_ms=5)
+    finally:
+        producer_module.Sender = real  # type: ignore[misc]
+    try:
+        p.partitions_for(topic)  # metadata cached: the loop below is the steady state
+        send = p.send
+        value = VALUE
+        send(topic, value)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            send(topic, value)
+        dt = time.perf_counter() - t0
+    finally:
+        p._closed = True  # nothing to flush: the inert sender never sent anything
+        p._rpc.close()
+    return dt / n * 1e9
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes] | None, n: int, compression: str | None) -> float:
+    with Producer(bootstrap, acks=1, linger_ms=5, compression_type=compression) as p:
+        send = p.send
+        p.send(topic, b"warm-up").get(timeout=30)
+        t0 = time.perf_counter()
+        if values is None:
+            value = VALUE
+            for _ in range(n):
+                send(topic, value)
+        else:
+            for v in values:
+                send(topic, v)
+        p.flush()
+        dt = time.perf_counter() - t0
+    return (n if values is None else len(values)) / dt
+
+
+def consume(bootstrap: str, topic: str, n: int, poll_records: int) -> float:
+    with Consumer(topic, bootstrap_servers=bootstrap, max_poll_records=poll_records) as c:
+        got = 0
+        t0 = time.perf_counter()
+        deadline = t0 + 600
+        while got < n and time.perf_counter() < deadline:
+            for recs in c.poll(timeout_ms=1000).values():
+                got += len(recs)
+        dt = time.perf_counter() - t0
+    if got < n:
+        raise RuntimeError(f"consumer read {got} of {n} records")
+    return got / dt
+
+
+def partition_bytes(admin: Admin, topic: str) -> int:
+    (desc,) = admin.describe_topics([topic])
+    return sum(p.size_bytes for p in desc.partitions)
+
+
+def machine() -> str:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"nproc={os.cpu_count()}, CPU {cpu}, Python {platform.python_version()}, {platform.system()}"
+
+
+def run_once(bootstrap: str, args: argparse.Namespace, run: int, log: Callable[[str], None]) -> dict[str, float]:
+    r: dict[str, float] = {}
+    suffix = f"{os.getpid()}-{run}"
+    with Admin(bootstrap) as admin:
+        names = {k: f"sdk-{k}-{suffix}" for k in ("send", "perf", "log-plain", "log-lz4")}
+        admin.create_topics([NewTopic(t, 1) for t in names.values()])
+        try:
+            if "send" in args.only:
+                r["send_ns"] = measure_send_ns(bootstrap, names["send"], args.send_records)
+                log(f"run {run}: send() alone {r['send_ns']:.0f} ns/record ({args.send_records:,} records)")
+            if "produce" in args.only:
+                r["produce"] = produce(bootstrap, names["perf"], None, args.records, None)
+                log(f"run {run}: produce {r['produce']:,.0f} records/s ({args.records:,} records)")
+                if "consume" in args.only:
+                    r["consume"] = consume(bootstrap, names["perf"], args.records + 1, args.poll_records)
+                    log(f"run {run}: consume {r['consume']:,.0f} records/s")
+            if "lz4" in args.only:
+                lines = log_lines(args.log_records)
+                r["plain_log"] = produce(bootstrap, names["log-plain"], lines, len(lines), None)
+                r["lz4"] = produce(bootstrap, names["log-lz4"], lines, len(lines), "lz4")
+                r["lz4_pct"] = 100.0 * r["lz4"] / r["plain_log"]
+                r["lz4_ratio"] = partition_bytes(admin, names["log-plain"]) / partition_bytes(admin, names["log-lz4"])
+                log(
+                    f"run {run}: log-like text {r['plain_log']:,.0f} records/s plain, {r['lz4']:,.0f} lz4 "
+                    f"({r['lz4_pct']:.0f} %), ratio {r['lz4_ratio']:.2f}"
+                )
+        finally:
+            admin.delete_topics(list(names.values()), raise_errors=False)
+    return r
+
+
+def fmt(key: str, value: float) -> str:
+    if key in ("lz4_ratio",):
+        return f"{value:.2f}"
+    if key in ("lz4_pct",):
+        return f"{value:.0f}"
+    return f"{value:,.0f}"
+
+
+def markdown(results: list[dict[str, float]], command: str, started: str, load: str) -> str:
+    rows = []
+    for key, (label, unit, target, better) in FIGURES.items():
+        runs = [r[key] for r in results if key in r]
+        if not runs:
+            continue
+        med = statistics.median(runs)
+        met = "-"
+        if target.startswith(">="):
+            met = "yes" if med >= float(target[2:].replace(",", "")) else "no"
+        rows.append(
+            f"| {label} | {unit} | {target} | {fmt(key, med)} | {' / '.join(fmt(key, v) for v in runs)} | {met} |"
+        )
+    return "\n".join(
+        [
+            "| figure | unit | target | median | runs | met |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    ) + f"\n\n- Command: `{command}`\n- Date: {started}\n- Machine: {machine()}\n- Load average at the start: {load}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the SDK benchmarks; prints per-run lines and a JSON summary."""
+    parser = argparse.ArgumentParser(prog="python -m bench.sdk", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--records", type=int, default=10_000_000, help="records for produce/consume")
+    parser.add_argument("--send-records", type=int, default=500_000, help="records for send_ns")
+    parser.add_argument("--log-records", type=int, default=1_000_000, help="records for the lz4 figures")
+    parser.add_argument("--poll-records", type=int, default=10_000, help="consumer max_poll_records")
+    parser.add_argument("--only", default="send,produce,consume,lz4", help="comma-separated subset")
+    parser.add_argument("--bootstrap-server", default=None, help="use this broker instead of starting one")
+    parser.add_argument("--write", default=None, metavar="FILE", help="write the markdown table here")
+    args = parser.parse_args(argv)
+    args.only = set(args.only.split(","))
+    command = ".venv/bin/python -m bench.sdk " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
+    load_s = " ".join(load)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="annal-bench-sdk-") as tmp:
+        broker = None
+        bootstrap = args.bootstrap_server
+        if bootstrap is None:
+            broker = BrokerProcess(pathlib.Path(tmp) / "data", log_level="WARNING")
+            broker.start()
+            bootstrap = broker.bootstrap
+        try:
+            for run in range(1, args.runs + 1):
+                results.append(run_once(bootstrap, args, run, log))
+        finally:
+            if broker is not None:
+                broker.stop()
+    summary = {
+        key: {"median": statistics.median([r[key] for r in results]), "runs": [r[key] for r in results]}
+        for key in FIGURES
+        if all(key in r for r in results)
+    }
+    print(json.dumps(summary, indent=2))
+    table = markdown(results, command, started, load_s)
+    print(table)
+    if args.write:
+        pathlib.Path(args.write).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
