@@ -193,6 +193,8 @@ def run_once(n: int) -> dict[str, float]:
     r["lz4_encode_rec_s"] = n / t
     r["lz4_encode_mb_s"] = len(plain) / 1e6 / t
     r["plain_log_encode_rec_s"] = n / cpu_time(lambda: [encode_batch(c, CODEC_NONE) for c in line_chunks])
+    plain_fetches = split_fetches(plain, FETCH_BYTES)
+    r["plain_log_decode_rec_s"] = n / cpu_time(lambda: [decode_records_into(f, 0, Record) for f in plain_fetches])
     lz4_fetches = split_fetches(lz4_buf, FETCH_BYTES)
     r["lz4_decode_rec_s"] = n / cpu_time(lambda: [decode_records_into(f, 0, Record) for f in lz4_fetches])
 
@@ -251,6 +253,7 @@ LABELS = {
     "lz4_encode_mb_s": ("encode_batch lz4, log-like text", "MB/s in"),
     "plain_log_encode_rec_s": ("encode_batch none, same log-like text", "rec/s"),
     "lz4_decode_rec_s": ("decode_records_into lz4, log-like text", "rec/s"),
+    "plain_log_decode_rec_s": ("decode_records_into none, same log-like text", "rec/s"),
     "ceiling_encode_rec_s": ("ceiling: bare struct + b''.join framing loop", "rec/s"),
     "ceiling_decode_rec_s": ("ceiling: bare struct.unpack_from + slice loop", "rec/s"),
 }
