@@ -299,7 +299,7 @@ def produce(bootstrap: str, records: int, record_size: int, summary: Summary) ->
     finally:
         producer.close(timeout=10)
     elapsed = time.perf_counter() - start
-    failed = [f.exception() for f in futures if not f.succeeded()]
+    failed = [f.exception for f in futures if not f.succeeded()]
     if failed:
         raise RunFailed(f"{len(failed)} of {records} sends failed; first: {failed[0]!r}")
     summary.produced = records

@@ -121,7 +121,7 @@ def test_dockerfile_copies_every_package(dockerfile: list[Instruction]) -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     includes = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = {inc.rstrip("*") for inc in includes}
-    copied = set()
+    copied: set[str] = set()
     for i in dockerfile:
         if i.keyword == "COPY" and not i.args.startswith("--from"):
             sources = i.args.split()[:-1]
