@@ -28,6 +28,12 @@ Each record (signed zig-zag varints)::
 
 Because the CRC starts at ``attributes``, the broker assigns offsets by overwriting
 ``baseOffset`` in place (``set_base_offset``) and never recomputes the CRC.
+
+Header level (the broker's storage and server): ``parse_header``, ``validate_batch``,
+``set_base_offset``, ``batch_size_at``, ``iter_batch_positions``. Record level (shared with the
+client SDK): ``BatchBuilder`` and ``encode_batch`` write batches; ``decode_batch``,
+``iter_records`` and ``decode_records_into`` read them; ``validate_records`` is the deep check
+of every record. Every function is pure and thread-safe; a ``BatchBuilder`` is not.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ from itertools import starmap as _starmap
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from crc32c import crc32c
-from lz4.frame import compress as _lz4_compress
 from lz4.frame import LZ4FrameDecompressor as _LZ4FrameDecompressor
+from lz4.frame import compress as _lz4_compress
 from lz4.frame import decompress as _lz4_decompress
 
 from broker.errors import (
@@ -228,9 +234,10 @@ def iter_batch_positions(buf: bytes | bytearray | memoryview | mmap.mmap, pos: i
 # accumulator builds batches with BatchBuilder; the consumer decodes with decode_records_into).
 #
 # This is the SDK's hot path, so the code below trades some elegance for speed: varints of
-# small non-negative values come from precomputed tables, each record is encoded as one bytes
-# object appended to a list (joined once in build()), and the decoder reads one- and two-byte
-# varints inline instead of calling a function per field.
+# small non-negative values come from precomputed tables, each record is encoded as a few bytes
+# objects added to one list (joined once per batch), and the decoder reads one- and two-byte
+# varints inline instead of calling a function per field. Figures and what was tried:
+# docs/benchmarks/codec.md (bench: python -m bench.codec).
 # --------------------------------------------------------------------------------------------
 
 T = TypeVar("T")
