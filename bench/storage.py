@@ -171,10 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         # the raw ceiling back to back, and the figures are compared run by run.
         pc, pc_ceiling, fs, fs_ceiling, one_sync = [], [], [], [], []
         for i in range(args.runs):
-            pc.append(bench_append(root, batch, args.append_mib * MiB, False))
-            pc_ceiling.append(ceiling_write(root, args.append_mib * MiB, False))
-            fs.append(bench_append(root, batch, args.fsync_mib * MiB, True))
-            fs_ceiling.append(ceiling_write(root, args.fsync_mib * MiB, True))
+            # Alternate which goes first, so neither always meets the other's dirty pages.
+            pairs = [
+                (pc, lambda: bench_append(root, batch, args.append_mib * MiB, False)),
+                (pc_ceiling, lambda: ceiling_write(root, args.append_mib * MiB, False)),
+            ]
+            sync_pairs = [
+                (fs, lambda: bench_append(root, batch, args.fsync_mib * MiB, True)),
+                (fs_ceiling, lambda: ceiling_write(root, args.fsync_mib * MiB, True)),
+            ]
+            for group in (pairs, sync_pairs):
+                for out, fn in (group if i % 2 == 0 else group[::-1]):
+                    os.sync()
+                    out.append(fn())
             one_sync.append(ceiling_fdatasync_ms(root))
             print(f"run {i + 1}: append {pc[-1]:,.0f} MB/s (write() {pc_ceiling[-1]:,.0f}), "
                   f"append+fdatasync {fs[-1]:,.0f} MB/s (write()+fdatasync {fs_ceiling[-1]:,.0f}), "

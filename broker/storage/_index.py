@@ -197,16 +197,17 @@ class OffsetIndex(AbstractIndex):
         assert self._mm is not None
         return _U32.unpack_from(self._mm, relative_offset * 4)[0]
 
-    def last_position_at_most(self, lo: int, hi: int, limit: int) -> tuple[int, int]:
+    def last_position_at_most(self, lo: int, hi: int, limit: int, step: int = 1) -> tuple[int, int]:
         """``(r, position)`` of the largest relative offset ``r`` in ``[lo, hi)`` whose batch
         starts at or before ``limit`` (``lo`` must qualify). Positions never decrease, so this
-        gallops from ``lo`` then bisects: O(log k) entries for an answer k entries away,
-        independent of the size of the index."""
+        gallops from ``lo`` (first probe ``lo + step``; pass the distance to the next batch)
+        then bisects: O(log k) entries for an answer k entries away, independent of the size
+        of the index."""
         mm = self._mm
         assert mm is not None
         unpack = _U32.unpack_from
         good = lo
-        step = 1
+        step = max(step, 1)
         touched = 0
         bad = hi
         while True:

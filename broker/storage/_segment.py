@@ -45,7 +45,6 @@ from broker.storage.record_batch import (
     HEADER_SIZE,
     LOG_OVERHEAD,
     BatchHeader,
-    batch_size_at,
     parse_header,
     validate_batch,
 )
@@ -323,12 +322,15 @@ class LogSegment:
         limit = start + max_bytes
         if size <= limit:
             return start, size
-        first = batch_size_at(h.log_mm, start) if h.log_mm is not None else -1
-        if first < HEADER_SIZE:
+        mm = h.log_mm
+        if mm is None or size - start < HEADER_SIZE:
             raise CorruptRecordError(f"{self.log_path}: no batch at position {start}", position=start)
+        hd = parse_header(mm, start)
+        first = hd.batch_length + LOG_OVERHEAD
         if start + first >= limit:
             return start, start + first
-        _, end = idx.last_position_at_most(rel, end_offset - self.base_offset, limit)
+        # Gallop in steps of about a batch: the first probe is the next batch's first offset.
+        _, end = idx.last_position_at_most(rel, end_offset - self.base_offset, limit, hd.last_offset - offset + 1)
         return start, end
 
     # --- recovery ------------------------------------------------------------------------------
