@@ -294,3 +294,19 @@ def test_no_silent_loss_when_broker_is_killed_and_restarted(broker):
     topic, futs = _produce_through_outage(broker, crash)
     assert _check_no_silent_loss(broker, topic, futs) == len(futs)
     assert any(f[0].attempts > 0 for f in futs)
+
+
+@pytest.mark.timeout(60)
+def test_non_retriable_broker_error_fails_the_future_with_its_type(broker):
+    from client.errors import MessageTooLargeError
+
+    topic = "big-" + uuid.uuid4().hex[:8]
+    with Admin(broker.bootstrap) as admin:
+        admin.create_topics([NewTopic(topic, 1, {"max_message_bytes": 2048})])
+    with Producer(broker.bootstrap, linger_ms=0) as p:
+        big = p.send(topic, b"x" * 10_000)
+        with pytest.raises(MessageTooLargeError):
+            big.get(timeout=30)
+        assert big.failed() and big[0].attempts == 0  # not retried
+        small = p.send(topic, b"fits")
+        assert small.get(timeout=30).offset == 0  # the partition still works
