@@ -141,12 +141,26 @@ def _describe(admin: Any, topic: str) -> list[Any]:
 
 
 def describe_partitions(conn: dict[str, Any], topic: str) -> dict[int, tuple[int, int]]:
-    """{partition: (log_start_offset, log_end_offset)} of ``topic``."""
-    admin = _admin(conn)
+    """{partition: (log_start_offset, log_end_offset)} of ``topic``.
+
+    Asked through a Consumer, which asks each partition's leader: in cluster mode one broker's
+    metadata knows only the offsets of the partitions it leads.
+    """
+    from client import Consumer
+    from client.structs import TopicPartition
+
+    kwargs: dict[str, Any] = {"zookeeper": conn["zookeeper"]} if conn.get("zookeeper") else {"bootstrap_servers": conn["bootstrap_servers"]}
+    consumer = Consumer(**kwargs)
     try:
-        return {p.partition: (p.log_start_offset, p.log_end_offset) for p in _describe(admin, topic)}
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return {}
+        start = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        return {tp.partition: (start[tp], end[tp]) for tp in tps}
     finally:
-        admin.close()
+        consumer.close()
 
 
 class Progress:

@@ -197,3 +197,25 @@ def test_collector_reports_a_failed_worker() -> None:
     c.spawn(failing_worker, {"why": "on purpose"}, name="failing")
     with pytest.raises(WorkerError, match="broke: on purpose"):
         c.run()
+
+
+@pytest.mark.timeout(240)
+def test_cluster_mode_produce_and_group_consume(zk_cluster: Any, tmp_path: Path) -> None:
+    zk_cluster.start(1, 2)
+    zk_cluster.wait_registered({1, 2})
+    pout, cout = tmp_path / "p.json", tmp_path / "c.json"
+    rc = producer_performance.main([
+        "--zookeeper", zk_cluster.hosts, "--topic", "bench-zk", "--partitions", "4", "--num-records", "5000",
+        "--json", str(pout),
+    ])  # fmt: skip
+    assert rc == 0
+    p = _load(pout)
+    assert p["result"]["records"] == 5000 and p["config"]["local_broker"] is False
+    rc = consumer_performance.main([
+        "--zookeeper", zk_cluster.hosts, "--topic", "bench-zk", "--num-records", "5000", "--consumers", "2",
+        "--group", "bench-group", "--no-fill", "--json", str(cout),
+    ])  # fmt: skip
+    assert rc == 0
+    c = _load(cout)["result"]
+    assert c["records"] == 5000 and c["filled_records"] == 0
+    assert c["rebalance_ms"] >= 0
