@@ -40,6 +40,7 @@ from broker.errors import (
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
 )
+from broker.storage._checkpoint import fsync_dir
 from broker.storage._handles import HandleCache
 from broker.storage._recovery import RecoveryReport, load_segments
 from broker.storage._segment import LogSegment, SegmentConfig, SegmentHandle
@@ -54,6 +55,17 @@ _DAY_MS = 24 * 3600 * 1000
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +215,8 @@ class PartitionLog:
         self._unflushed_messages = 0
         self._last_flush_ms = _now_ms()
         self._rolled_since_flush = False
+        self._truncations = 0  # bumped by truncate_to: a flush racing one must not advance
+        self._dir_dirty = True  # a segment file was created since the folder was last fsync'ed
         self._closed = False
         self._deleted = False
         self._head = _Head(0, (), (), 0)
@@ -315,10 +329,8 @@ class PartitionLog:
         pos = 0
         max_bytes = self.config.max_message_bytes
         max_offsets = self.config.segment_index_bytes // 4
-        total_count = 0
         while pos < len(view):
             hd = validate_batch(view, pos, max_bytes)
-            total_count += hd.records_count
             if hd.records_count > max_offsets:
                 raise MessageTooLargeError(
                     f"batch of {hd.records_count} records exceeds the {max_offsets} offsets a segment "
@@ -476,6 +488,7 @@ class PartitionLog:
         old.make_inactive()
         old.unflushed = True
         self._rolled_since_flush = True
+        self._dir_dirty = True
         self._publish(self._head.segments + (new,))
         log.debug("rolled %s at offset %d", self.path, new.base_offset)
         return new
@@ -506,18 +519,23 @@ class PartitionLog:
                 if self._closed:
                     return
                 target = self._head.log_end_offset
+                epoch = self._truncations
                 todo = [s for s in self._head.segments if s.unflushed]
                 for s in todo:
                     s.unflushed = False
                 self._unflushed_messages = 0
                 self._rolled_since_flush = False
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
             try:
                 for s in todo:
                     if not s.deleted:
                         s.flush()
+                if dir_dirty:  # new segment files must survive a crash too
+                    fsync_dir(self.path)
             except OSError:
                 for s in todo:
                     s.unflushed = True
+                self._dir_dirty = self._dir_dirty or dir_dirty
                 raise
             with self._lock:
                 # A segment rolled after the capture may have an index not yet on disk: keep it
@@ -526,8 +544,8 @@ class PartitionLog:
                     if s.unflushed and s.base_offset < target:
                         target = min(target, s.base_offset)
                         break
-                if target > self._recovery_point:
-                    self._recovery_point = target
+                if epoch == self._truncations and target > self._recovery_point:
+                    self._recovery_point = min(target, self._head.log_end_offset)
                 self._last_flush_ms = _now_ms()
 
     def maybe_flush(self, now_ms: int | None = None) -> bool:
@@ -595,11 +613,13 @@ class PartitionLog:
             segs = list(self._head.segments)
             if offset >= segs[-1].next_offset:
                 return
+            self._truncations += 1
             if offset <= self._log_start_offset:
                 for s in segs:
                     s.delete()
                 new = LogSegment(self.path, offset, self.config.segment_config, self._cache)
                 new.make_active()
+                self._dir_dirty = True
                 self._log_start_offset = offset
                 self._recovery_point = offset
                 self._publish([new])
@@ -620,13 +640,23 @@ class PartitionLog:
         """Flush, trim the active segment's files and release every descriptor."""
         if self._closed:
             return
-        self.flush()
+        self.flush()  # the bulk, outside the lock
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            # Whatever was appended since, and the trimmed files, reach the disk before the
+            # recovery point says so.
             for s in self._head.segments:
+                was_active = s.is_active
+                if s.unflushed and not was_active:
+                    s.flush()
                 s.close()
+                if was_active:
+                    s.flush()
+                    _fsync_path(s.log_path)
+                s.unflushed = False
+            self._recovery_point = self._head.log_end_offset
         if self._own_cache:
             self._cache.close()
 

@@ -414,3 +414,31 @@ def test_read_survives_concurrent_roll_retention_and_eviction(tmp_path):
         r.release()
     lg.close()
     cache.close()
+
+
+def test_without_preallocation(tmp_path):
+    path = str(tmp_path / "t-0")
+    lg = PartitionLog.open(path, preallocate=False, segment_bytes=2048)
+    for _ in range(30):
+        lg.append(batch(2, value=b"n" * 30))
+    assert os.path.getsize(lg.active_segment.log_path) == lg.active_segment.size
+    assert read_offsets(lg, 0) == list(range(60))
+    lg.close()
+    lg = PartitionLog.open(path, preallocate=False, segment_bytes=2048)
+    try:
+        assert read_offsets(lg, 0) == list(range(60))
+        assert lg.append(batch(1)) == 60
+    finally:
+        lg.close()
+
+
+def test_flush_racing_truncate_does_not_overstate_recovery_point(log):
+    for _ in range(10):
+        log.append(batch(2))
+    log.flush()
+    log.truncate_to(6)
+    assert log.recovery_point == 6
+    log.append(batch(3))
+    assert log.recovery_point == 6
+    log.flush()
+    assert log.recovery_point == 9
