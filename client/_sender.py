@@ -102,6 +102,7 @@ class Sender(threading.Thread):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._woken = False
+        self._next_expiry_check = 0.0
         self.fatal_error: BaseException | None = None
 
     # -- control (any thread) ------------------------------------------------------------------
@@ -158,8 +159,12 @@ class Sender(threading.Thread):
         acc = self.acc
         now = time.monotonic()
         now_ms = now * 1000.0
-        for batch in acc.expired(now_ms, self.muted):
-            self._fail_batch(batch, self._timeout_error(batch))
+        if now >= self._next_expiry_check:
+            # Expiry is checked a few times a second, not on every wakeup: it takes the
+            # accumulator's lock, which send() needs too.
+            self._next_expiry_check = now + 0.1
+            for batch in acc.expired(now_ms, self.muted):
+                self._fail_batch(batch, self._timeout_error(batch))
         tps, next_ms = acc.ready(now_ms, self.muted)
         by_node: dict[int, list[TopicPartition]] = {}
         wait_for_metadata = False
