@@ -45,6 +45,7 @@ from broker.storage.record_batch import (
     HEADER_SIZE,
     LOG_OVERHEAD,
     BatchHeader,
+    batch_size_at,
     parse_header,
     validate_batch,
 )
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["LogSegment", "SegmentHandle", "SegmentConfig", "ScanResult"]
 
 log = logging.getLogger(__name__)
+
+_WALK_BATCHES = 8  # batches a read walks by their length fields before searching the index
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +328,27 @@ class LogSegment:
         mm = h.log_mm
         if mm is None or size - start < HEADER_SIZE:
             raise CorruptRecordError(f"{self.log_path}: no batch at position {start}", position=start)
-        hd = parse_header(mm, start)
-        first = hd.batch_length + LOG_OVERHEAD
+        first = batch_size_at(mm, start)
+        if first < HEADER_SIZE:
+            raise CorruptRecordError(f"{self.log_path}: no batch at position {start}", position=start)
         if start + first >= limit:
             return start, start + first
-        # Gallop in steps of about a batch: the first probe is the next batch's first offset.
-        _, end = idx.last_position_at_most(rel, end_offset - self.base_offset, limit, hd.last_offset - offset + 1)
+        # A fetch usually spans a few batches: walk their length fields first...
+        pos = start + first
+        for _ in range(_WALK_BATCHES):
+            n = batch_size_at(mm, pos)
+            if n < HEADER_SIZE:
+                raise CorruptRecordError(f"{self.log_path}: no batch at position {pos}", position=pos)
+            if pos + n > limit:
+                return start, pos
+            pos += n
+            if pos >= size:
+                return start, size
+        # ...then gallop through the index from there, in steps of about a batch: O(log k).
+        hd = parse_header(mm, pos)
+        _, end = idx.last_position_at_most(
+            hd.base_offset - self.base_offset, end_offset - self.base_offset, limit, hd.records_count
+        )
         return start, end
 
     # --- recovery ------------------------------------------------------------------------------
