@@ -34,7 +34,7 @@ import pytest
 
 from broker.errors import AnnalError
 from broker.storage import offset_from_file_name, parse_partition_dir_name
-from broker.storage.record_batch import LOG_OVERHEAD, iter_records, validate_batch
+from broker.storage.record_batch import LOG_OVERHEAD, iter_records, validate_batch, validate_records
 from tests.harness.data_port import DataPortClient
 
 __all__ = [
@@ -186,18 +186,23 @@ class PartitionScan:
     first_offset: int | None = None
     next_offset: int | None = None
     problems: list[str] = field(default_factory=list)
+    # Batches that pass validate_batch (CRC included) but not validate_records (the records
+    # inside do not parse): counted only by scan_partition_dir(..., records=True).
+    record_invalid_batches: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def scan_partition_dir(partition_dir: pathlib.Path) -> PartitionScan:
+def scan_partition_dir(partition_dir: pathlib.Path, records: bool = False) -> PartitionScan:
     """Check, read-only, that every segment of a partition folder is whole: batches back to back
     from position 0, each passing ``validate_batch`` (lengths, magic, counts, CRC-32C), each
     baseOffset following the previous batch (the first one equal to the file name's offset, each
     segment following the previous segment), and nothing but zeros after the last batch (the
-    preallocated tail of a segment a crash left untrimmed)."""
+    preallocated tail of a segment a crash left untrimmed). With ``records`` each batch is also
+    walked record by record (``validate_records``) and failures are counted, not reported as
+    problems: the broker checks batches at the header and CRC level only."""
     scan = PartitionScan(partition_dir)
     expected: int | None = None
     for log_path in segment_logs(partition_dir):
@@ -223,6 +228,11 @@ def scan_partition_dir(partition_dir: pathlib.Path) -> PartitionScan:
             if h.base_offset != expected:
                 scan.problems.append(f"{log_path.name}: batch at {pos} has baseOffset {h.base_offset}, expected {expected}")
                 break
+            if records:
+                try:
+                    validate_records(data, pos)
+                except AnnalError:
+                    scan.record_invalid_batches += 1
             expected = h.next_offset
             scan.batches += 1
             pos += h.batch_length + LOG_OVERHEAD
@@ -230,7 +240,7 @@ def scan_partition_dir(partition_dir: pathlib.Path) -> PartitionScan:
     return scan
 
 
-def scan_data_dir(data_dir: pathlib.Path) -> dict[str, PartitionScan]:
+def scan_data_dir(data_dir: pathlib.Path, records: bool = False) -> dict[str, PartitionScan]:
     """``scan_partition_dir`` of every partition folder (``<topic>-<n>``) of a data directory."""
     out = {}
     for p in sorted(data_dir.iterdir()):
@@ -240,7 +250,7 @@ def scan_data_dir(data_dir: pathlib.Path) -> dict[str, PartitionScan]:
             parse_partition_dir_name(p.name)
         except ValueError:
             continue
-        out[p.name] = scan_partition_dir(p)
+        out[p.name] = scan_partition_dir(p, records)
     return out
 
 
@@ -289,11 +299,12 @@ class FetchedLog:
 
 
 def fetch_all(address: tuple[str, int], topic: str, partition: int = 0, *,
-              max_bytes: int = 1 << 20, timeout_s: float = 60.0) -> FetchedLog:
+              max_bytes: int = 1 << 20, timeout_s: float = 60.0, decode: bool = True) -> FetchedLog:
     """Fetch ``topic``/``partition`` from its log start offset to its high watermark over the
     data port and check what came back: each batch passes ``validate_batch`` (CRC-32C included),
     batches follow each other without gap or overlap, and the records' offsets are contiguous.
-    Raises AssertionError on anything corrupt or out of order."""
+    Raises AssertionError on anything corrupt or out of order. ``decode=False`` checks batches
+    only and returns no records (for logs that may hold batches whose records do not parse)."""
     host, port = address
     deadline = time.monotonic() + timeout_s
     records: list[tuple[int, bytes | None]] = []
@@ -319,7 +330,9 @@ def fetch_all(address: tuple[str, int], topic: str, partition: int = 0, *,
                 assert h.base_offset <= offset < h.next_offset, (
                     f"batch [{h.base_offset}, {h.next_offset}) where offset {offset} was expected")
                 batches += 1
-                for r in iter_records(data[pos:pos + h.batch_length + LOG_OVERHEAD], offset):
+                if not decode:
+                    offset = h.next_offset
+                for r in iter_records(data[pos:pos + h.batch_length + LOG_OVERHEAD], offset) if decode else ():
                     assert r.offset == offset, f"record offset {r.offset}, expected {offset}"
                     records.append((r.offset, r.value))
                     offset += 1
