@@ -56,3 +56,22 @@ def test_single_partition_and_shrunk_counts():
     assert cache.next_partition("t", 1, 0) == 0
     cache.partition("u", 100)
     assert cache.partition("u", 2) in (0, 1)  # the count went down: re-chosen in range
+
+
+def test_keyless_records_avoid_partitions_without_a_live_leader():
+    cache = StickyPartitionCache(seed=4)
+    cache.set_available("t", [1, 3])
+    p = cache.partition("t", 4)
+    seen = {p}
+    for _ in range(100):
+        p = cache.next_partition("t", 4, p)
+        seen.add(p)
+    assert seen == {1, 3}
+    cache.set_available("t", [0])  # the current sticky partition went down: re-chosen
+    assert cache.partition("t", 4) == 0
+    cache.set_available("t", None)
+    seen = set()
+    for _ in range(200):
+        p = cache.next_partition("t", 4, p)
+        seen.add(p)
+    assert seen == {0, 1, 2, 3}
