@@ -553,11 +553,12 @@ class Consumer:
         """Stop the fetch thread and close connections (and leave the group). Idempotent."""
         if self._closed:
             return
-        self._closed = True
         try:
             if self._group is not None:
+                # Before marking closed: the rebalance listener may still call commit/position.
                 self._group.close(autocommit)
         finally:
+            self._closed = True
             self._fetcher.close()
             self._metadata.close()
             self._rpc.close()
