@@ -52,9 +52,11 @@ def test_value_carries_the_record_number() -> None:
 
 def test_processes_naming_finds_a_child(tmp_path: Path) -> None:
     marker = tmp_path / "marker-dir"
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", str(marker)],
-                             stdin=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()", str(marker)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
     try:
+        # Once it printed, it has exec'd: its /proc cmdline is its own, not the parent's copy.
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
         found = quickstart.processes_naming(str(marker))
         assert [pid for pid, _ in found] == [child.pid]
     finally:
