@@ -287,9 +287,16 @@ class Fetcher(threading.Thread):
             epochs = {tp: self.states[tp].epoch for tp in todo}
         if not todo:
             return
+        try:  # one call for every partition; one by one only if that fails
+            found = self.list_offsets(todo)  # type: ignore[arg-type]
+        except AnnalError:
+            found = {}
         for tp, strategy in todo.items():
             try:
-                (offset, _ts) = self.list_offsets({tp: strategy})[tp]  # type: ignore[dict-item]
+                if tp in found:
+                    offset = found[tp][0]
+                else:
+                    (offset, _ts) = self.list_offsets({tp: strategy})[tp]  # type: ignore[dict-item]
             except AnnalError as exc:
                 with self.cond:
                     st = self.states.get(tp)
