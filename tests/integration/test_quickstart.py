@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "run"
 
 
-@pytest.fixture(autouse=True)
-def _needs_zookeeper() -> None:
+@pytest.fixture()
+def needs_zookeeper() -> None:
     from broker.coordination.zk_server import ZooKeeperNotInstalledError, zookeeper_classpath
 
     try:
@@ -72,7 +73,7 @@ def _wait_for_text(path: Path, pattern: str, proc: subprocess.Popen[bytes], time
 
 
 @pytest.mark.timeout(300)
-def test_run_end_to_end(tmp_path: Path) -> None:
+def test_run_end_to_end(tmp_path: Path, needs_zookeeper: None) -> None:
     run_dir = tmp_path / "run"
     records = 3000
     proc = subprocess.run(
@@ -102,7 +103,7 @@ def test_run_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_interrupted_run_leaves_nothing(tmp_path: Path, how: str) -> None:
+def test_interrupted_run_leaves_nothing(tmp_path: Path, how: str, needs_zookeeper: None) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the script, mid-run."""
     run_dir = tmp_path / "run"
     log_path = tmp_path / "out.log"
@@ -133,3 +134,26 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, how: str) -> None:
     left = processes_naming(run_dir)
     assert left == [], "processes left behind:\n" + "\n".join(left) + f"\n{out}"
     assert not run_dir.exists()
+
+
+@pytest.mark.timeout(60)
+def test_readme_python_example_runs(broker: Any, tmp_path: Path) -> None:
+    """The README's ten lines, as printed there, against a real standalone broker."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)[0]
+    assert "127.0.0.1:9092" in example
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("127.0.0.1:9092", broker.bootstrap))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=50, check=False)  # fmt: skip
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, out
+    rows = [line.split(" ", 2) for line in out.splitlines()]
+    assert len(rows) == 10, out
+    values = sorted(row[2].split(" b")[-1] for row in rows)
+    assert values == sorted(f"'order {i}'" for i in range(10)), out
+    # Same key, same partition.
+    by_key: dict[str, set[str]] = {}
+    for partition, _offset, rest in rows:
+        by_key.setdefault(rest.split(" ")[0], set()).add(partition)
+    assert all(len(p) == 1 for p in by_key.values()), out
