@@ -43,10 +43,8 @@ def one_mib_batch() -> bytes:
 def bench_append(root: str, batch: bytes, total_bytes: int, flush_each: bool) -> float:
     path = tempfile.mkdtemp(dir=root)
     try:
-        cfg = dict(segment_bytes=1 << 30, max_message_bytes=2 * MiB, retention_ms=-1)
-        if flush_each:
-            cfg["flush_messages"] = 1
-        lg = PartitionLog.open(os.path.join(path, "bench-0"), **cfg)
+        lg = PartitionLog.open(os.path.join(path, "bench-0"), segment_bytes=1 << 30, max_message_bytes=2 * MiB,
+                               retention_ms=-1, flush_messages=1 if flush_each else None)
         n = max(1, total_bytes // len(batch))
         t0 = time.perf_counter()
         for _ in range(n):
@@ -169,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch: {len(batch)} bytes, 1024 records", flush=True)
         # The disk and page cache are shared with other work, so each run measures the log and
         # the raw ceiling back to back, and the figures are compared run by run.
-        pc, pc_ceiling, fs, fs_ceiling, one_sync = [], [], [], [], []
+        pc: list[float] = []
+        pc_ceiling: list[float] = []
+        fs: list[float] = []
+        fs_ceiling: list[float] = []
+        one_sync: list[float] = []
         for i in range(args.runs):
             # Alternate which goes first, so neither always meets the other's dirty pages.
             pairs = [
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         lg = build_big_log(root, args.records)
         leo = lg.log_end_offset
         rnd = random.Random(7)
-        rand_runs, head_runs = [], []
+        rand_runs: list[float] = []
+        head_runs: list[float] = []
         for i in range(args.runs):
             r, h = bench_read_pair(lg, lambda: rnd.randrange(0, leo),
                                    lambda: rnd.randrange(leo - 100_000, leo), args.read_seconds)
@@ -229,8 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(meta)
     if args.write:
+        notes = ""
+        try:
+            with open(args.write) as f:
+                old = f.read()
+            if "\n## Notes" in old:  # kept across runs: written by hand from the profiles
+                notes = old[old.index("\n## Notes"):]
+        except FileNotFoundError:
+            pass
         with open(args.write, "w") as f:
-            f.write(table + "\n\n" + meta + "\n")
+            f.write("# Storage engine figures\n\n" + table + "\n\n" + meta + "\n" + notes)
     return 0
 
 
