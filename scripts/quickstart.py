@@ -408,14 +408,17 @@ def _bench_result(lines: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env_records = os.environ.get("ANNAL_RUN_RECORDS")
+    env_records = os.environ.get("ANNAL_RUN_RECORDS", "").replace("_", "").replace(",", "")
     parser = argparse.ArgumentParser(
         prog="bash scripts/run",
         description="Start a local Annal cluster, produce and consume through the SDK, bench it, stop it.",
+        epilog="Environment: ANNAL_RUN_RECORDS (default --records), ANNAL_RUN_DIR (the directory "
+               "everything goes under; default a new temporary one), ANNAL_RUN_PYTHON (an interpreter "
+               "with Annal installed: skips the set-up).",
     )
-    parser.add_argument("--data-dir", required=True, type=Path,
-                        help="directory for everything this run writes (scripts/run makes a temporary one)")
-    parser.add_argument("--records", type=int, default=int(env_records) if env_records else 100_000,
+    # Given by scripts/run, which also removes the directory and every process under it.
+    parser.add_argument("--data-dir", required=True, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--records", type=int, default=int(env_records) if env_records.isdigit() else 100_000,
                         help="records to produce and consume through the SDK (default: 100000, or $ANNAL_RUN_RECORDS)")
     parser.add_argument("--record-size", type=int, default=100, help="bytes per record value (default: %(default)s)")
     parser.add_argument("--brokers", type=int, default=3, help="brokers in the local cluster (default: %(default)s)")
@@ -423,12 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one standalone broker instead of a ZooKeeper cluster (no Java needed)")
     parser.add_argument("--bench-records", type=int, default=None,
                         help="records per annal-bench run (default: 2 x --records; 0 skips the bench)")
-    parser.add_argument("--keep-data", action="store_true", help="keep --data-dir afterwards (scripts/run removes it)")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the run's directory (data and logs) afterwards; its path is printed")
     return parser  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    env_records = os.environ.get("ANNAL_RUN_RECORDS", "")
+    if env_records and not env_records.replace("_", "").replace(",", "").isdigit():
+        parser.error(f"ANNAL_RUN_RECORDS must be a whole number, not {env_records!r}")
+    args = parser.parse_args(argv)
     if args.records <= 0 or args.record_size < 8 or args.brokers <= 0:
         print("error: --records and --brokers must be > 0 and --record-size >= 8", file=sys.stderr)
         return 2
