@@ -34,7 +34,28 @@ __all__ = [
     "finish",
     "command_line",
     "log",
+    "terminate_as_interrupt",
 ]
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt for the duration of a run, so ``kill`` unwinds
+    like Ctrl-C: workers are stopped and the local broker and its directories are removed."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def log(msg: str) -> None:

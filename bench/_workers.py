@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import operator
 import random
+import signal
 import struct
 import time
 import traceback
@@ -122,6 +123,9 @@ def _producer(cfg: Mapping[str, Any]) -> Any:
 
 
 def _run_worker(queue: Any, index: int, body: Callable[[], dict[str, Any]]) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop (stop event,
+    # then terminate), so a worker ignores SIGINT instead of dying with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         result = body()
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
@@ -527,6 +531,22 @@ class Collector:
 
         Returns the start time (monotonic ns). Raises ``WorkerError`` if any worker failed.
         """
+        try:
+            return self._run()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: stop every worker before unwinding.
+            self.stop_event.set()
+            self.start_event.set()
+            for p in self.processes:
+                if p.exitcode is None:
+                    p.terminate()
+            for p in self.processes:
+                p.join(timeout=10)
+                if p.exitcode is None:
+                    p.kill()
+            raise
+
+    def _run(self) -> int:
         import queue as _q
 
         ready: set[int] = set()

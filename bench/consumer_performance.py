@@ -25,6 +25,7 @@ from typing import Any
 
 from bench._common import (
     Progress, add_connection_args, add_output_args, connection, describe_partitions, ensure_topic, finish, log,
+    terminate_as_interrupt,
 )  # fmt: skip
 from bench._report import CONSUMER_HEADER, MIB, consumer_line
 from bench._workers import Collector, Window, WorkerError, consume_worker
@@ -60,7 +61,8 @@ def _assignments(partitions: list[int], consumers: int) -> list[list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(args, argv)
+    with terminate_as_interrupt():
+        return run(args, argv)
 
 
 def _fill(args: argparse.Namespace, conn: dict[str, Any], missing: int) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from bench._common import (
     Progress, add_connection_args, add_output_args, connection, describe_partitions, ensure_topic, finish, log,
+    terminate_as_interrupt,
 )  # fmt: skip
 from bench._histogram import LatencyHistogram
 from bench._report import e2e_line
@@ -52,7 +53,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(args, argv)
+    with terminate_as_interrupt():
+        return run(args, argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:

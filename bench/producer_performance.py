@@ -21,7 +21,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from bench._common import Progress, add_connection_args, add_output_args, connection, ensure_topic, finish, log
+from bench._common import (
+    Progress, add_connection_args, add_output_args, connection, ensure_topic, finish, log, terminate_as_interrupt,
+)  # fmt: skip
 from bench._histogram import LatencyHistogram
 from bench._report import MIB, producer_total_line, producer_window_line
 from bench._workers import Collector, Window, WorkerError, produce_worker
@@ -156,7 +158,8 @@ def run_producers(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(args, argv)
+    with terminate_as_interrupt():
+        return run(args, argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
