@@ -39,7 +39,6 @@ from broker.errors import (
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NotLeaderError,
-    OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
 )
 from broker.server.config import MAX_PARTITIONS, NEVER, BrokerConfig, validate_topic_config
@@ -379,14 +378,9 @@ class Broker:
         ``OffsetOutOfRangeError`` (with the valid range), ``InvalidFetchSizeError``, ..."""
         if max_bytes <= 0:
             raise InvalidFetchSizeError(f"max_bytes must be positive, not {max_bytes}", max_bytes=max_bytes)
-        plog = self.leader_log(topic, partition)
-        start, end = plog.log_start_offset, plog.log_end_offset
-        if offset < start or offset > end:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} is outside [{start}, {end}] of {topic}-{partition}",
-                log_start_offset=start, log_end_offset=end,
-            )
-        return plog.read(offset, max_bytes)
+        # The log checks the range itself (OffsetOutOfRangeError with log_start_offset and
+        # log_end_offset in details) against one consistent snapshot.
+        return self.leader_log(topic, partition).read(offset, max_bytes)
 
     def list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int]:
         """``(offset, timestamp)``: -2 earliest, -1 latest, else the first batch with a max
@@ -411,8 +405,9 @@ class Broker:
 
     def add_waiter(self, partitions: Iterable[tuple[str, int]], wake: WakeCallback) -> list[tuple[str, int]]:
         """Call ``wake()`` (from the appending thread) on every append to one of ``partitions``
-        until ``remove_waiter``. ``wake`` must be cheap and must not block."""
-        keys = list(dict.fromkeys(partitions))
+        until ``remove_waiter`` with the returned keys. ``wake`` must be cheap and must not
+        block; it may be called more than once."""
+        keys = partitions if isinstance(partitions, list) else list(partitions)
         with self._waiters_lock:
             for key in keys:
                 self._waiters.setdefault(key, set()).add(wake)

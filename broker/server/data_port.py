@@ -2,12 +2,13 @@
 PRODUCE. The bytes are specified in docs/protocol.md and built/parsed by
 ``broker.protocol.framing``; this module only moves them.
 
-One asyncio task per connection reads a frame, answers it completely, then reads the next, so
-pipelined requests are answered in order. Frames are received straight into their own buffer
-(``FrameReader.get_buffer`` + ``sock_recv_into``); a PRODUCE request's batches are appended from
-that buffer without a copy. A FETCH answer is the fixed fields of each partition followed by
-its batches sent with ``os.sendfile`` from the segment file: record bytes never pass through
-Python. (``loop.sock_sendfile`` is not used: it seeks the shared file object afterwards.)
+Each connection is an asyncio ``BufferedProtocol`` whose transport receives straight into the
+frame being assembled (``FrameReader.get_buffer``), so a PRODUCE request's batches are appended
+from the very buffer the kernel filled, and the socket stays registered with epoll for its whole
+life (no per-request registration churn). One task per connection takes a frame, answers it
+completely, then takes the next, so pipelined requests are answered in order. A FETCH answer is
+the fixed fields of each partition followed by its batches sent with ``sendfile`` from the
+segment file (asyncio's native ``loop.sendfile``): record bytes never pass through Python.
 
 Long-poll: when fewer than ``min_bytes`` are available the task registers a wake-up with the
 broker for the partitions it named (any append to one of them calls it, from whatever thread
@@ -26,7 +27,6 @@ which hop onto the loop with ``call_soon_threadsafe`` when called from another t
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -50,18 +50,132 @@ __all__ = ["DataPortServer"]
 log = logging.getLogger("annal.data_port")
 
 
-class _Connection:
-    __slots__ = ("sock", "fd", "peer", "reader", "task", "busy", "timer", "timed_out")
+class _Connection(asyncio.BufferedProtocol):
+    """One data port connection: the transport reads straight into the ``FrameReader``'s
+    buffers (``get_buffer``/``buffer_updated``), and a task (``DataPortServer._serve``) takes
+    frames and answers them one at a time. Reading pauses while a few frames wait unanswered
+    (a client pipelining faster than it is served) and resumes as they are taken."""
 
-    def __init__(self, sock: socket.socket, peer: str, reader: fr.FrameReader) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.peer = peer
-        self.reader = reader
+    # Pause reading while this much is received but not yet answered.
+    MAX_PENDING_BYTES = 16 * 1024 * 1024
+    MAX_PENDING_FRAMES = 64
+
+    def __init__(self, server: "DataPortServer") -> None:
+        self.server = server
+        self.reader = fr.FrameReader(max_frame_bytes=server.max_request_bytes, min_frame_bytes=fr.REQUEST_HEADER_SIZE)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
         self.task: asyncio.Task[None] | None = None
         self.busy = False
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
+        self.lost = False
+        self._frame_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+
+    # -- protocol callbacks (event loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server._connection_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reader.buffer_updated(nbytes)
+        r = self.reader
+        if r.pending_frames and (r.pending_frames >= self.MAX_PENDING_FRAMES or r.pending_bytes >= self.MAX_PENDING_BYTES):
+            self._pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.reader.receive_data(b"")
+        self._wake_reader()
+        return True  # keep the write side open: requests received before the EOF get answers
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake_reader()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- used by the serving task
+
+    def _wake_reader(self) -> None:
+        w = self._frame_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.lost:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self.lost:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    async def next_frame(self, loop: asyncio.AbstractEventLoop, timeout: float) -> memoryview | None:
+        """The next request frame, or None at the end of the stream. Raises
+        ``InvalidRequestError`` (bad length prefix), ``NetworkError`` (EOF mid-frame)."""
+        reader = self.reader
+        while True:
+            frame = reader.next_frame()
+            if frame is not None:
+                if self.timer is not None and not reader.in_frame:
+                    self.timer.cancel()
+                    self.timer = None
+                if self._read_paused and reader.pending_bytes < self.MAX_PENDING_BYTES // 2 \
+                        and reader.pending_frames < self.MAX_PENDING_FRAMES // 2:
+                    self._resume_reading()
+                return frame
+            if reader.eof or self.lost:
+                if reader.in_frame and not reader.eof:
+                    raise NetworkError("connection lost mid-frame")
+                return None
+            self._resume_reading()
+            if reader.in_frame and self.timer is None:
+                self.timer = loop.call_later(timeout, self.server._on_read_timeout, self)
+            self._frame_waiter = loop.create_future()
+            try:
+                await self._frame_waiter
+            finally:
+                self._frame_waiter = None
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+        self.transport.write(data)
+
+    async def drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+        if self._write_paused:
+            self._drain_waiter = loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class DataPortServer:
@@ -86,9 +200,15 @@ class DataPortServer:
         self._lsock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._accept_task: asyncio.Task[None] | None = None
+        self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Connection] = set()
         self._closing = False
+        self._long_polls = 0  # fetches waiting now (event loop thread only)
+        metrics = broker.metrics
+        metrics.long_poll_sources.append(lambda: self._long_polls)
+        metrics.connection_sources.append(lambda: len(self._conns))
+        self._observe_fetch = metrics.request_observer("Fetch", "data")
+        self._observe_produce = metrics.request_observer("Produce", "data")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -100,29 +220,29 @@ class DataPortServer:
         self.port = lsock.getsockname()[1]
         return self.port
 
-    def start(self) -> None:
-        """Start accepting connections (call from the loop, after ``bind``)."""
+    async def start(self) -> None:
+        """Start accepting connections (after ``bind``)."""
         assert self._lsock is not None, "bind() first"
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._accept_task = self._loop.create_task(self._accept_loop(), name="data-port-accept")
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self), sock=self._lsock, backlog=1024, start_serving=True
+        )
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop accepting, close idle connections, let requests in flight finish (up to
         ``timeout`` seconds), then close the rest."""
         self._closing = True
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            await asyncio.gather(self._accept_task, return_exceptions=True)
-        if self._lsock is not None:
-            self._lsock.close()
-            self._lsock = None
+        if self._server is not None:
+            self._server.close()
         tasks = []
         for conn in list(self._conns):
             if conn.task is None:
                 continue
             if not conn.busy:
                 conn.task.cancel()
+            else:
+                conn._wake_reader()
             tasks.append(conn.task)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -133,30 +253,14 @@ class DataPortServer:
 
     # ------------------------------------------------------------------ connections
 
-    async def _accept_loop(self) -> None:
+    def _connection_made(self, conn: _Connection) -> None:
         loop = self._loop
-        assert loop is not None and self._lsock is not None
-        while not self._closing:
-            try:
-                sock, addr = await loop.sock_accept(self._lsock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as e:
-                if self._closing:
-                    return
-                log.warning("data port accept failed: %s", e)
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: back off instead of spinning on a ready listener.
-                    await asyncio.sleep(0.1)
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            reader = fr.FrameReader(max_frame_bytes=self.max_request_bytes, min_frame_bytes=fr.REQUEST_HEADER_SIZE)
-            conn = _Connection(sock, peer, reader)
-            self._conns.add(conn)
-            self.broker.metrics.connections.inc()
-            conn.task = loop.create_task(self._serve(conn))
+        assert loop is not None
+        if self._closing:
+            conn.close()
+            return
+        self._conns.add(conn)
+        conn.task = loop.create_task(self._serve(conn))
 
     async def _serve(self, conn: _Connection) -> None:
         loop = self._loop
@@ -164,10 +268,10 @@ class DataPortServer:
         try:
             while not self._closing:
                 try:
-                    frame = await self._read_frame(conn)
+                    frame = await conn.next_frame(loop, self.request_timeout)
                 except InvalidRequestError as err:  # bad length prefix: correlation id unknown
                     log.info("data port %s: %s; closing the connection", conn.peer, err.message)
-                    await self._send(conn, fr.encode_error_response(-1, err.code))
+                    conn.write(fr.encode_error_response(-1, err.code))
                     return
                 if frame is None:
                     return
@@ -179,12 +283,13 @@ class DataPortServer:
                         cid = int(err.details.get("correlation_id", -1))
                         log.info("data port %s: bad request (correlation id %d): %s; closing the connection",
                                  conn.peer, cid, err.message)
-                        await self._send(conn, fr.encode_error_response(cid, err.code))
+                        conn.write(fr.encode_error_response(cid, err.code))
                         return
                     if isinstance(req, fr.FetchRequest):
                         await self._fetch(conn, req)
                     elif not await self._produce(conn, req):
                         return
+                    await conn.drain(loop)
                 finally:
                     conn.busy = False
                     del frame
@@ -208,30 +313,7 @@ class DataPortServer:
             if conn.timer is not None:
                 conn.timer.cancel()
             self._conns.discard(conn)
-            self.broker.metrics.connections.dec()
-            try:
-                conn.sock.close()
-            except OSError:
-                pass
-
-    async def _read_frame(self, conn: _Connection) -> memoryview | None:
-        """The next request frame, or None at a clean end of stream."""
-        reader = conn.reader
-        loop = self._loop
-        assert loop is not None
-        while True:
-            frame = reader.next_frame()
-            if frame is not None:
-                if conn.timer is not None:
-                    conn.timer.cancel()
-                    conn.timer = None
-                return frame
-            if reader.eof:
-                return None
-            if reader.in_frame and conn.timer is None:
-                conn.timer = loop.call_later(self.request_timeout, self._on_read_timeout, conn)
-            n = await loop.sock_recv_into(conn.sock, reader.get_buffer())
-            reader.buffer_updated(n)
+            conn.close()
 
     def _on_read_timeout(self, conn: _Connection) -> None:
         conn.timer = None
@@ -241,49 +323,22 @@ class DataPortServer:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send(self, conn: _Connection, data: bytes) -> None:
-        assert self._loop is not None
-        await self._loop.sock_sendall(conn.sock, data)
-
     async def _sendfile(self, conn: _Connection, fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile``."""
+        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (asyncio's
+        native path: it waits for the transport's buffer to empty, then sendfiles on the
+        socket). The lseek it does afterwards is harmless: segments use positional I/O only."""
         loop = self._loop
-        assert loop is not None
-        while count > 0:
-            try:
-                sent = os.sendfile(conn.fd, fd, offset, count)
-            except BlockingIOError:
-                fut = loop.create_future()
-                loop.add_writer(conn.fd, _resolve, fut)
-                try:
-                    await fut
-                finally:
-                    loop.remove_writer(conn.fd)
-                continue
-            if sent == 0:
-                # The file is shorter than the index said: the connection's frame cannot be
-                # completed any more, so it must be dropped.
-                raise StorageError(f"segment file ended {count} bytes early during sendfile")
-            offset += sent
-            count -= sent
+        assert loop is not None and conn.transport is not None
+        if conn.lost:
+            raise ConnectionResetError("connection lost")
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+            sent = await loop.sendfile(conn.transport, f, offset, count, fallback=False)
+        if sent != count:
+            # The file is shorter than the index said: this frame can no longer be completed,
+            # so the connection must be dropped.
+            raise StorageError(f"segment file ended {count - sent} bytes early during sendfile")
 
     # ------------------------------------------------------------------ FETCH
-
-    def _wake_for(self, event: asyncio.Event) -> Any:
-        loop = self._loop
-        assert loop is not None
-        loop_thread = self._loop_thread
-
-        def wake() -> None:
-            if threading.get_ident() == loop_thread:
-                event.set()
-            else:
-                try:
-                    loop.call_soon_threadsafe(event.set)
-                except RuntimeError:  # loop closed during shutdown
-                    pass
-
-        return wake
 
     def _read_all(self, req: fr.FetchRequest) -> list[tuple[fr.FetchPartition, Any, AnnalError | None]]:
         out = []
@@ -297,65 +352,94 @@ class DataPortServer:
         return out
 
     async def _fetch(self, conn: _Connection, req: fr.FetchRequest) -> None:
+        """Answer a FETCH, long-polling first when fewer than min_bytes are available.
+
+        The wake-up is registered before the first read, and a fresh future is armed before
+        every read, so an append that lands between a read and the wait still wakes it."""
         loop = self._loop
         assert loop is not None
         broker = self.broker
         started = time.perf_counter()
         outcome = "NONE"
-        wait = req.max_wait_ms > 0 and req.min_bytes > 0 and bool(req.partitions)
-        event: asyncio.Event | None = None
-        keys = None
-        wake = None
-        timer = None
-        expired = False
         results: list[tuple[fr.FetchPartition, Any, AnnalError | None]] = []
+        wait = req.max_wait_ms > 0 and req.min_bytes > 0 and bool(req.partitions) and not broker.shutting_down
+        slot: list[Any] = [None, False, False]  # [future to resolve, expired, woken by an append]
+        keys: list[tuple[str, int]] = []
+        timer = None
+        waiting = False
+        loop_thread = self._loop_thread
+
+        def resolve() -> None:
+            fut = slot[0]
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        def wake() -> None:  # any thread: called by every append to a named partition
+            slot[2] = True
+            if threading.get_ident() == loop_thread:
+                resolve()
+            else:
+                try:
+                    loop.call_soon_threadsafe(resolve)
+                except RuntimeError:  # loop closed during shutdown
+                    pass
+
+        def expire() -> None:
+            slot[1] = True
+            resolve()
+
         try:
             if wait:
-                event = asyncio.Event()
-                wake = self._wake_for(event)
-                keys = broker.add_waiter(((p.topic, p.partition) for p in req.partitions), wake)
-
-                def expire() -> None:
-                    nonlocal expired
-                    expired = True
-                    event.set()
-
+                keys = [(p.topic, p.partition) for p in req.partitions]
+                broker.add_waiter(keys, wake)
                 timer = loop.call_later(req.max_wait_ms / 1000, expire)
-            waiting = False
-            try:
-                while True:
-                    if event is not None:
-                        event.clear()
-                    results = self._read_all(req)
-                    if not wait or expired or broker.shutting_down or self._closing:
-                        break
-                    if any(err is not None for _, _, err in results):
-                        break
-                    if sum(read_result_size(r) for _, r, _ in results if r is not None) >= req.min_bytes:
-                        break
+            while True:
+                if wait:
+                    slot[0] = loop.create_future()
+                    slot[2] = False
+                results = self._read_all(req)
+                if not wait or slot[1] or broker.shutting_down or self._closing:
+                    break
+                if any(err is not None for _, _, err in results):
+                    break
+                available = sum(read_result_size(r) for _, r, _ in results if r is not None)
+                if available >= req.min_bytes:
+                    break
+                if available:
+                    # Do not pin segment handles while waiting; read again when woken.
                     for _, r, _ in results:
                         release_read(r)
                     results = []
-                    if not waiting:
-                        waiting = True
-                        broker.metrics.long_polls.inc()
-                    assert event is not None
-                    await event.wait()
-            finally:
-                if waiting:
-                    broker.metrics.long_polls.dec()
-                if timer is not None:
-                    timer.cancel()
-                if keys is not None and wake is not None:
-                    broker.remove_waiter(keys, wake)
+                if not waiting:
+                    waiting = True
+                    self._long_polls += 1
+                await slot[0]
+                if results:
+                    if slot[1] and not slot[2] and not broker.shutting_down:
+                        break  # expired with no append since the read: the empty answer stands
+                    results = []  # empty reads hold no handles; nothing to release
+            if waiting:
+                waiting = False
+                self._long_polls -= 1
+            if timer is not None:
+                timer.cancel()
+            if keys:
+                broker.remove_waiter(keys, wake)
+                keys = []
             await self._send_fetch_response(conn, req, results)
         except BaseException as exc:
             outcome = "NETWORK_EXCEPTION" if isinstance(exc, (OSError, asyncio.CancelledError)) else "UNKNOWN"
             raise
         finally:
+            if waiting:
+                self._long_polls -= 1
+            if timer is not None:
+                timer.cancel()
+            if keys:
+                broker.remove_waiter(keys, wake)
             for _, r, _ in results:
                 release_read(r)
-            broker.metrics.observe_request("Fetch", "data", outcome, time.perf_counter() - started)
+            self._observe_fetch(outcome, time.perf_counter() - started)
 
     async def _send_fetch_response(
         self, conn: _Connection, req: fr.FetchRequest, results: list[tuple[fr.FetchPartition, Any, AnnalError | None]]
@@ -393,13 +477,13 @@ class DataPortServer:
         for (p, r, _), head, size in zip(results, heads, sizes):
             pending.append(head)
             if size:
-                await self._send(conn, b"".join(pending))
+                conn.write(b"".join(pending))
                 pending = []
                 for chunk in r.chunks:
                     await self._sendfile(conn, chunk.fd, chunk.position, chunk.size)
                 broker.metrics.record_fetch(p.topic, size)
         if pending:
-            await self._send(conn, b"".join(pending))
+            conn.write(b"".join(pending))
 
     # ------------------------------------------------------------------ PRODUCE
 
@@ -443,12 +527,8 @@ class DataPortServer:
                     log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
                     return False
                 return True
-            await self._send(conn, fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
+            conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
             return True
         finally:
-            self.broker.metrics.observe_request("Produce", "data", outcome, time.perf_counter() - started)
+            self._observe_produce(outcome, time.perf_counter() - started)
 
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

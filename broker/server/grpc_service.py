@@ -112,6 +112,9 @@ def _rpc(api: str) -> Callable:
 class AnnalServicer(annal_pb2_grpc.AnnalServicer):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self._waiting = 0  # Fetch calls long-polling now
+        self._waiting_lock = threading.Lock()
+        broker.metrics.long_poll_sources.append(lambda: self._waiting)
 
     # ------------------------------------------------------------------ topics
 
@@ -242,11 +245,13 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
                         break
                     for r, _ in results:
                         release_read(r)
-                    broker.metrics.long_polls.inc()
+                    with self._waiting_lock:
+                        self._waiting += 1
                     try:
                         event.wait(remaining)
                     finally:
-                        broker.metrics.long_polls.dec()
+                        with self._waiting_lock:
+                            self._waiting -= 1
             finally:
                 if keys is not None:
                     broker.remove_waiter(keys, event.set)

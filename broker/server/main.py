@@ -161,9 +161,9 @@ async def _serve(config: Any) -> int:
         me = BrokerInfo(config.broker_id, config.public_host, grpc_port, fetch_port)
         broker.start(me)
         grpc_server.start()
-        data_port.start()
+        await data_port.start()
         mode = f"zookeeper={config.zookeeper}" if config.zookeeper else "standalone"
-        log.info(
+        _always(
             "annal broker %d %s grpc=%s:%d data=%s:%d metrics=%s data_dir=%s mode=%s pid=%d",
             config.broker_id, READY_MARKER, config.host, grpc_port, config.host, fetch_port,
             f"{config.host}:{metrics_port}" if metrics_port >= 0 else "off",
@@ -183,5 +183,13 @@ async def _serve(config: Any) -> int:
         broker.metrics.close()
         executor.shutdown(wait=False)
         lock.release()
-    log.info("annal broker %d stopped cleanly", config.broker_id)
+    _always("annal broker %d stopped cleanly", config.broker_id)
     return 0
+
+
+def _always(msg: str, *args: Any) -> None:
+    """Log at INFO, or print the line when the level hides INFO: tools wait for these lines."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(msg, *args)
+    else:
+        print(msg % args, file=sys.stderr, flush=True)

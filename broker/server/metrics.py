@@ -23,7 +23,7 @@ Names (Kafka's JMX names, Prometheus style)::
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -74,8 +74,14 @@ class BrokerMetrics:
             "annal_request_latency_seconds", "Request latency (long-poll waits included)",
             ["api", "transport"], buckets=_LATENCY_BUCKETS, registry=r,
         )
+        # Read at scrape time from counters the request paths keep as plain ints: a Gauge
+        # inc()/dec() pair costs more than the rest of an idle long-poll's bookkeeping.
+        self.long_poll_sources: list[Callable[[], int]] = []
+        self.connection_sources: list[Callable[[], int]] = []
         self.long_polls = Gauge("annal_long_polls_waiting", "Fetches waiting for data", registry=r)
+        self.long_polls.set_function(lambda: sum(f() for f in list(self.long_poll_sources)))
         self.connections = Gauge("annal_data_port_connections", "Open data port connections", registry=r)
+        self.connections.set_function(lambda: sum(f() for f in list(self.connection_sources)))
         if partition_stats is not None:
             r.register(_PartitionCollector(partition_stats))
         self._server = None
@@ -85,6 +91,21 @@ class BrokerMetrics:
     def observe_request(self, api: str, transport: str, error: str, seconds: float) -> None:
         self.requests.labels(api, transport, error).inc()
         self.latency.labels(api, transport).observe(seconds)
+
+    def request_observer(self, api: str, transport: str) -> Callable[[str, float], None]:
+        """``observe(error, seconds)`` for one API and transport, with the labelled children
+        looked up once (the hot paths call it per request)."""
+        latency = self.latency.labels(api, transport)
+        counters: dict[str, Any] = {}
+
+        def observe(error: str, seconds: float) -> None:
+            c = counters.get(error)
+            if c is None:
+                c = counters[error] = self.requests.labels(api, transport, error)
+            c.inc()
+            latency.observe(seconds)
+
+        return observe
 
     def record_append(self, topic: str, nbytes: int, records: int) -> None:
         self.bytes_in.labels(topic).inc(nbytes)

@@ -1,0 +1,414 @@
+"""Broker benchmarks: the three produce paths, data port fetch against a bare ``sendfile`` loop,
+and the CPU cost of idle long-polls. Each figure is measured ``--runs`` times (median reported)
+against a real broker process (``tests.harness.broker.BrokerProcess``) on 127.0.0.1.
+
+    .venv/bin/python -m bench.broker all --runs 3            # everything
+    .venv/bin/python -m bench.broker produce --runs 3        # gRPC unary, gRPC stream, data port
+    .venv/bin/python -m bench.broker fetch --runs 3          # data port vs bare os.sendfile
+    .venv/bin/python -m bench.broker idle --runs 3           # 200 idle long-polling clients
+
+produce: already-encoded ~1 MiB batches (one batch per request), acks=1, one partition,
+``--window`` requests in flight on one connection, ``--produce-mib`` MiB per run; MB/s = record
+bytes / wall time (1 MB = 10^6 bytes).
+fetch: a 1 GiB partition (written first, so it is in the page cache) read from offset 0 to its
+end by one client with ``--fetch-max-mib`` per request, one request in flight; the baseline is a
+separate process doing ``os.sendfile`` of the same segment files to one socket, read by the same
+kind of client loop (``recv_into`` a reused buffer), in the same run.
+idle: ``--clients`` connections, each long-polling its own empty partition (max_wait_ms 500, as
+Kafka's fetch.max.wait.ms, min_bytes 1, re-sent as soon as answered); broker CPU % of one core
+from /proc/<pid>/stat (utime + stime) over ``--window-s`` seconds after a warm-up.
+
+Prints one line per run and a JSON summary at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import selectors
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+import grpc
+
+from broker.protocol import annal_pb2 as pb
+from broker.protocol import annal_pb2_grpc
+from broker.protocol import framing as fr
+from broker.storage.record_batch import encode_batch, iter_batch_positions, parse_header
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the harness lives under tests/
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.harness.broker import BrokerProcess  # noqa: E402
+
+MB = 1_000_000
+MiB = 1 << 20
+_I32 = struct.Struct(">i")
+
+
+def one_mib_batch() -> bytes:
+    """A RecordBatch v2 of 1000-byte values, as close to 1 MiB as fits."""
+    value = os.urandom(1000)
+    n = 1024
+    while True:
+        batch = encode_batch([(int(time.time() * 1000), None, value, None)] * n)
+        if len(batch) <= MiB:
+            return batch
+        n -= 1
+
+
+def _stub(b: BrokerProcess) -> annal_pb2_grpc.AnnalStub:
+    ch = grpc.insecure_channel(b.bootstrap, options=[("grpc.max_send_message_length", 64 * MiB),
+                                                      ("grpc.max_receive_message_length", 64 * MiB)])
+    return annal_pb2_grpc.AnnalStub(ch)
+
+
+def create_topic(b: BrokerProcess, name: str, partitions: int = 1, **config: int) -> None:
+    r = _stub(b).CreateTopics(pb.CreateTopicsRequest(
+        topics=[pb.NewTopic(name=name, partitions=partitions, config=pb.TopicConfig(**config))]))
+    if r.results[0].error_code:
+        raise RuntimeError(r.results[0].error_message)
+
+
+def delete_topic(b: BrokerProcess, name: str) -> None:
+    _stub(b).DeleteTopics(pb.DeleteTopicsRequest(names=[name]))
+
+
+# ---------------------------------------------------------------------- data port plumbing
+
+
+def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
+    while len(view):
+        n = sock.recv_into(view)
+        if n == 0:
+            raise ConnectionError("connection closed")
+        view = view[n:]
+
+
+def _recv_frame(sock: socket.socket, buf: bytearray) -> memoryview:
+    """One frame into ``buf`` (grown when needed); returns a view of its payload."""
+    head = bytearray(4)
+    _recv_exact_into(sock, memoryview(head))
+    (n,) = _I32.unpack(head)
+    if n > len(buf):
+        buf.extend(bytes(n - len(buf)))
+    view = memoryview(buf)[:n]
+    _recv_exact_into(sock, view)
+    return view
+
+
+def _sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+def produce_data_port(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int, acks: int = 1) -> float:
+    sock = socket.create_connection(("127.0.0.1", b.fetch_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(4096)
+    sent = received = 0
+    started = time.perf_counter()
+    while received < count:
+        while sent < count and sent - received < window:
+            parts = fr.produce_request_parts(fr.ProduceRequest(sent, acks, 30000, [fr.ProducePartition(topic, 0, batch)]))
+            _sendmsg_all(sock, parts)
+            sent += 1
+        resp = fr.decode_produce_response(_recv_frame(sock, buf))
+        if resp.error_code or resp.partitions[0].error_code:
+            raise RuntimeError(f"produce failed: {resp}")
+        received += 1
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed
+
+
+def produce_grpc_unary(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int) -> float:
+    stub = _stub(b)
+    req = pb.ProduceRequest(acks=1, partitions=[pb.ProducePartition(topic=topic, partition=0, batches=[batch])])
+    pending: list[Any] = []
+    started = time.perf_counter()
+    for _ in range(count):
+        if len(pending) >= window:
+            r = pending.pop(0).result()
+            if r.results[0].error_code:
+                raise RuntimeError(str(r))
+        pending.append(stub.Produce.future(req))
+    for f in pending:
+        if f.result().results[0].error_code:
+            raise RuntimeError("produce failed")
+    return time.perf_counter() - started
+
+
+def produce_grpc_stream(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int) -> float:
+    stub = _stub(b)
+    slots = threading.Semaphore(window)
+
+    def requests():
+        for i in range(count):
+            slots.acquire()
+            yield pb.ProduceRequest(acks=1, correlation_id=i,
+                                    partitions=[pb.ProducePartition(topic=topic, partition=0, batches=[batch])])
+
+    started = time.perf_counter()
+    n = 0
+    for resp in stub.ProduceStream(requests()):
+        if resp.results[0].error_code:
+            raise RuntimeError(str(resp))
+        slots.release()
+        n += 1
+    assert n == count
+    return time.perf_counter() - started
+
+
+def bench_produce(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
+    batch = one_mib_batch()
+    count = args.produce_mib
+    paths: dict[str, Callable[..., float]] = {
+        "grpc_unary": produce_grpc_unary,
+        "grpc_stream": produce_grpc_stream,
+        "data_port": produce_data_port,
+    }
+    for name, fn in paths.items():
+        runs = []
+        for run in range(args.runs):
+            topic = f"produce-{name}-{run}"
+            create_topic(b, topic, max_message_bytes=2 * MiB)
+            fn(b, topic, batch, 16, args.window)  # warm-up: connection, first segment
+            elapsed = fn(b, topic, batch, count, args.window)
+            rate = count * len(batch) / elapsed / MB
+            runs.append(rate)
+            print(f"produce {name:<11} run {run + 1}: {count} x {len(batch)} B in {elapsed:.2f} s = {rate:.0f} MB/s", flush=True)
+            delete_topic(b, topic)
+        out[f"produce_{name}_MBps"] = {"median": statistics.median(runs), "runs": runs}
+
+
+# ---------------------------------------------------------------------- fetch
+
+
+def fetch_data_port(b: BrokerProcess, topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
+    sock = socket.create_connection(("127.0.0.1", b.fetch_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(max_bytes + 2 * MiB)
+    offset = 0
+    total = 0
+    cid = 0
+    started = time.perf_counter()
+    while offset < end_offset:
+        cid += 1
+        sock.sendall(fr.encode_fetch_request(fr.FetchRequest(cid, 0, 0, [fr.FetchPartition(topic, 0, offset, max_bytes)])))
+        p = fr.decode_fetch_response(_recv_frame(sock, buf)).partitions[0]
+        if p.error_code or not len(p.records):
+            raise RuntimeError(f"fetch at {offset}: {p.error_code} {p.error_message}")
+        last = None
+        for pos, _size in iter_batch_positions(p.records):
+            last = pos
+        assert last is not None
+        offset = parse_header(p.records, last).next_offset
+        total += len(p.records)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed, total
+
+
+_SENDFILE_SERVER = r"""
+import os, socket, sys
+files = sys.argv[1:]
+ls = socket.create_server(("127.0.0.1", 0))
+print(ls.getsockname()[1], flush=True)
+conn, _ = ls.accept()
+for path in files:
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    off = 0
+    while off < size:
+        off += os.sendfile(conn.fileno(), fd, off, size - off)
+    os.close(fd)
+conn.close()
+"""
+
+
+def fetch_bare_sendfile(files: list[str], chunk: int) -> tuple[float, int]:
+    proc = subprocess.Popen([sys.executable, "-c", _SENDFILE_SERVER, *files], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    sock = socket.create_connection(("127.0.0.1", port))
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    total = 0
+    started = time.perf_counter()
+    while True:
+        n = sock.recv_into(view)
+        if n == 0:
+            break
+        total += n
+    elapsed = time.perf_counter() - started
+    sock.close()
+    proc.wait()
+    return elapsed, total
+
+
+def bench_fetch(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
+    topic = "fetch-1gib"
+    create_topic(b, topic, max_message_bytes=2 * MiB)
+    batch = one_mib_batch()
+    count = (args.fetch_gib * 1024 * MiB) // len(batch)
+    produce_data_port(b, topic, batch, count, 8)
+    end_offset = count * (parse_header(batch).last_offset_delta + 1)
+    log_dir = b.data_dir / f"{topic}-0"
+    files = sorted(str(p) for p in log_dir.glob("*.log"))
+    max_bytes = args.fetch_max_mib * MiB
+    fetch_data_port(b, topic, end_offset, max_bytes)  # warm: every page in the cache
+    broker_runs, bare_runs, ratios = [], [], []
+    for run in range(args.runs):
+        bt, bbytes = fetch_data_port(b, topic, end_offset, max_bytes)
+        st, sbytes = fetch_bare_sendfile(files, max_bytes)
+        brate, srate = bbytes / bt / MB, sbytes / st / MB
+        broker_runs.append(brate)
+        bare_runs.append(srate)
+        ratios.append(brate / srate)
+        print(f"fetch run {run + 1}: data port {bbytes} B in {bt:.2f} s = {brate:.0f} MB/s; bare sendfile "
+              f"{sbytes} B in {st:.2f} s = {srate:.0f} MB/s; ratio {brate / srate:.0%}", flush=True)
+    out["fetch_data_port_MBps"] = {"median": statistics.median(broker_runs), "runs": broker_runs}
+    out["fetch_bare_sendfile_MBps"] = {"median": statistics.median(bare_runs), "runs": bare_runs}
+    out["fetch_ratio"] = {"median": statistics.median(ratios), "runs": ratios}
+    delete_topic(b, topic)
+
+
+# ---------------------------------------------------------------------- idle long-polls
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _IdlePollers:
+    """``n`` sockets, each long-polling one partition; answers are read and the fetch re-sent."""
+
+    def __init__(self, b: BrokerProcess, topic: str, n: int, max_wait_ms: int) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.answers = 0
+        self.socks = []
+        self.requests = []
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", b.fetch_port))
+            s.setblocking(False)
+            req = fr.encode_fetch_request(fr.FetchRequest(i, max_wait_ms, 1, [fr.FetchPartition(topic, i, 0, MiB)]))
+            self.socks.append(s)
+            self.requests.append(req)
+            self.sel.register(s, selectors.EVENT_READ, (i, fr.FrameReader(min_frame_bytes=fr.RESPONSE_HEADER_SIZE)))
+            s.sendall(req)
+        self.stop = False
+
+    def run(self, until: float) -> None:
+        while time.monotonic() < until:
+            for key, _ in self.sel.select(timeout=0.2):
+                i, reader = key.data
+                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                if not data:
+                    raise ConnectionError("broker closed an idle connection")
+                reader.receive_data(data)
+                while (frame := reader.next_frame()) is not None:
+                    resp = fr.decode_fetch_response(frame)
+                    if resp.error_code or resp.partitions[0].error_code:
+                        raise RuntimeError(f"idle fetch failed: {resp}")
+                    self.answers += 1
+                    key.fileobj.sendall(self.requests[i])  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def bench_idle(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
+    topic = "idle"
+    create_topic(b, topic, partitions=args.clients)
+    runs, rates = [], []
+    for run in range(args.runs):
+        pollers = _IdlePollers(b, topic, args.clients, 500)
+        pollers.run(time.monotonic() + 2.0)  # warm-up: every client has had an answer
+        cpu0, answers0, t0 = _cpu_seconds(b.pid), pollers.answers, time.monotonic()
+        pollers.run(t0 + args.window_s)
+        cpu1, answers1, t1 = _cpu_seconds(b.pid), pollers.answers, time.monotonic()
+        pollers.close()
+        pct = (cpu1 - cpu0) / (t1 - t0) * 100
+        rate = (answers1 - answers0) / (t1 - t0)
+        runs.append(pct)
+        rates.append(rate)
+        print(f"idle run {run + 1}: {args.clients} clients, {rate:.0f} long-poll answers/s, broker CPU "
+              f"{pct:.2f}% of one core over {t1 - t0:.1f} s", flush=True)
+    out["idle_cpu_pct"] = {"median": statistics.median(runs), "runs": runs}
+    out["idle_answers_per_s"] = {"median": statistics.median(rates), "runs": rates}
+    delete_topic(b, topic)
+
+
+# ---------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.broker", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["all", "produce", "fetch", "idle"], nargs="?", default="all")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--produce-mib", type=int, default=1024, help="MiB produced per run and path")
+    p.add_argument("--window", type=int, default=4, help="produce requests in flight")
+    p.add_argument("--fetch-gib", type=int, default=1)
+    p.add_argument("--fetch-max-mib", type=int, default=16, help="max_bytes of each fetch")
+    p.add_argument("--clients", type=int, default=200)
+    p.add_argument("--window-s", type=float, default=10.0)
+    p.add_argument("--data-dir", default=None, help="broker data dir (default: a temporary one, removed)")
+    p.add_argument("--json", default=None, help="also write the summary here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tmp = None
+    if args.data_dir is None:
+        tmp = tempfile.mkdtemp(prefix="annal-bench-broker-")
+        data_dir = pathlib.Path(tmp) / "data"
+    else:
+        data_dir = pathlib.Path(args.data_dir)
+    b = BrokerProcess(data_dir, log_level="WARNING", metrics_port=-1)
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count()}
+    try:
+        b.start()
+        if args.what in ("all", "produce"):
+            bench_produce(args, b, out)
+        if args.what in ("all", "fetch"):
+            bench_fetch(args, b, out)
+        if args.what in ("all", "idle"):
+            bench_idle(args, b, out)
+    finally:
+        rc = b.stop()
+        if rc != 0:
+            print(f"broker exited with {rc}:\n{b.log_text()}", file=sys.stderr)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
