@@ -38,6 +38,7 @@ from broker.errors import (
     LocalUsageError,
     MessageTooLargeError,
     OffsetOutOfRangeError,
+    StorageError,
     UnknownTopicOrPartitionError,
 )
 from broker.storage._checkpoint import fsync_dir
@@ -484,7 +485,16 @@ class PartitionLog:
         for p in (new.log_path, new.index_path, new.time_index_path):
             if os.path.exists(p):  # left from an earlier truncation that never got appended to
                 os.unlink(p)
-        new.make_active()
+        try:
+            new.make_active()
+        except OSError as e:  # e.g. ENOSPC preallocating: the old segment stays active
+            new.abandon()
+            for p in (new.log_path, new.index_path, new.time_index_path):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            raise StorageError(f"cannot create segment {new.log_path}: {e}", errno=e.errno) from e
         old.make_inactive()
         old.unflushed = True
         self._rolled_since_flush = True
