@@ -37,15 +37,14 @@ def _ordered(lat: dict[str, float]) -> None:
     assert lat["min_ms"] <= lat["avg_ms"] <= lat["max_ms"]
 
 
-def _leftover_bench_dirs() -> set[str]:
-    import tempfile
-
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(("annal-bench-data-", "annal-bench-log-"))}
+def _local_data_dir(stderr: str) -> str:
+    m = re.search(r"started a standalone broker on \S+ \(data dir (\S+)\)", stderr)
+    assert m, stderr
+    return m.group(1)
 
 
 @pytest.mark.timeout(120)
 def test_produce_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = _leftover_bench_dirs()
     out, png = tmp_path / "p.json", tmp_path / "p.png"
     rc = producer_performance.main([
         "--num-records", str(N), "--record-size", "100", "--json", str(out), "--plot", str(png),
@@ -61,14 +60,15 @@ def test_produce_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str
     _ordered(r["latency_ms"])
     assert sum(p["records"] for p in s["timeseries"]) == N
     assert s["config"]["num_records"] == N and s["config"]["local_broker"] is True
-    final = capsys.readouterr().out.strip().splitlines()[-1]
+    captured = capsys.readouterr()
+    final = captured.out.strip().splitlines()[-1]
     assert re.fullmatch(
         rf"{N} records sent, [\d.]+ records/sec \([\d.]+ MB/sec\), [\d.]+ ms avg latency, [\d.]+ ms max latency, "
         r"[\d.]+ ms 50th, [\d.]+ ms 95th, [\d.]+ ms 99th, [\d.]+ ms 99\.9th\.",
         final,
     )
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert _leftover_bench_dirs() <= before  # the local broker's directories are gone
+    assert not os.path.exists(_local_data_dir(captured.err))  # the local broker's directory is gone
 
 
 @pytest.mark.timeout(180)
@@ -175,11 +175,22 @@ def test_local_broker_start_stop_and_cleanup() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_local_broker_that_cannot_start_reports_its_log() -> None:
-    before = _leftover_bench_dirs()
+def test_local_broker_that_cannot_start_reports_its_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args: Any, **kwargs: Any) -> str:
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    b = LocalBroker(extra_args=["--log-level", "NOT-A-LEVEL"])
     with pytest.raises(LocalBrokerError, match="exited with code"):
-        LocalBroker(extra_args=["--log-level", "NOT-A-LEVEL"]).start()
-    assert _leftover_bench_dirs() <= before
+        b.start()
+    assert len(made) == 2 and not any(os.path.exists(d) for d in made)  # data and log dirs removed
+    assert b.process is None
 
 
 def failing_worker(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop_event: Any) -> None:
