@@ -235,6 +235,8 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
         key = keys[i % npay] if keys is not None else None
         fut = send(topic, value, key)
         sent += 1
+        if sent == 1 and not per_record and not _has_batch(fut):
+            per_record = True  # a future that does not expose its batch: one callback per record
         if per_record:
             fut.add_callback(on_record_ack, now)
             fut.add_errback(on_record_error, now)
@@ -275,6 +277,11 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
         "clamped": hist.clamped,
         "latency_per": "record" if per_record else "batch",
     }
+
+
+def _has_batch(fut: Any) -> bool:
+    """True if the future is the SDK's ``(batch, offset_delta, timestamp)`` tuple."""
+    return isinstance(fut, tuple) and len(fut) == 3 and hasattr(fut[0], "result")
 
 
 # --------------------------------------------------------------------------------------------

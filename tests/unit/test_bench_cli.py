@@ -111,3 +111,14 @@ def test_plot_run_and_ceiling_write_pngs(tmp_path: Path) -> None:
     p3 = tmp_path / "throughput-only.png"
     plot_run(str(p3), title="t", timeseries=ts)
     assert p3.stat().st_size > 0
+
+
+def test_batch_grouping_only_for_futures_that_expose_their_batch() -> None:
+    from types import SimpleNamespace
+
+    from bench._workers import _has_batch
+    from client import FutureRecordMetadata
+
+    assert _has_batch(FutureRecordMetadata((SimpleNamespace(result=None), 0, 0)))
+    assert not _has_batch(object())
+    assert not _has_batch((1, 2, 3))
