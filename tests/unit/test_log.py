@@ -442,3 +442,57 @@ def test_flush_racing_truncate_does_not_overstate_recovery_point(log):
     assert log.recovery_point == 6
     log.flush()
     assert log.recovery_point == 9
+
+
+def test_reads_and_appends_do_not_wait_for_a_slow_fdatasync(log, monkeypatch):
+    """flush() holds no lock while it fdatasyncs: a read and an append complete meanwhile."""
+    log.append(batch(2))
+    entered, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        entered.set()
+        assert release.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    t = threading.Thread(target=log.flush)
+    t.start()
+    try:
+        assert entered.wait(30)
+        assert read_offsets(log, 0) == [0, 1]   # would deadlock if reads waited for the flush
+        assert log.append(batch(1)) == 2         # so would appends
+        assert log.recovery_point == 0
+    finally:
+        release.set()
+        t.join(30)
+    assert log.recovery_point == 2  # the flush covers what was there when it started
+    monkeypatch.undo()
+    log.flush()
+    assert log.recovery_point == 3
+
+
+def test_roll_that_cannot_create_a_segment_fails_cleanly(log, monkeypatch):
+    import errno
+
+    from broker.errors import StorageError
+
+    while len(log.segments) < 2:
+        log.append(batch(3, value=b"f" * 100))
+    before = folder_digest(log.path)
+    leo = log.log_end_offset
+    real = os.ftruncate
+
+    def full(fd: int, length: int) -> None:
+        if length > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, length)
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    with pytest.raises(StorageError):
+        log.roll()
+    monkeypatch.undo()
+    assert folder_digest(log.path) == before and log.log_end_offset == leo
+    assert log.append(batch(1)) == leo
+    log.roll()
+    assert log.active_segment.base_offset == leo + 1
