@@ -66,6 +66,25 @@ HEADLINE: list[tuple[str, list[str], list[tuple[str, str, Callable[[dict[str, An
 ]
 
 
+NOTES = [
+    "## Notes",
+    "",
+    "- Targets: annal-bench's own figures have none; the produce and consume targets belong to the SDK "
+    "and broker issues and are judged in their fragments (`sdk.md`, `broker.md`).",
+    "- Why latency is recorded per batch: `py-spy record --subprocesses -- annal-bench produce "
+    "--num-records 300000 --latency-per record` (run at 15:09 UTC, 37,205 records/s) puts the two largest "
+    "self-time entries of the producer process in the SDK's callback registration: "
+    "`FutureRecordMetadata._add` (14 % of samples; a process-wide `_callback_lock` taken by every "
+    "`add_callback`/`add_errback`, contended with the sender thread completing batches) and `_bind` with "
+    "its lambda (12 %; a closure per callback with arguments). One callback per batch removes both from the send loop; the "
+    "per-record row above shows the difference.",
+    "- The standalone broker, the producer or consumer process and the bench's parent share 2 cores, and "
+    "the machine was shared with other engineers' runs: the spread between runs is the noise, not the "
+    "code.",
+    "",
+]
+
+
 def _loadavg() -> str:
     try:
         with open("/proc/loadavg", encoding="ascii") as f:
@@ -144,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, label, unit, fmt in FIGURES:
         v = ceiling["result"][key]
         lines.append(f"| {label} | {fmt.format(v['median'])} {unit} | {', '.join(fmt.format(x) for x in v['runs'])} |")
-    lines.append("")
+    lines += ["", *NOTES]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.out}")
