@@ -229,6 +229,7 @@ def finish(
     timeseries: Sequence[Mapping[str, Any]],
     latency_distribution: Sequence[tuple[float, float]] = (),
     latency_label: str = "latency",
+    latency_count: int | None = None,
     title: str = "",
 ) -> None:
     if args.json_path:
@@ -244,4 +245,5 @@ def finish(
         from bench._plot import plot_run
 
         plot_run(args.plot_path, title=title or f"annal-bench {tool}", timeseries=timeseries,
-                 latency_distribution=latency_distribution, latency_label=latency_label)  # fmt: skip
+                 latency_distribution=latency_distribution, latency_label=latency_label,
+                 latency_count=latency_count)  # fmt: skip

@@ -34,11 +34,13 @@ def plot_run(
     timeseries: Sequence[Mapping[str, float]],
     latency_distribution: Sequence[tuple[float, float]] = (),
     latency_label: str = "latency",
+    latency_count: int | None = None,
 ) -> None:
     """Throughput per second (records/s and MiB/s) over time; the latency percentile plot beside it.
 
     ``timeseries`` holds {"t_s", "records", "bytes"} per one-second bucket; the distribution
-    holds (percentile, latency_ms) points from ``LatencyHistogram.distribution()``.
+    holds (percentile, latency_ms) points from ``LatencyHistogram.distribution()``, drawn up to
+    the percentile ``1 - 1/latency_count`` (beyond it a percentile says nothing new).
     """
     plt = _pyplot()
     with_latency = bool(latency_distribution)
@@ -46,34 +48,42 @@ def plot_run(
     ax = axes[0][0]
     ts = [float(p["t_s"]) for p in timeseries]
     recs = [float(p["records"]) for p in timeseries]
-    mib = [float(p["bytes"]) / (1024 * 1024) for p in timeseries]
-    ax.plot(ts, recs, color="tab:blue", marker=".", label="records/s")
+    total_records = sum(recs)
+    total_bytes = sum(float(p["bytes"]) for p in timeseries)
+    ax.plot(ts, recs, color="tab:blue", marker=".")
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("records/s", color="tab:blue")
+    ax.set_ylabel("records/s")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(ts, mib, color="tab:orange", alpha=0.6, label="MiB/s")
-    ax2.set_ylabel("MiB/s", color="tab:orange")
-    ax2.set_ylim(bottom=0)
+    if total_records > 0 and total_bytes > 0:
+        # MiB/s is proportional to records/s: show it as a second scale, not a second line.
+        mib_per_record = total_bytes / total_records / (1024 * 1024)
+        sec = ax.secondary_yaxis("right", functions=(lambda r: r * mib_per_record, lambda m: m / mib_per_record))
+        sec.set_ylabel("MiB/s")
     ax.set_title("throughput per second")
     if with_latency:
         lax = axes[0][1]
+        count = max(2.0, float(latency_count or 0)) if latency_count else None
         xs: list[float] = []
         ys: list[float] = []
         for pct, ms in latency_distribution:
             if pct >= 100.0:
                 continue
-            xs.append(1.0 / (1.0 - pct / 100.0))
+            x = 1.0 / (1.0 - pct / 100.0)
+            if count is not None and x > count:
+                break  # beyond 1 - 1/count the percentiles say nothing more
+            xs.append(x)
             ys.append(ms)
         lax.plot(xs, ys, color="tab:red")
         lax.set_xscale("log")
-        ticks = [1, 2, 10, 100, 1000, 10000]
-        labels = ["0%", "50%", "90%", "99%", "99.9%", "99.99%"]
-        top = max(xs) if xs else 1.0
+        ticks = [2, 10, 100, 1000, 10_000, 100_000, 1_000_000]
+        labels = ["50%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"]
+        top = max(xs) if xs else 2.0
         keep = [(t, lbl) for t, lbl in zip(ticks, labels) if t <= max(top, 2)]
+        lax.set_xlim(1, max(top, 2))
         lax.set_xticks([t for t, _ in keep])
         lax.set_xticklabels([lbl for _, lbl in keep])
+        lax.minorticks_off()
         lax.set_xlabel("percentile")
         lax.set_ylabel(f"{latency_label} (ms)")
         lax.set_ylim(bottom=0)

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     finish(
         args, "e2e", argv, config=config, result=result, started_epoch_s=started, finished_epoch_s=finished,
         timeseries=collector.timeseries(), latency_distribution=e2e.distribution(),
-        latency_label="end-to-end latency", title=f"annal-bench e2e: {args.rate:g} records/s for {args.duration_s:g} s",
+        latency_label="end-to-end latency", latency_count=e2e.count, title=f"annal-bench e2e: {args.rate:g} records/s for {args.duration_s:g} s",
     )  # fmt: skip
     ok = cres["records"] == n and pres["errors"] == 0
     return 0 if ok else 1

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     config["local_broker"] = not (args.bootstrap_servers or args.zookeeper)
     finish(
         args, "produce", argv, config=config, result=result, started_epoch_s=started, finished_epoch_s=finished,
-        timeseries=timeseries, latency_distribution=hist.distribution(), latency_label="produce latency (send to ack)",
+        timeseries=timeseries, latency_distribution=hist.distribution(), latency_label="produce latency (send to ack)", latency_count=hist.count,
         title=f"annal-bench produce: {args.num_records} x {args.record_size} B, {args.producers} producer(s), acks={args.acks}",
     )  # fmt: skip
     return 0 if result["errors"] == 0 and result["records"] == args.num_records else 1
