@@ -159,7 +159,6 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
     completed: deque[tuple[int, list[int] | int, BaseException | None, Any]] = deque()
     in_flight: dict[Any, list[int]] = {}  # open batch -> send times of its records
     done_records = 0
-    done_bytes_ok = 0
     errors = 0
     first_error = ""
     value_bytes = cfg["record_size"] + cfg.get("key_size", 0)
@@ -178,7 +177,7 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
         completed.append((monotonic_ns(), send_ns, exc, None))
 
     def drain_completed() -> None:
-        nonlocal done_records, done_bytes_ok, errors, first_error
+        nonlocal done_records, errors, first_error
         popleft = completed.popleft
         record = rec.record_us
         while completed:
@@ -198,7 +197,7 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
                 record((ack_ns - s) // 1000)
             done_records += len(sends)
 
-    last_tick = [0, 0]  # records, errors at the previous tick
+    last_tick = [0]  # records acknowledged at the previous tick
 
     def tick(now_ns: int) -> None:
         drain_completed()
