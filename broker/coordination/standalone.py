@@ -2,7 +2,10 @@
 
 On disk: ``DATA_DIR/topics.json``::
 
-    {"version": 1, "topics": {"orders": {"partitions": 3, "config": {"retention_ms": 60000}}}}
+    {"version": 1, "cluster_id": "3f1c...", "topics": {"orders": {"partitions": 3, "config": {"retention_ms": 60000}}}}
+
+``cluster_id`` is made (a random UUID) the first time the broker starts on an empty data dir and
+kept for its life, so that clients can tell two standalone brokers apart.
 
 Written atomically (a temporary file, fsync, rename over the old one, fsync of the directory),
 so a crash leaves either the old or the new map, never a torn one. Every partition is led by
@@ -17,6 +20,7 @@ import logging
 import os
 import pathlib
 import threading
+import uuid
 from typing import Any, Mapping
 
 from broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
@@ -44,6 +48,7 @@ class StandaloneCoordinator(Coordinator):
         self._me: BrokerInfo | None = None
         self._topics: dict[str, TopicPlacement] = {}
         self._listeners: list[PlacementListener] = []
+        self.cluster_id = ""
 
     # -- lifecycle
 
@@ -51,6 +56,9 @@ class StandaloneCoordinator(Coordinator):
         with self._lock:
             self._me = me
             self._topics = self._load(me.broker_id)
+            if not self.cluster_id:
+                self.cluster_id = uuid.uuid4().hex
+                self._save(self._topics)
 
     def stop(self) -> None:
         with self._lock:
@@ -133,6 +141,7 @@ class StandaloneCoordinator(Coordinator):
             raise StorageError(f"cannot read {self.path}: {e.strerror}") from None
         try:
             doc = json.loads(raw)
+            self.cluster_id = str(doc.get("cluster_id") or "")
             if doc.get("version") != _FORMAT_VERSION:
                 raise ValueError(f"unsupported version {doc.get('version')!r}")
             topics = {}
@@ -154,6 +163,7 @@ class StandaloneCoordinator(Coordinator):
     def _save(self, topics: Mapping[str, TopicPlacement]) -> None:
         doc = {
             "version": _FORMAT_VERSION,
+            "cluster_id": self.cluster_id,
             "topics": {
                 name: {"partitions": t.partition_count, "config": dict(t.config)}
                 for name, t in sorted(topics.items())

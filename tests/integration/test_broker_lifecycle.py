@@ -36,11 +36,14 @@ def test_restart_on_the_same_data_dir_serves_everything(broker_factory):
         for i in range(5):
             c.produce([("orders", i % 2, make_batch(3, prefix=b"r%d-" % i))])
     ports = (b.port, b.fetch_port)
+    cluster_id = _stub(b).Metadata(pb.MetadataRequest()).cluster_id
+    assert cluster_id
     assert b.stop() == 0
     b.start()
     assert (b.port, b.fetch_port) == ports  # restart keeps the addresses clients know
     md = _stub(b).Metadata(pb.MetadataRequest(topics=["orders"]))
     t = md.topics[0]
+    assert md.cluster_id == cluster_id
     assert [p.log_end_offset for p in t.partitions] == [9, 6]
     assert t.config.retention_ms == 3_600_000
     with DataPortClient("127.0.0.1", b.fetch_port) as c:

@@ -31,11 +31,14 @@ def test_create_delete_persist_and_notify(tmp_path):
     assert seen == [[], ["orders"], ["logs", "orders"], ["orders"]]
     assert c.brokers() == {3: ME} and c.controller_id() == 3
     doc = json.loads((tmp_path / "topics.json").read_text())
-    assert doc == {"version": 1, "topics": {"orders": {"partitions": 3, "config": {"retention_ms": 1000}}}}
+    assert doc == {"version": 1, "cluster_id": c.cluster_id,
+                   "topics": {"orders": {"partitions": 3, "config": {"retention_ms": 1000}}}}
+    assert len(c.cluster_id) == 32
     assert not (tmp_path / "topics.json.tmp").exists()
     again = StandaloneCoordinator(tmp_path)
     again.start(ME)
     assert again.topics()["orders"].config == {"retention_ms": 1000}
+    assert again.cluster_id == c.cluster_id
 
 
 def test_errors(tmp_path):
