@@ -257,6 +257,16 @@ class LogMachine(RuleBasedStateMachine):
         assert not self.model or self.model[0][0] == new
         self.lso = new
 
+    @rule(data=st.data())
+    def truncate(self, data) -> None:
+        if self.leo == self.lso:
+            return
+        offset = data.draw(st.integers(self.lso + 1, self.leo))
+        self.log.truncate_to(offset)
+        # Batches holding an offset >= offset go whole.
+        self.model = [m for m in self.model if m[0] + len(m[1]) <= offset]
+        assert self.log.recovery_point <= self.leo
+
     @rule()
     def reopen_clean(self) -> None:
         lso = self.log.log_start_offset
