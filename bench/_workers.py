@@ -410,7 +410,9 @@ def _consume(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
         "records": records,
         "bytes": bytes_,
         "start_ns": start_ns,
-        "end_ns": end_ns if not timed_out else last_data_ns,
+        # The run ends when its last record arrived: a consumer that stops because another one
+        # took the last record, or after a timeout, must not stretch the elapsed time.
+        "end_ns": last_data_ns if records else start_ns,
         "timed_out": timed_out,
         "rebalance_ms": max(rebalance_ns, 0) / 1e6,
         "histogram": hist.encode() if e2e else None,
