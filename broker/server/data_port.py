@@ -510,11 +510,10 @@ class DataPortServer:
         started = time.perf_counter()
         outcome = "NONE"
         try:
-            if req.acks == -1:
-                # fdatasync must not stall the loop (and every other connection on it).
-                results = await loop.run_in_executor(None, self._produce_sync, req)
-            else:
-                results = self._produce_sync(req)
+            # Appends run on the I/O threads: a write into new page-cache pages, a roll, or an
+            # fdatasync (acks=-1, flush_messages) must not stall the loop and every other
+            # connection on it; pwrite releases the GIL, so the loop keeps receiving meanwhile.
+            results = await loop.run_in_executor(None, self._produce_sync, req)
             errors = [r for r in results if r.error_code]
             if errors:
                 outcome = "PARTITION_ERRORS"
