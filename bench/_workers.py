@@ -53,6 +53,7 @@ __all__ = [
     "WorkerError",
     "Collector",
     "E2E_STAMP",
+    "parse_prop",
 ]
 
 TICK_NS = 500_000_000
@@ -103,6 +104,27 @@ def make_keys(size: int, count: int = POOL, seed: int = 7) -> list[bytes] | None
     return [rnd.randbytes(size) for _ in range(count)]
 
 
+def parse_prop(text: str) -> tuple[str, Any]:
+    """``name=value`` of a client option (``--producer-prop``/``--consumer-prop``): the value as
+    an int, float, bool or None when it reads as one, else the string."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace(".", "_")
+    if not sep or not name.isidentifier():
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    raw = raw.strip()
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return name, lowered == "true"
+    if lowered in ("none", "null"):
+        return name, None
+    for conv in (int, float):
+        try:
+            return name, conv(raw)
+        except ValueError:
+            pass
+    return name, raw
+
+
 def client_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """How to reach the cluster: ``bootstrap_servers`` or ``zookeeper``."""
     if cfg.get("zookeeper"):
@@ -119,6 +141,7 @@ def _producer(cfg: Mapping[str, Any]) -> Any:
     for name in ("linger_ms", "batch_size", "compression_type", "buffer_memory", "max_in_flight"):
         if cfg.get(name) is not None:
             kwargs[name] = cfg[name]
+    kwargs.update(cfg.get("producer_props") or {})
     return Producer(**kwargs)
 
 
@@ -300,6 +323,7 @@ def _consumer(cfg: Mapping[str, Any], index: int) -> tuple[Any, bool]:
         kwargs["fetch_max_bytes"] = cfg["fetch_max_bytes"]
     if cfg.get("max_partition_fetch_bytes") is not None:
         kwargs["max_partition_fetch_bytes"] = cfg["max_partition_fetch_bytes"]
+    kwargs.update(cfg.get("consumer_props") or {})
     topic = cfg["topic"]
     if cfg.get("group"):
         return Consumer(topic, group_id=cfg["group"], **kwargs), True

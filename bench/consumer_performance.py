@@ -28,9 +28,16 @@ from bench._common import (
     terminate_as_interrupt,
 )  # fmt: skip
 from bench._report import CONSUMER_HEADER, MIB, consumer_line
-from bench._workers import Collector, Window, WorkerError, consume_worker
+from bench._workers import Collector, Window, WorkerError, consume_worker, parse_prop
 
 __all__ = ["build_parser", "main", "run"]
+
+
+def _prop(text: str) -> tuple[str, Any]:
+    try:
+        return parse_prop(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -50,6 +57,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="fail instead of producing the missing records first")
     p.add_argument("--hide-header", action="store_true", help="do not print the CSV header")
     p.add_argument("--reporting-interval-ms", type=int, default=5000, help="progress line interval (default 5000)")
+    p.add_argument("--consumer-prop", dest="consumer_props", action="append", default=[], type=_prop, metavar="NAME=VALUE",
+                   help="any other Consumer() option, e.g. fetch_max_wait_ms=100 (repeatable)")
     add_connection_args(p)
     add_output_args(p)
     return p
@@ -138,7 +147,7 @@ def _run_consumers(args: argparse.Namespace, conn: dict[str, Any], partitions: l
     base = {
         "topic": args.topic, "group": args.group, "fetch_max_bytes": args.fetch_max_bytes,
         "max_partition_fetch_bytes": args.max_partition_fetch_bytes, "timeout_ms": args.timeout_ms,
-        "assignments": _assignments(partitions, args.consumers),
+        "assignments": _assignments(partitions, args.consumers), "consumer_props": dict(args.consumer_props),
         "bootstrap_servers": conn.get("bootstrap_servers"), "zookeeper": conn.get("zookeeper"),
     }  # fmt: skip
     for i in range(args.consumers):

@@ -26,9 +26,16 @@ from bench._common import (
 )  # fmt: skip
 from bench._histogram import LatencyHistogram
 from bench._report import MIB, producer_total_line, producer_window_line
-from bench._workers import Collector, Window, WorkerError, produce_worker
+from bench._workers import Collector, Window, WorkerError, produce_worker, parse_prop
 
 __all__ = ["build_parser", "main", "run", "run_producers"]
+
+
+def _prop(text: str) -> tuple[str, Any]:
+    try:
+        return parse_prop(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _acks(value: str) -> str:
@@ -58,6 +65,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--latency-per", choices=["batch", "record"], default="batch",
                    help="one ack callback per batch (default, cheap) or per record")
     p.add_argument("--reporting-interval-ms", type=int, default=5000, help="progress line interval (default 5000)")
+    p.add_argument("--producer-prop", dest="producer_props", action="append", default=[], type=_prop, metavar="NAME=VALUE",
+                   help="any other Producer() option, e.g. max_in_flight=10 (repeatable)")
     add_connection_args(p)
     add_output_args(p)
     return p
@@ -93,6 +102,7 @@ def worker_config(args: argparse.Namespace, conn: Mapping[str, Any]) -> dict[str
         "compression_type": None if args.compression_type in (None, "none") else args.compression_type,
         "payload_text": args.payload_text,
         "latency_per": args.latency_per,
+        "producer_props": dict(args.producer_props),
         "bootstrap_servers": conn.get("bootstrap_servers"),
         "zookeeper": conn.get("zookeeper"),
     }

@@ -122,3 +122,18 @@ def test_batch_grouping_only_for_futures_that_expose_their_batch() -> None:
     assert _has_batch(FutureRecordMetadata((SimpleNamespace(result=None), 0, 0)))
     assert not _has_batch(object())
     assert not _has_batch((1, 2, 3))
+
+
+def test_parse_prop() -> None:
+    from bench._workers import parse_prop
+
+    assert parse_prop("max_in_flight=10") == ("max_in_flight", 10)
+    assert parse_prop("linger.ms=2.5") == ("linger_ms", 2.5)
+    assert parse_prop("check_crcs=false") == ("check_crcs", False)
+    assert parse_prop("compression_type=lz4") == ("compression_type", "lz4")
+    assert parse_prop("compression_type=None") == ("compression_type", None)
+    for bad in ("novalue", "=3", "bad name=1"):
+        with pytest.raises(ValueError):
+            parse_prop(bad)
+    args = producer_performance.build_parser().parse_args(["--producer-prop", "retries=3", "--producer-prop", "acks=1"])
+    assert args.producer_props == [("retries", 3), ("acks", 1)]
