@@ -133,7 +133,7 @@ class Broker:
         from broker.storage import LogManager
 
         started = time.monotonic()
-        self.logs = LogManager(self.config.data_dir, self._log_config({}))
+        self.logs = LogManager(str(self.config.data_dir), self._log_config({}))
         logs = self.logs.all_logs()
         truncated = sum(1 for plog in logs.values() if getattr(plog.report, "lost_data", False))
         log.info(

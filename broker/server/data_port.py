@@ -341,7 +341,7 @@ class DataPortServer:
     # ------------------------------------------------------------------ FETCH
 
     def _read_all(self, req: fr.FetchRequest) -> list[tuple[fr.FetchPartition, Any, AnnalError | None]]:
-        out = []
+        out: list[tuple[fr.FetchPartition, Any, AnnalError | None]] = []
         broker = self.broker
         cap = self.fetch_max_bytes
         for p in req.partitions:

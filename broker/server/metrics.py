@@ -84,8 +84,8 @@ class BrokerMetrics:
         self.connections.set_function(lambda: sum(f() for f in list(self.connection_sources)))
         if partition_stats is not None:
             r.register(_PartitionCollector(partition_stats))
-        self._server = None
-        self._thread = None
+        self._server: Any = None
+        self._thread: Any = None
         self.port: int | None = None
 
     def observe_request(self, api: str, transport: str, error: str, seconds: float) -> None:

@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Generator, Iterator, Mapping, Sequence
 
 import pytest
 
@@ -281,8 +281,8 @@ class BrokerLogPlugin:
     name = "annal-broker-logs"
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-        outcome = yield
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+        outcome: Any = yield
         report = outcome.get_result()
         if report.failed:
             for b in item.stash.get(_BROKERS, []):
