@@ -1,9 +1,9 @@
 """A throwaway standalone broker for ``annal-bench`` runs given no ``--bootstrap-server``.
 
-``LocalBroker`` makes a temporary data directory and starts
-``python -m broker broker start --standalone --data-dir <tmp> --port 0 --fetch-port 0
---metrics-port 0`` as a child process (its own session, so a Ctrl-C at the bench reaches the bench first and the bench
-stops the broker cleanly). The broker's stdout and stderr go to ``broker.log`` in a second
+``LocalBroker`` makes a temporary data directory and starts ``python -m broker broker start
+--standalone --data-dir <tmp> --host 127.0.0.1 --port 0 --fetch-port 0 --metrics-port 0`` as a
+child process in its own session, so a Ctrl-C at the terminal reaches the bench, not the broker,
+and the bench stops the broker cleanly. The broker's stdout and stderr go to ``broker.log`` in a second
 temporary directory, whose tail is printed if the broker fails to start or dies. On ``stop()``
 the broker gets SIGTERM (SIGKILL after ``stop_timeout_s``) and both directories are removed.
 
@@ -29,19 +29,13 @@ import tempfile
 import time
 from types import TracebackType
 
-__all__ = ["LocalBroker", "LocalBrokerError", "free_port", "wait_for_port"]
+__all__ = ["LocalBroker", "LocalBrokerError", "wait_for_port"]
 
 _READY = re.compile(r"ready: grpc=([^\s:]+):(\d+) data=([^\s:]+):(\d+)")
 
 
 class LocalBrokerError(RuntimeError):
     """The local broker could not be started (its log tail is in the message)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(host: str, port: int, deadline: float, alive: "subprocess.Popen[bytes] | None" = None) -> bool:
