@@ -63,7 +63,7 @@ def test_topics_produce_consume_end_to_end(broker):
     assert b"Processed a total of 21 messages" in r.stderr
 
     r = annal("consume", *bs, "--topic", topic, "--partition", "0", "--offset", "1", "--print-offset",
-              "--timeout-ms", "1500")
+              "--max-messages", str(ends[0] - 1))
     assert r.returncode == 0, r.stderr
     rows = r.stdout.decode().splitlines()
     assert len(rows) == ends[0] - 1
