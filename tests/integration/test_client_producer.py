@@ -87,7 +87,7 @@ def test_same_key_same_partition_and_offsets_in_send_order(broker):
 @pytest.mark.timeout(60)
 def test_keyless_records_stick_to_one_partition_per_batch(broker):
     topic = new_topic(broker, 4)
-    with Producer(broker.bootstrap, linger_ms=1000, batch_size=1024) as p:
+    with Producer(broker.bootstrap, linger_ms=60_000, batch_size=1024) as p:
         futs = [p.send(topic, b"x" * 100) for _ in range(60)]
         p.flush(timeout=30)
         metas = [f.get() for f in futs]
@@ -197,7 +197,7 @@ def test_close_with_zero_timeout_fails_pending_records(broker):
             with pytest.raises(ProducerClosedError):
                 f.get()
     n_ok = sum(f.succeeded() for f in futs)
-    got = read_all(broker, topic, n_ok, timeout_s=5 if n_ok else 1)
+    got = read_all(broker, topic, n_ok, timeout_s=30 if n_ok else 1)
     assert sum(len(v) for v in got.values()) == n_ok
 
 
