@@ -68,3 +68,16 @@ def test_every_metric_is_documented() -> None:
     names = {n for n in names if not n.endswith("_created")}
     missing = sorted(n for n in names if f"`{n}`" not in DOC)
     assert not missing, f"metrics missing from docs/operations.md: {missing}"
+
+
+def test_example_config_file_loads(tmp_path: Path) -> None:
+    from broker.server.config import load_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", DOC, re.DOTALL)
+    assert blocks, "docs/operations.md has no TOML example"
+    path = tmp_path / "broker.toml"
+    path.write_text(blocks[0])
+    config = load_config(path, {})
+    assert config.broker_id == 1
+    assert config.zookeeper and config.advertised_host
+    assert config.topic_defaults["partitions"] == 6
