@@ -9,7 +9,8 @@ against a real broker process (``tests.harness.broker.BrokerProcess``) on 127.0.
 
 produce: already-encoded ~1 MiB batches (one batch per request), acks=1, one partition,
 ``--window`` requests in flight on one connection, ``--produce-mib`` MiB per run; MB/s = record
-bytes / wall time (1 MB = 10^6 bytes).
+bytes / wall time (1 MB = 10^6 bytes). Each run also measures the machine's ceiling for the same
+bytes: ``os.write`` of the batches into a new file (fresh page-cache pages, as an append gets).
 fetch: a 1 GiB partition (written first, so it is in the page cache) read from offset 0 to its
 end by one client with ``--fetch-max-mib`` (default 64) per request, one request in flight; the baseline is a
 separate process doing ``os.sendfile`` of the same segment files to one socket, read by the same
@@ -179,6 +180,22 @@ def produce_grpc_stream(b: BrokerProcess, topic: str, batch: bytes, count: int, 
     return time.perf_counter() - started
 
 
+def write_ceiling(directory: pathlib.Path, batch: bytes, count: int) -> float:
+    """Seconds to ``os.write`` ``count`` blocks of ``len(batch)`` bytes into a new file: what
+    appending to fresh page-cache pages costs on this machine right now (no network, no Python
+    per-request work)."""
+    path = directory / "ceiling.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            os.write(fd, batch)
+        return time.perf_counter() - started
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def bench_produce(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
     batch = one_mib_batch()
     count = args.produce_mib
@@ -187,18 +204,27 @@ def bench_produce(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any
         "grpc_stream": produce_grpc_stream,
         "data_port": produce_data_port,
     }
-    for name, fn in paths.items():
-        runs = []
-        for run in range(args.runs):
+    runs: dict[str, list[float]] = {name: [] for name in [*paths, "write_ceiling"]}
+    for run in range(args.runs):
+        # Each run measures every path and the machine's write ceiling back to back, so that
+        # they can be compared within a run on this shared, noisy machine.
+        for name, fn in paths.items():
             topic = f"produce-{name}-{run}"
             create_topic(b, topic, max_message_bytes=2 * MiB)
             fn(b, topic, batch, 16, args.window)  # warm-up: connection, first segment
             elapsed = fn(b, topic, batch, count, args.window)
             rate = count * len(batch) / elapsed / MB
-            runs.append(rate)
-            print(f"produce {name:<11} run {run + 1}: {count} x {len(batch)} B in {elapsed:.2f} s = {rate:.0f} MB/s", flush=True)
+            runs[name].append(rate)
+            print(f"produce {name:<13} run {run + 1}: {count} x {len(batch)} B in {elapsed:.2f} s = {rate:.0f} MB/s",
+                  flush=True)
             delete_topic(b, topic)
-        out[f"produce_{name}_MBps"] = {"median": statistics.median(runs), "runs": runs}
+        elapsed = write_ceiling(b.data_dir.parent, batch, count)
+        rate = count * len(batch) / elapsed / MB
+        runs["write_ceiling"].append(rate)
+        print(f"produce write_ceiling run {run + 1}: os.write of {count} x {len(batch)} B into a new file = "
+              f"{rate:.0f} MB/s", flush=True)
+    for name, values in runs.items():
+        out[f"produce_{name}_MBps"] = {"median": statistics.median(values), "runs": values}
 
 
 # ---------------------------------------------------------------------- fetch

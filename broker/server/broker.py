@@ -357,7 +357,10 @@ class Broker:
         else:
             buf = b"".join(batches)
         counts, covered = _batch_layout(buf)
+        active_before = plog.active_segment
         base = plog.append_batches(buf)  # validates every batch (CRC, lengths, size) first
+        if plog.active_segment is not active_before:
+            log.info("rolled %s-%d: new segment at offset %d", topic, partition, plog.active_segment.base_offset)
         offsets = []
         next_offset = base
         for n in counts:

@@ -12,8 +12,12 @@ segment file (asyncio's native ``loop.sendfile``): record bytes never pass throu
 
 Long-poll: when fewer than ``min_bytes`` are available the task registers a wake-up with the
 broker for the partitions it named (any append to one of them calls it, from whatever thread
-appended) and a single timer for ``max_wait_ms``; it sleeps on an ``asyncio.Event`` until one of
-them fires. An idle long-poll costs one timer and a few dict entries, no CPU.
+appended) and a single timer for ``max_wait_ms``; it sleeps on a future until one of them fires.
+An idle long-poll costs one timer and a few dict entries, no CPU; when the timer fires with no
+append since the last read, that (empty) read is the answer, without reading again.
+
+PRODUCE appends run on the loop's executor threads (``pwrite`` releases the GIL), so a write
+into new page-cache pages, a segment roll or an ``fdatasync`` never stalls other connections.
 
 Failure handling: a frame whose length prefix is out of bounds, or that does not parse, is
 answered with INVALID_REQUEST and the connection closed; a peer that stops in the middle of a
@@ -59,6 +63,7 @@ class _Connection(asyncio.BufferedProtocol):
     # Pause reading while this much is received but not yet answered.
     MAX_PENDING_BYTES = 16 * 1024 * 1024
     MAX_PENDING_FRAMES = 64
+    SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
     def __init__(self, server: "DataPortServer") -> None:
         self.server = server
@@ -80,6 +85,14 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A bigger send buffer means fewer wake-ups per sendfile'd megabyte (the kernel
+            # doubles the value; autotuning stops at tcp_wmem's maximum, 4 MiB by default).
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.SEND_BUFFER_BYTES)
+            except OSError:
+                pass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server._connection_made(self)

@@ -161,3 +161,4 @@ def test_segments_roll_and_retention_runs_on_the_timer(broker_factory):
     logs = [n for n in os.listdir(b.data_dir / "small-0") if n.endswith(".log")]
     assert 1 < len(logs) < 10
     b.wait_for_log(r"retention deleted")
+    b.wait_for_log(r"rolled small-0: new segment at offset \d+")
