@@ -78,7 +78,7 @@ NOTES = [
     "`add_callback`/`add_errback`, contended with the sender thread completing batches) and `_bind` with "
     "its lambda (12 %; a closure per callback with arguments). One callback per batch removes both from the send loop; the "
     "per-record row above shows the difference.",
-    "- Finding (end-to-end latency): a FETCH answer reaches the client in two steps. Measured at 15:30 UTC "
+    "- Finding (end-to-end latency): a FETCH answer reaches the client in two steps. Measured at 15:29 UTC "
     "with a raw FETCH on the data port sent right after an acknowledged 100-byte produce (30 requests, "
     "`broker.protocol.framing`, client socket with TCP_NODELAY): the 45-byte response head arrives after a "
     "median 0.39 ms, the sendfile'd batch after 42.76 ms. `strace -f -e trace=setsockopt,accept4` of the "
