@@ -184,13 +184,18 @@ _CMP = re.compile(r"(>=|<=|≥|≤|>|<)")
 
 
 def met_target(target: str, measured: str, *, mb_is_mib: bool = False) -> str:
-    """"yes"/"no" when the target is a plain comparison (">= 100 MB/s") in the measured unit;
-    "" when it cannot be decided mechanically."""
+    """"yes"/"no" when the target is a plain comparison (">= 100 MB/s", "<= 8 s", "> 1" for a
+    ratio) in the measured unit; "" when it cannot be decided mechanically."""
     m = _CMP.search(target)
     if not m:
         return ""
-    t = parse_quantity(target[m.end():], mb_is_mib=mb_is_mib)
+    rest = target[m.end():]
+    t = parse_quantity(rest, mb_is_mib=mb_is_mib)
     v = parse_quantity(measured, mb_is_mib=mb_is_mib)
+    if t is None and v is not None and v[1] == "x":
+        bare = re.match(r"\s*([0-9][0-9,]*(?:\.[0-9]+)?)\s*(?:x\b|\(|$)", rest)
+        if bare:
+            t = (float(bare.group(1).replace(",", "")), "x")
     if t is None or v is None or t[1] != v[1]:
         return ""
     op = m.group(1)
@@ -282,7 +287,8 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
             if not _not_measured(r)
             else ""
         )
-        met = r.met or computed or ("—" if not r.target or r.target in ("-", "—") else "not stated")
+        no_target = not r.target or r.target in ("-", "—") or r.target.startswith("(")
+        met = r.met or computed or ("—" if no_target else "not stated")
         cmd = r.command or "—"
         out.append(f"| {r.area} | {_esc(r.figure)} | {_esc(r.with_unit(r.target)) or '—'} | {_esc(measured)} | {_esc(frac)} | {_esc(met)} | {_esc(cmd)} |")
     out += ["", "## Machine ceilings", ""]
@@ -319,7 +325,11 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
 def _fragment_command(text: str) -> str:
     """A fragment-wide ``Command: `...` `` line, for tables without a command column."""
     m = re.search(r"^\s*(?:[-*]\s+)?(?:\*\*)?Command(?:\*\*)?:\s*(?:\*\*)?\s*(.+?)\s*$", text, re.MULTILINE | re.IGNORECASE)
-    return m.group(1) if m else ""
+    if not m:
+        return ""
+    line = m.group(1)
+    code = re.search(r"`[^`]+`", line)  # "Command: `...` — date: ..." -> just the command
+    return code.group(0) if code else line
 
 
 def main(argv: list[str] | None = None) -> int:

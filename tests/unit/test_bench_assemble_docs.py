@@ -111,3 +111,12 @@ def test_unit_column_and_fragment_command_line(tmp_path: Path) -> None:
     assert main(["--fragments", str(frags), "--ceiling-json", str(tmp_path / "none.json"), "--out", str(out)]) == 0
     text = out.read_text()
     assert "| codec | encode_batch | >= 2,000,000 rec/s | 1,439,084 rec/s (runs: 1 / 2 / 3) | — | no | `.venv/bin/python -m bench.codec --runs 3` |" in text
+
+
+def test_met_target_ratio_and_seconds() -> None:
+    from bench.assemble_docs import met_target
+
+    assert met_target("> 1", "0.57 x") == "no"
+    assert met_target("> 1", "1.4 x") == "yes"
+    assert met_target("<= 8 s (session timeout + 2 s)", "6.26 s") == "yes"
+    assert met_target(">= 1 producer -> 1 broker", "157,034 rec/s") == ""
