@@ -61,7 +61,7 @@ class Row:
 
     def with_unit(self, cell: str) -> str:
         """A target or measured cell with the table's unit column appended, if it has one."""
-        if not self.unit or not cell or cell.strip() in ("-", "—") or cell.lower().startswith("not measured"):
+        if not self.unit or not re.search(r"[0-9]", cell) or cell.lower().startswith("not measured"):
             return cell
         if parse_quantity(cell) is not None:
             return cell
@@ -220,8 +220,10 @@ def fraction_of_ceiling(row: Row, ceiling: dict[str, float]) -> str:
             key, label = "write_fdatasync_gb_s", "write+fdatasync"
         elif any(w in text for w in ("append", "write", "produc", "segment")):
             key, label = "write_buffered_gb_s", "buffered write"
-        else:
+        elif any(w in text for w in ("socket", "loopback", "network")):
             key, label = "socket_send_gb_s", "loopback send"
+        else:
+            return "—"  # a CPU-bound byte rate (validation, checksums): no machine ceiling applies
         c = ceiling.get(key)
         if not c:
             return "—"
@@ -270,13 +272,15 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         "",
         "\"Fraction of ceiling\" divides the measured median by this machine's limit from "
         "`annal-bench ceiling` (below): byte rates by sendfile (fetch/consume), write+fdatasync "
-        "(durable writes), buffered write (appends/produce) or loopback send; record rates by the "
+        "(durable writes), buffered write (appends/produce) or loopback send (socket figures), and none "
+        "for CPU-bound byte rates; record rates by the "
         "pure-Python floor of framing 100-byte records; fsync-bound latencies as fdatasync time / "
         "measured. A fragment's own ceiling column is used when it has one.",
         "",
         "| area | figure | target | measured (median of 3) | fraction of ceiling | met? | command |",
         "|---|---|---|---|---|---|---|",
     ]
+    judged: list[tuple[Row, str]] = []
     for r in rows:
         measured = "not measured" + (f" ({r.notes})" if r.notes else "") if _not_measured(r) else r.with_unit(r.measured)
         if r.runs and not _not_measured(r):
@@ -289,8 +293,25 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         )
         no_target = not r.target or r.target in ("-", "—") or r.target.startswith("(")
         met = r.met or computed or ("—" if no_target else "not stated")
+        judged.append((r, met.strip().lower()))
         cmd = r.command or "—"
         out.append(f"| {r.area} | {_esc(r.figure)} | {_esc(r.with_unit(r.target)) or '—'} | {_esc(measured)} | {_esc(frac)} | {_esc(met)} | {_esc(cmd)} |")
+    missed = [(r, m) for r, m in judged if m.startswith("no")]
+    out += ["", "## Targets missed", ""]
+    if missed:
+        out.append("What is in the way is written in each area's fragment (copied under \"Details by area\"); "
+                   "the line says whether that fragment reports a profile (py-spy or pyinstrument).")
+        out.append("")
+        for r, _m in missed:
+            note = f" Fragment's note: {r.notes}." if r.notes else ""
+            text = fragments.get(r.area, "").lower()
+            profiled = any(w in text for w in ("py-spy", "pyinstrument", "profile"))
+            where = (f"see the profile in \"{r.area}\" below" if profiled
+                     else f"the {r.area} fragment reports no profile")  # fmt: skip
+            out.append(f"- {r.area}: {r.figure}: measured {r.with_unit(r.measured)} against "
+                       f"{r.with_unit(r.target)}.{note} ({where})")  # fmt: skip
+    else:
+        out.append("None of the figures with a target missed it (as stated or compared above).")
     out += ["", "## Machine ceilings", ""]
     if ceiling_summary:
         from bench.ceiling import FIGURES
