@@ -338,6 +338,8 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
     for area, text in fragments.items():
         out += [f"### {area} (`docs/benchmarks/{area}.md`)", ""]
         for line in text.splitlines():
+            # Fragments live in docs/benchmarks/; this file one level up.
+            line = re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", lambda m: f"](benchmarks/{m.group(1)})", line)
             out.append("###" + line if line.startswith("#") else line)
         out.append("")
     return "\n".join(out).rstrip() + "\n"

@@ -103,10 +103,11 @@ def _loadavg() -> str:
         return "unknown"
 
 
-def _run(cmd: list[str], json_path: str) -> dict[str, Any]:
+def _run(cmd: list[str], json_path: str, plot_path: str | None = None) -> dict[str, Any]:
     exe = shutil.which("annal-bench", path=os.path.dirname(sys.executable)) or ""
     argv = [exe] if exe else [sys.executable, "-m", "bench.cli"]
-    proc = subprocess.run([*argv, *cmd, "--json", json_path], capture_output=True, text=True)
+    extra = ["--plot", plot_path] if plot_path else []
+    proc = subprocess.run([*argv, *cmd, "--json", json_path, *extra], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"annal-bench {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     sys.stderr.write(proc.stdout.strip().splitlines()[-1] + "\n")
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
     rows: list[str] = []
+    images = os.path.join(os.path.dirname(args.out) or ".", "images")
+    os.makedirs(images, exist_ok=True)
+    plots: list[tuple[str, list[str]]] = []
     try:
         if not args.skip_ceiling:
             summary = _run(["ceiling"], os.path.join(tmp, "ceiling.json"))
@@ -132,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(summary, f, indent=2)
                 f.write("\n")
         for name, cmd, figures in HEADLINE:
-            results = [_run(cmd, os.path.join(tmp, f"{name}-{i}.json"))["result"] for i in range(args.runs)]
+            plot = os.path.join(images, f"{name}.png")
+            results = [
+                _run(cmd, os.path.join(tmp, f"{name}-{i}.json"), plot if i == 0 else None)["result"]
+                for i in range(args.runs)
+            ]
+            plots.append((name, cmd))
             for label, unit, get, fmt in figures:
                 vals = [get(r) for r in results]
                 med = statistics.median(vals)
@@ -173,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, label, unit, fmt in FIGURES:
         v = ceiling["result"][key]
         lines.append(f"| {label} | {fmt.format(v['median'])} {unit} | {', '.join(fmt.format(x) for x in v['runs'])} |")
-    lines += ["", *NOTES]
+    lines += ["", "## Plots (first run of each command)", ""]
+    for name, cmd in plots:
+        lines += [f"`annal-bench {' '.join(cmd)} --plot ...`:", "", f"![{name}](images/{name}.png)", ""]
+    lines += [*NOTES]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.out}")

@@ -69,7 +69,7 @@ def test_fraction_picks_the_matching_ceiling() -> None:
 def test_main_assembles_and_marks_missing(tmp_path: Path) -> None:
     frags = tmp_path / "benchmarks"
     frags.mkdir()
-    (frags / "storage.md").write_text(FRAGMENT)
+    (frags / "storage.md").write_text(FRAGMENT + "\n![append](images/append.png) [web](https://example.org/x)\n")
     ceiling = {"started_at": "2026-11-26T15:00:00+00:00", "command_line": ["annal-bench", "ceiling"],
                "result": {k: {"median": v, "runs": [v, v, v]} for k, v in CEILING.items()}}  # fmt: skip
     (frags / "ceiling.json").write_text(json.dumps(ceiling))
@@ -81,6 +81,7 @@ def test_main_assembles_and_marks_missing(tmp_path: Path) -> None:
     assert "`docs/benchmarks/cluster.md`: not present" in text
     assert "| os.sendfile over loopback | 2.00 GB/s |" in text
     assert "#### Storage benchmarks" in text  # the fragment itself, headings demoted
+    assert "![append](benchmarks/images/append.png) [web](https://example.org/x)" in text  # links still resolve
 
 
 def test_met_target_only_when_mechanical() -> None:
