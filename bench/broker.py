@@ -371,25 +371,70 @@ class _IdlePollers:
             s.close()
 
 
+# The floor for the idle figure: an asyncio server that does nothing but arm a 500 ms timer per
+# request and then answer with a fixed, valid, empty FETCH response. Same clients, same rate.
+_FLOOR_SERVER = r"""
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from broker.protocol import framing as fr
+ANSWER = fr.encode_fetch_response(fr.FetchResponse(0, 0, [fr.FetchPartitionResult("idle", 0, 0, "", 0, 0, b"")]))
+class P(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, d):
+        asyncio.get_running_loop().call_later(0.5, self.t.write, ANSWER)
+async def main():
+    srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", 0, backlog=1024)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+class _FloorServer:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER, str(REPO_ROOT)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.fetch_port = int(self.proc.stdout.readline())
+        self.pid = self.proc.pid
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _measure_idle(target: Any, topic: str, clients: int, window_s: float) -> tuple[float, float]:
+    pollers = _IdlePollers(target, topic, clients, 500)
+    try:
+        pollers.run(time.monotonic() + 2.0)  # warm-up: every client has had an answer
+        cpu0, answers0, t0 = _cpu_seconds(target.pid), pollers.answers, time.monotonic()
+        pollers.run(t0 + window_s)
+        cpu1, answers1, t1 = _cpu_seconds(target.pid), pollers.answers, time.monotonic()
+    finally:
+        pollers.close()
+    return (cpu1 - cpu0) / (t1 - t0) * 100, (answers1 - answers0) / (t1 - t0)
+
+
 def bench_idle(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
     topic = "idle"
     create_topic(b, topic, partitions=args.clients)
-    runs, rates = [], []
+    runs, rates, floors = [], [], []
     for run in range(args.runs):
-        pollers = _IdlePollers(b, topic, args.clients, 500)
-        pollers.run(time.monotonic() + 2.0)  # warm-up: every client has had an answer
-        cpu0, answers0, t0 = _cpu_seconds(b.pid), pollers.answers, time.monotonic()
-        pollers.run(t0 + args.window_s)
-        cpu1, answers1, t1 = _cpu_seconds(b.pid), pollers.answers, time.monotonic()
-        pollers.close()
-        pct = (cpu1 - cpu0) / (t1 - t0) * 100
-        rate = (answers1 - answers0) / (t1 - t0)
+        pct, rate = _measure_idle(b, topic, args.clients, args.window_s)
+        floor = _FloorServer()
+        try:
+            fpct, frate = _measure_idle(floor, topic, args.clients, args.window_s)
+        finally:
+            floor.close()
         runs.append(pct)
         rates.append(rate)
+        floors.append(fpct)
         print(f"idle run {run + 1}: {args.clients} clients, {rate:.0f} long-poll answers/s, broker CPU "
-              f"{pct:.2f}% of one core over {t1 - t0:.1f} s", flush=True)
+              f"{pct:.2f}% of one core; floor (asyncio timer + fixed answer) {fpct:.2f}% at {frate:.0f}/s; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
     out["idle_cpu_pct"] = {"median": statistics.median(runs), "runs": runs}
     out["idle_answers_per_s"] = {"median": statistics.median(rates), "runs": rates}
+    out["idle_floor_cpu_pct"] = {"median": statistics.median(floors), "runs": floors}
     delete_topic(b, topic)
 
 

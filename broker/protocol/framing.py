@@ -262,6 +262,14 @@ class FrameReader:
         mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
         pos, end = 0, len(mv)
         while pos < end:
+            if self._frame is None and not self._prefix and end - pos >= LENGTH_SIZE:
+                # Fast path: a whole length prefix here, and often the whole (small) frame.
+                (length,) = _I32.unpack_from(mv, pos)
+                if self.min_frame_bytes <= length <= end - pos - LENGTH_SIZE and length <= self.max_frame_bytes:
+                    self._frames_started += 1
+                    self._ready.append(memoryview(bytearray(mv[pos + LENGTH_SIZE : pos + LENGTH_SIZE + length])))
+                    pos += LENGTH_SIZE + length
+                    continue
             if self._frame is None:
                 need = LENGTH_SIZE - len(self._prefix)
                 take = min(need, end - pos)
@@ -429,6 +437,9 @@ def fetch_partition_head_size(topic: str, error_message: str = "") -> int:
     return len(encode_string(topic)) + len(encode_string(error_message)) + 6 + 20
 
 
+_NO_ERROR_TAIL = struct.Struct(">ihhqqi")  # partition, error_code 0, empty message, hw, lso, size
+
+
 def encode_fetch_partition_head(
     topic: str,
     partition: int,
@@ -439,6 +450,10 @@ def encode_fetch_partition_head(
     records_bytes: int,
 ) -> bytes:
     """One partition's fixed fields in a FETCH response; ``records_bytes`` of records follow."""
+    if not error_code and not error_message:
+        return _encode_topic(topic) + _NO_ERROR_TAIL.pack(
+            partition, 0, 0, high_watermark, log_start_offset, records_bytes
+        )
     return b"".join(
         (
             encode_string(topic),
@@ -447,6 +462,20 @@ def encode_fetch_partition_head(
             _FETCH_RESP_PART_B.pack(high_watermark, log_start_offset, records_bytes),
         )
     )
+
+
+_topic_cache: dict[str, bytes] = {}
+
+
+def _encode_topic(topic: str) -> bytes:
+    """``encode_string`` for topic names, cached (a broker answers the same few names all day;
+    the cache is bounded so that arbitrary names from clients cannot grow it without limit)."""
+    b = _topic_cache.get(topic)
+    if b is None:
+        b = encode_string(topic)
+        if len(_topic_cache) < 100_000:
+            _topic_cache[topic] = b
+    return b
 
 
 def encode_fetch_response_head(correlation_id: int, body_bytes: int, partition_count: int) -> bytes:
@@ -563,6 +592,10 @@ def decode_request(frame: Buffer) -> Request:
     The records of a PRODUCE request are ``memoryview`` slices of ``frame``.
     """
     mv = _as_view(frame)
+    if len(mv) >= REQUEST_HEADER_SIZE + 12 + 2:
+        fast = _decode_single_fetch(mv)
+        if fast is not None:
+            return fast
     hdr = decode_request_header(mv)
     cur = _Cursor(mv, REQUEST_HEADER_SIZE, hdr.correlation_id)
     if hdr.api_version != API_VERSION:
@@ -589,6 +622,27 @@ def decode_request(frame: Buffer) -> Request:
         cur.done()
         return ProduceRequest(hdr.correlation_id, acks, timeout_ms, pparts)
     raise cur.fail(f"unknown api_key {hdr.api_key}")
+
+
+_FETCH1_HEAD = struct.Struct(">hhiiiih")  # header, wait, min, count, topic length
+_FETCH1_HEAD_SIZE = _FETCH1_HEAD.size  # 22
+
+
+def _decode_single_fetch(mv: memoryview) -> FetchRequest | None:
+    """The common FETCH of one partition, parsed with two struct calls; None when the frame is
+    anything else (the general decoder then parses it, with full error reporting)."""
+    api_key, version, cid, max_wait_ms, min_bytes, count, tlen = _FETCH1_HEAD.unpack_from(mv, 0)
+    if api_key != API_FETCH or version != API_VERSION or count != 1 or tlen < 0:
+        return None
+    end = _FETCH1_HEAD_SIZE + tlen
+    if len(mv) != end + _FETCH_REQ_PART.size:
+        return None
+    try:
+        topic = str(mv[_FETCH1_HEAD_SIZE:end], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    partition, offset, max_bytes = _FETCH_REQ_PART.unpack_from(mv, end)
+    return FetchRequest(cid, max_wait_ms, min_bytes, (FetchPartition(topic, partition, offset, max_bytes),))
 
 
 def decode_response_header(frame: Buffer) -> tuple[int, int]:

@@ -5,27 +5,27 @@ PRODUCE. The bytes are specified in docs/protocol.md and built/parsed by
 Each connection is an asyncio ``BufferedProtocol`` whose transport receives straight into the
 frame being assembled (``FrameReader.get_buffer``), so a PRODUCE request's batches are appended
 from the very buffer the kernel filled, and the socket stays registered with epoll for its whole
-life (no per-request registration churn). One task per connection takes a frame, answers it
-completely, then takes the next, so pipelined requests are answered in order. A FETCH answer is
-the fixed fields of each partition followed by its batches sent with ``sendfile`` from the
-segment file (asyncio's native ``loop.sendfile``): record bytes never pass through Python.
+life. Requests are answered one at a time, in order (pipelining): ``_pump`` takes the next
+complete frame only when the previous answer is done.
 
-Long-poll: when fewer than ``min_bytes`` are available the task registers a wake-up with the
-broker for the partitions it named (any append to one of them calls it, from whatever thread
-appended) and a single timer for ``max_wait_ms``; it sleeps on a future until one of them fires.
-An idle long-poll costs one timer and a few dict entries, no CPU; when the timer fires with no
-append since the last read, that (empty) read is the answer, without reading again.
-
-PRODUCE appends run on the loop's executor threads (``pwrite`` releases the GIL), so a write
-into new page-cache pages, a segment roll or an ``fdatasync`` never stalls other connections.
+The common case is handled in plain callbacks, with no task or future per request: a FETCH that
+can be answered from fixed fields alone (errors, no new data) is answered synchronously, and a
+long-poll is a ``_LongPoll`` object holding one timer and a wake-up registered with the broker
+for the partitions it named (any append to one of them calls it, from whatever thread
+appended). An idle long-poll costs a timer and a few dict entries, no CPU; when the timer fires
+with no append since the last read, that (empty) read is the answer. Only answers that move
+bytes run as tasks: a FETCH with records (the fixed fields, then the batches with asyncio's
+native ``loop.sendfile`` straight from the segment file, so record bytes never pass through
+Python) and every PRODUCE (appended on the loop's executor threads: ``pwrite`` releases the GIL,
+and a write into new page-cache pages, a roll or an ``fdatasync`` never stalls the loop).
 
 Failure handling: a frame whose length prefix is out of bounds, or that does not parse, is
 answered with INVALID_REQUEST and the connection closed; a peer that stops in the middle of a
 frame is disconnected after ``request_timeout_ms``; a peer that disconnects mid-``sendfile`` only
 ends its own connection. Nothing a client sends can take the broker down.
 
-Thread-safety: everything here runs on the event loop thread, except the wake-up callbacks,
-which hop onto the loop with ``call_soon_threadsafe`` when called from another thread.
+Thread-safety: everything here runs on the event loop thread, except ``_LongPoll.wake``, which
+hops onto the loop with ``call_soon_threadsafe`` when called from another thread.
 """
 
 from __future__ import annotations
@@ -53,12 +53,15 @@ __all__ = ["DataPortServer"]
 
 log = logging.getLogger("annal.data_port")
 
+ReadResults = list[tuple[fr.FetchPartition, Any, "AnnalError | None"]]
+
 
 class _Connection(asyncio.BufferedProtocol):
-    """One data port connection: the transport reads straight into the ``FrameReader``'s
-    buffers (``get_buffer``/``buffer_updated``), and a task (``DataPortServer._serve``) takes
-    frames and answers them one at a time. Reading pauses while a few frames wait unanswered
-    (a client pipelining faster than it is served) and resumes as they are taken."""
+    """One data port connection. The transport reads straight into the ``FrameReader``'s
+    buffers; every event (bytes in, EOF, write buffer drained, an answer finished) calls
+    ``DataPortServer._pump``, which answers the next frame when the connection is not busy.
+    Reading pauses while unanswered frames pile up (a client pipelining faster than it is
+    served) and resumes as they are taken."""
 
     # Pause reading while this much is received but not yet answered.
     MAX_PENDING_BYTES = 16 * 1024 * 1024
@@ -70,17 +73,18 @@ class _Connection(asyncio.BufferedProtocol):
         self.reader = fr.FrameReader(max_frame_bytes=server.max_request_bytes, min_frame_bytes=fr.REQUEST_HEADER_SIZE)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.task: asyncio.Task[None] | None = None
-        self.busy = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.timed_out = False
+        self.busy = False  # an answer is in progress (long-poll, sendfile, produce)
+        self.pumping = False
+        self.closed = False
         self.lost = False
-        self._frame_waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # read timeout of a partial frame
+        self.poll: _LongPoll | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.write_paused = False
+        self.read_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._read_paused = False
 
-    # -- protocol callbacks (event loop)
+    # -- protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -101,85 +105,54 @@ class _Connection(asyncio.BufferedProtocol):
         return self.reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.reader.buffer_updated(nbytes)
         r = self.reader
+        r.buffer_updated(nbytes)
         if r.pending_frames and (r.pending_frames >= self.MAX_PENDING_FRAMES or r.pending_bytes >= self.MAX_PENDING_BYTES):
-            self._pause_reading()
-        self._wake_reader()
+            self.pause_reading()
+        self.server._pump(self)
 
     def eof_received(self) -> bool:
         self.reader.receive_data(b"")
-        self._wake_reader()
+        self.server._pump(self)
         return True  # keep the write side open: requests received before the EOF get answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._wake_reader()
+        self.closed = True
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("connection lost"))
+        self.server._connection_lost(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        self.server._pump(self)
 
-    # -- used by the serving task
+    # -- helpers
 
-    def _wake_reader(self) -> None:
-        w = self._frame_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None and not self.lost:
-            self._read_paused = True
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
             self.transport.pause_reading()
 
-    def _resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self.lost:
-            self._read_paused = False
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
             self.transport.resume_reading()
 
-    async def next_frame(self, loop: asyncio.AbstractEventLoop, timeout: float) -> memoryview | None:
-        """The next request frame, or None at the end of the stream. Raises
-        ``InvalidRequestError`` (bad length prefix), ``NetworkError`` (EOF mid-frame)."""
-        reader = self.reader
-        while True:
-            frame = reader.next_frame()
-            if frame is not None:
-                if self.timer is not None and not reader.in_frame:
-                    self.timer.cancel()
-                    self.timer = None
-                if self._read_paused and reader.pending_bytes < self.MAX_PENDING_BYTES // 2 \
-                        and reader.pending_frames < self.MAX_PENDING_FRAMES // 2:
-                    self._resume_reading()
-                return frame
-            if reader.eof or self.lost:
-                if reader.in_frame and not reader.eof:
-                    raise NetworkError("connection lost mid-frame")
-                return None
-            self._resume_reading()
-            if reader.in_frame and self.timer is None:
-                self.timer = loop.call_later(timeout, self.server._on_read_timeout, self)
-            self._frame_waiter = loop.create_future()
-            try:
-                await self._frame_waiter
-            finally:
-                self._frame_waiter = None
-
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        if self.lost:
-            raise ConnectionResetError("connection lost")
+        if self.closed or self.transport is None:
+            raise ConnectionResetError("connection closed")
         self.transport.write(data)
 
     async def drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.lost:
-            raise ConnectionResetError("connection lost")
-        if self._write_paused:
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        if self.write_paused:
             self._drain_waiter = loop.create_future()
             try:
                 await self._drain_waiter
@@ -187,8 +160,136 @@ class _Connection(asyncio.BufferedProtocol):
                 self._drain_waiter = None
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        """Close after whatever is already written has been sent."""
+        if not self.closed:
+            self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.transport is not None:
+                self.transport.close()
+
+
+class _LongPoll:
+    """A FETCH waiting for ``min_bytes``: one timer for ``max_wait_ms`` and one wake-up per
+    append to a named partition. Lives on the event loop; ``wake`` may be called from any
+    thread."""
+
+    __slots__ = ("server", "conn", "req", "started", "keys", "timer", "results", "woken", "expired",
+                 "done", "scheduled", "counted", "_wake")
+
+    def __init__(self, server: "DataPortServer", conn: _Connection, req: fr.FetchRequest, started: float) -> None:
+        self.server = server
+        self.conn = conn
+        self.req = req
+        self.started = started
+        self.keys = [(p.topic, p.partition) for p in req.partitions]
+        self.timer: asyncio.TimerHandle | None = None
+        self.results: ReadResults | None = None  # an empty read kept for the expiry answer
+        self.woken = False
+        self.expired = False
+        self.done = False
+        self.scheduled = False
+        self.counted = False
+        self._wake = self.wake  # one bound method: the same object for add and remove
+
+    def start(self) -> None:
+        server = self.server
+        loop = server._loop
+        assert loop is not None
+        self.conn.poll = self
+        # Registered before the first read: an append after that read always wakes us.
+        server.broker.add_waiter(self.keys, self._wake)
+        self.timer = loop.call_later(self.req.max_wait_ms / 1000, self.expire)
+        self.check()
+
+    def wake(self) -> None:
+        """Called by the broker after an append to one of our partitions (any thread)."""
+        self.woken = True
+        server = self.server
+        loop = server._loop
+        if loop is None:
+            return
+        if threading.get_ident() == server._loop_thread:
+            if not self.scheduled and not self.done:
+                self.scheduled = True
+                loop.call_soon(self.check)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._wake_on_loop)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
+
+    def _wake_on_loop(self) -> None:
+        if not self.scheduled and not self.done:
+            self.scheduled = True
+            self.check()
+
+    def expire(self) -> None:
+        self.expired = True
+        if self.done:
+            return
+        if self.results is not None and not self.woken:
+            results, self.results = self.results, None
+            self.finish(results)  # no append since the last read: that empty read stands
+        else:
+            self.check()
+
+    def check(self) -> None:
+        self.scheduled = False
+        if self.done:
+            return
+        server = self.server
+        self.woken = False
+        self.results = None
+        results = server._read_all(self.req)
+        if (self.expired or server.broker.shutting_down or server._closing
+                or any(err is not None for _, _, err in results)):
+            self.finish(results)
+            return
+        available = sum(read_result_size(r) for _, r, _ in results if r is not None)
+        if available >= self.req.min_bytes:
+            self.finish(results)
+            return
+        if available:
+            for _, r, _ in results:  # do not pin segment handles while waiting
+                release_read(r)
+        else:
+            self.results = results  # empty reads hold no handles
+        if not self.counted:
+            self.counted = True
+            server._long_polls += 1
+
+    def _stop(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.broker.remove_waiter(self.keys, self._wake)
+        if self.counted:
+            self.counted = False
+            self.server._long_polls -= 1
+        if self.conn.poll is self:
+            self.conn.poll = None
+
+    def finish(self, results: ReadResults) -> None:
+        self._stop()
+        server = self.server
+        conn = self.conn
+        try:
+            done = server._answer_fetch(conn, self.req, results, self.started)
+        except (ConnectionError, OSError) as err:
+            log.info("data port %s: connection lost before a fetch answer: %s", conn.peer, err)
+            conn.close()
+            return
+        if done:
+            conn.busy = False
+            server._pump(conn)
+
+    def cancel(self) -> None:
+        """The connection went away: drop the poll without answering."""
+        if not self.done:
+            self._stop()
+            self.results = None
 
 
 class DataPortServer:
@@ -215,6 +316,7 @@ class DataPortServer:
         self._loop_thread = 0
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Connection] = set()
+        self._all_closed: asyncio.Event | None = None
         self._closing = False
         self._long_polls = 0  # fetches waiting now (event loop thread only)
         metrics = broker.metrics
@@ -238,123 +340,138 @@ class DataPortServer:
         assert self._lsock is not None, "bind() first"
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._all_closed = asyncio.Event()
         self._server = await self._loop.create_server(
             lambda: _Connection(self), sock=self._lsock, backlog=1024, start_serving=True
         )
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Stop accepting, close idle connections, let requests in flight finish (up to
-        ``timeout`` seconds), then close the rest."""
+        """Stop accepting, close idle connections, let answers in progress finish (up to
+        ``timeout`` seconds; long-polls are woken by ``Broker.begin_shutdown``), then close the
+        rest."""
         self._closing = True
         if self._server is not None:
             self._server.close()
-        tasks = []
         for conn in list(self._conns):
-            if conn.task is None:
-                continue
             if not conn.busy:
+                conn.close()
+            elif conn.poll is not None and self._loop is not None:
+                self._loop.call_soon(conn.poll.check)
+        if self._conns and self._all_closed is not None:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("data port: %d connection(s) still busy after %.0f s; closing them",
+                            len(self._conns), timeout)
+        for conn in list(self._conns):
+            if conn.task is not None:
                 conn.task.cancel()
-            else:
-                conn._wake_reader()
-            tasks.append(conn.task)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+            if conn.transport is not None:
+                conn.transport.abort()
 
     # ------------------------------------------------------------------ connections
 
     def _connection_made(self, conn: _Connection) -> None:
-        loop = self._loop
-        assert loop is not None
         if self._closing:
             conn.close()
             return
         self._conns.add(conn)
-        conn.task = loop.create_task(self._serve(conn))
 
-    async def _serve(self, conn: _Connection) -> None:
-        loop = self._loop
-        assert loop is not None
+    def _connection_lost(self, conn: _Connection) -> None:
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if conn.poll is not None:
+            conn.poll.cancel()
+        self._conns.discard(conn)
+        if self._closing and not self._conns and self._all_closed is not None:
+            self._all_closed.set()
+
+    def _pump(self, conn: _Connection) -> None:
+        """Answer complete frames in order while the connection is free. Re-entrant calls
+        (an answer finishing synchronously inside the loop below) return at once: the outer
+        loop carries on."""
+        if conn.pumping:
+            return
+        conn.pumping = True
         try:
-            while not self._closing:
+            reader = conn.reader
+            while not conn.busy and not conn.closed and not conn.write_paused:
                 try:
-                    frame = await conn.next_frame(loop, self.request_timeout)
+                    frame = reader.next_frame()
                 except InvalidRequestError as err:  # bad length prefix: correlation id unknown
                     log.info("data port %s: %s; closing the connection", conn.peer, err.message)
                     conn.write(fr.encode_error_response(-1, err.code))
+                    conn.close()
+                    return
+                except NetworkError as err:  # EOF in the middle of a frame
+                    log.info("data port %s: %s", conn.peer, err.message)
+                    conn.close()
                     return
                 if frame is None:
+                    if reader.eof or self._closing:
+                        conn.close()
+                    elif reader.in_frame:
+                        if conn.timer is None and self._loop is not None:
+                            conn.timer = self._loop.call_later(self.request_timeout, self._on_read_timeout, conn)
+                        conn.resume_reading()
+                    else:
+                        conn.resume_reading()
                     return
-                conn.busy = True
-                try:
-                    try:
-                        req = fr.decode_request(frame)
-                    except InvalidRequestError as err:
-                        cid = int(err.details.get("correlation_id", -1))
-                        log.info("data port %s: bad request (correlation id %d): %s; closing the connection",
-                                 conn.peer, cid, err.message)
-                        conn.write(fr.encode_error_response(cid, err.code))
-                        return
-                    if isinstance(req, fr.FetchRequest):
-                        await self._fetch(conn, req)
-                    elif not await self._produce(conn, req):
-                        return
-                    await conn.drain(loop)
-                finally:
-                    conn.busy = False
-                    del frame
-        except asyncio.CancelledError:
-            if not conn.timed_out:
-                raise
+                if conn.timer is not None and not reader.in_frame:
+                    conn.timer.cancel()
+                    conn.timer = None
+                if conn.read_paused and reader.pending_frames < _Connection.MAX_PENDING_FRAMES // 2 \
+                        and reader.pending_bytes < _Connection.MAX_PENDING_BYTES // 2:
+                    conn.resume_reading()
+                if self._closing:
+                    conn.close()
+                    return
+                self._dispatch(conn, frame)
+        except (ConnectionError, OSError) as err:
+            log.info("data port %s: connection lost: %s", conn.peer, err)
+            conn.close()
+        except Exception:
+            log.exception("data port %s: unexpected error; closing the connection", conn.peer)
+            conn.close()
+        finally:
+            conn.pumping = False
+
+    def _dispatch(self, conn: _Connection, frame: memoryview) -> None:
+        try:
+            req = fr.decode_request(frame)
+        except InvalidRequestError as err:
+            cid = int(err.details.get("correlation_id", -1))
+            log.info("data port %s: bad request (correlation id %d): %s; closing the connection",
+                     conn.peer, cid, err.message)
+            conn.write(fr.encode_error_response(cid, err.code))
+            conn.close()
+            return
+        conn.busy = True
+        if isinstance(req, fr.FetchRequest):
+            started = time.perf_counter()
+            if req.max_wait_ms > 0 and req.min_bytes > 0 and req.partitions and not self.broker.shutting_down:
+                _LongPoll(self, conn, req, started).start()
+            elif self._answer_fetch(conn, req, self._read_all(req), started):
+                conn.busy = False
+        else:
+            assert self._loop is not None
+            conn.task = self._loop.create_task(self._produce(conn, req))
+
+    def _on_read_timeout(self, conn: _Connection) -> None:
+        conn.timer = None
+        if not conn.busy and conn.reader.in_frame and not conn.closed:
             log.info(
                 "data port %s: no complete request within request_timeout_ms=%d (%d bytes of a frame received); "
                 "closing the connection",
                 conn.peer, int(self.request_timeout * 1000), conn.reader.buffered_bytes,
             )
-        except NetworkError as err:
-            log.info("data port %s: %s", conn.peer, err.message)
-        except (ConnectionError, TimeoutError) as err:
-            log.info("data port %s: connection lost: %s", conn.peer, err)
-        except OSError as err:
-            log.warning("data port %s: socket error: %s", conn.peer, err)
-        except Exception:
-            log.exception("data port %s: unexpected error; closing the connection", conn.peer)
-        finally:
-            if conn.timer is not None:
-                conn.timer.cancel()
-            self._conns.discard(conn)
             conn.close()
-
-    def _on_read_timeout(self, conn: _Connection) -> None:
-        conn.timer = None
-        if conn.task is not None and not conn.busy:
-            conn.timed_out = True
-            conn.task.cancel()
-
-    # ------------------------------------------------------------------ sending
-
-    async def _sendfile(self, conn: _Connection, fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (asyncio's
-        native path: it waits for the transport's buffer to empty, then sendfiles on the
-        socket). The lseek it does afterwards is harmless: segments use positional I/O only."""
-        loop = self._loop
-        assert loop is not None and conn.transport is not None
-        if conn.lost:
-            raise ConnectionResetError("connection lost")
-        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-            sent = await loop.sendfile(conn.transport, f, offset, count, fallback=False)
-        if sent != count:
-            # The file is shorter than the index said: this frame can no longer be completed,
-            # so the connection must be dropped.
-            raise StorageError(f"segment file ended {count - sent} bytes early during sendfile")
 
     # ------------------------------------------------------------------ FETCH
 
-    def _read_all(self, req: fr.FetchRequest) -> list[tuple[fr.FetchPartition, Any, AnnalError | None]]:
-        out: list[tuple[fr.FetchPartition, Any, AnnalError | None]] = []
+    def _read_all(self, req: fr.FetchRequest) -> ReadResults:
+        out: ReadResults = []
         broker = self.broker
         cap = self.fetch_max_bytes
         for p in req.partitions:
@@ -364,100 +481,9 @@ class DataPortServer:
                 out.append((p, None, err))
         return out
 
-    async def _fetch(self, conn: _Connection, req: fr.FetchRequest) -> None:
-        """Answer a FETCH, long-polling first when fewer than min_bytes are available.
-
-        The wake-up is registered before the first read, and a fresh future is armed before
-        every read, so an append that lands between a read and the wait still wakes it."""
-        loop = self._loop
-        assert loop is not None
-        broker = self.broker
-        started = time.perf_counter()
-        outcome = "NONE"
-        results: list[tuple[fr.FetchPartition, Any, AnnalError | None]] = []
-        wait = req.max_wait_ms > 0 and req.min_bytes > 0 and bool(req.partitions) and not broker.shutting_down
-        slot: list[Any] = [None, False, False]  # [future to resolve, expired, woken by an append]
-        keys: list[tuple[str, int]] = []
-        timer = None
-        waiting = False
-        loop_thread = self._loop_thread
-
-        def resolve() -> None:
-            fut = slot[0]
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-        def wake() -> None:  # any thread: called by every append to a named partition
-            slot[2] = True
-            if threading.get_ident() == loop_thread:
-                resolve()
-            else:
-                try:
-                    loop.call_soon_threadsafe(resolve)
-                except RuntimeError:  # loop closed during shutdown
-                    pass
-
-        def expire() -> None:
-            slot[1] = True
-            resolve()
-
-        try:
-            if wait:
-                keys = [(p.topic, p.partition) for p in req.partitions]
-                broker.add_waiter(keys, wake)
-                timer = loop.call_later(req.max_wait_ms / 1000, expire)
-            while True:
-                if wait:
-                    slot[0] = loop.create_future()
-                    slot[2] = False
-                results = self._read_all(req)
-                if not wait or slot[1] or broker.shutting_down or self._closing:
-                    break
-                if any(err is not None for _, _, err in results):
-                    break
-                available = sum(read_result_size(r) for _, r, _ in results if r is not None)
-                if available >= req.min_bytes:
-                    break
-                if available:
-                    # Do not pin segment handles while waiting; read again when woken.
-                    for _, r, _ in results:
-                        release_read(r)
-                    results = []
-                if not waiting:
-                    waiting = True
-                    self._long_polls += 1
-                await slot[0]
-                if results:
-                    if slot[1] and not slot[2] and not broker.shutting_down:
-                        break  # expired with no append since the read: the empty answer stands
-                    results = []  # empty reads hold no handles; nothing to release
-            if waiting:
-                waiting = False
-                self._long_polls -= 1
-            if timer is not None:
-                timer.cancel()
-            if keys:
-                broker.remove_waiter(keys, wake)
-                keys = []
-            await self._send_fetch_response(conn, req, results)
-        except BaseException as exc:
-            outcome = "NETWORK_EXCEPTION" if isinstance(exc, (OSError, asyncio.CancelledError)) else "UNKNOWN"
-            raise
-        finally:
-            if waiting:
-                self._long_polls -= 1
-            if timer is not None:
-                timer.cancel()
-            if keys:
-                broker.remove_waiter(keys, wake)
-            for _, r, _ in results:
-                release_read(r)
-            self._observe_fetch(outcome, time.perf_counter() - started)
-
-    async def _send_fetch_response(
-        self, conn: _Connection, req: fr.FetchRequest, results: list[tuple[fr.FetchPartition, Any, AnnalError | None]]
-    ) -> None:
-        broker = self.broker
+    def _answer_fetch(self, conn: _Connection, req: fr.FetchRequest, results: ReadResults, started: float) -> bool:
+        """Send the answer; True when it is complete (no records to send), False when a task
+        sends the records and will free the connection when done."""
         heads: list[bytes] = []
         sizes: list[int] = []
         budget = self.fetch_max_bytes
@@ -486,17 +512,75 @@ class DataPortServer:
                                                         r.log_start_offset, size))
             sizes.append(size)
         body = sum(len(h) for h in heads) + sum(sizes)
-        pending = [fr.encode_fetch_response_head(req.correlation_id, body, len(heads))]
-        for (p, r, _), head, size in zip(results, heads, sizes):
-            pending.append(head)
-            if size:
+        head = fr.encode_fetch_response_head(req.correlation_id, body, len(heads))
+        if not have_data:
+            try:
+                conn.write(head + b"".join(heads))
+            finally:
+                for _, r, _ in results:
+                    release_read(r)
+                self._observe_fetch("NONE", time.perf_counter() - started)
+            return True
+        assert self._loop is not None
+        conn.task = self._loop.create_task(self._send_records(conn, head, heads, sizes, results, started))
+        return False
+
+    async def _send_records(self, conn: _Connection, head: bytes, heads: list[bytes], sizes: list[int],
+                            results: ReadResults, started: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        outcome = "NONE"
+        try:
+            pending = [head]
+            for (p, r, _), phead, size in zip(results, heads, sizes):
+                pending.append(phead)
+                if size:
+                    conn.write(b"".join(pending))
+                    pending = []
+                    for chunk in r.chunks:
+                        await self._sendfile(conn, chunk.fd, chunk.position, chunk.size)
+                    self.broker.metrics.record_fetch(p.topic, size)
+            if pending:
                 conn.write(b"".join(pending))
-                pending = []
-                for chunk in r.chunks:
-                    await self._sendfile(conn, chunk.fd, chunk.position, chunk.size)
-                broker.metrics.record_fetch(p.topic, size)
-        if pending:
-            conn.write(b"".join(pending))
+            await conn.drain(loop)
+        except (ConnectionError, TimeoutError, OSError) as err:
+            outcome = "NETWORK_EXCEPTION"
+            log.info("data port %s: connection lost while sending records: %s", conn.peer, err)
+            conn.close()
+        except StorageError as err:
+            outcome = err.reason
+            log.warning("data port %s: %s; closing the connection", conn.peer, err.message)
+            conn.close()
+        except asyncio.CancelledError:
+            outcome = "NETWORK_EXCEPTION"
+            conn.close()
+            raise
+        except Exception:
+            outcome = "UNKNOWN_SERVER_ERROR"
+            log.exception("data port %s: sending a fetch answer failed", conn.peer)
+            conn.close()
+        finally:
+            for _, r, _ in results:
+                release_read(r)
+            self._observe_fetch(outcome, time.perf_counter() - started)
+            conn.task = None
+            conn.busy = False
+            self._pump(conn)
+
+    async def _sendfile(self, conn: _Connection, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (asyncio's
+        native path: it waits for the transport's buffer to empty, then sendfiles on the
+        socket). The lseek it does afterwards is harmless: segments use positional I/O only."""
+        loop = self._loop
+        assert loop is not None and conn.transport is not None
+        if conn.closed:
+            raise ConnectionResetError("connection closed")
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+            sent = await loop.sendfile(conn.transport, f, offset, count, fallback=False)
+        if sent != count:
+            # The file is shorter than the index said: this frame can no longer be completed,
+            # so the connection must be dropped.
+            raise StorageError(f"segment file ended {count - sent} bytes early during sendfile")
 
     # ------------------------------------------------------------------ PRODUCE
 
@@ -515,17 +599,14 @@ class DataPortServer:
                 ))
         return out
 
-    async def _produce(self, conn: _Connection, req: fr.ProduceRequest) -> bool:
-        """Append and answer; False when the connection must be closed (acks=0 and an error,
-        so that the producer notices, as Kafka does)."""
+    async def _produce(self, conn: _Connection, req: fr.ProduceRequest) -> None:
+        """Append (on an executor thread) and answer. With acks=0 and a refused partition the
+        connection is closed instead (as Kafka does), so that the producer notices."""
         loop = self._loop
         assert loop is not None
         started = time.perf_counter()
         outcome = "NONE"
         try:
-            # Appends run on the I/O threads: a write into new page-cache pages, a roll, or an
-            # fdatasync (acks=-1, flush_messages) must not stall the loop and every other
-            # connection on it; pwrite releases the GIL, so the loop keeps receiving meanwhile.
             results = await loop.run_in_executor(None, self._produce_sync, req)
             errors = [r for r in results if r.error_code]
             if errors:
@@ -537,10 +618,23 @@ class DataPortServer:
             if req.acks == 0:
                 if errors:
                     log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
-                    return False
-                return True
+                    conn.close()
+                return
             conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
-            return True
+            await conn.drain(loop)
+        except (ConnectionError, TimeoutError, OSError) as err:
+            outcome = "NETWORK_EXCEPTION"
+            log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)
+            conn.close()
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception:
+            outcome = "UNKNOWN_SERVER_ERROR"
+            log.exception("data port %s: produce failed", conn.peer)
+            conn.close()
         finally:
             self._observe_produce(outcome, time.perf_counter() - started)
-
+            conn.task = None
+            conn.busy = False
+            self._pump(conn)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import os
 import signal
@@ -162,6 +163,10 @@ async def _serve(config: Any) -> int:
         broker.start(me)
         grpc_server.start()
         await data_port.start()
+        # Everything allocated so far (modules, gRPC and protobuf tables, open logs) lives as
+        # long as the process: keep it out of the cyclic GC's full collections, which would
+        # otherwise walk it again and again under a steady request load.
+        gc.freeze()
         mode = f"zookeeper={config.zookeeper}" if config.zookeeper else "standalone"
         _always(
             "annal broker %d %s grpc=%s:%d data=%s:%d metrics=%s data_dir=%s mode=%s pid=%d",

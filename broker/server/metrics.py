@@ -1,10 +1,11 @@
 """Prometheus metrics of one broker, served on ``--metrics-port`` (``GET /metrics``).
 
-Counters and histograms are updated on the request paths; per-partition gauges (log end
-offset, log start offset, size) are read from the logs at scrape time by a custom collector, so
-an idle partition costs nothing between scrapes. Each broker has its own ``CollectorRegistry``
-(two brokers in one process do not mix). prometheus-client's metric objects are thread-safe,
-so this class is too.
+Byte and record counters are updated on the append/fetch paths; request counts and latencies
+are plain numbers updated in place (``_LoopStats``) and published at scrape time, as are the
+per-partition gauges (log end offset, log start offset, size, read from the logs), so an idle
+long-poll or partition costs almost nothing between scrapes. Each broker has its own
+``CollectorRegistry`` (two brokers in one process do not mix). Thread-safe, except the
+observers from ``request_observer``, which belong to the one thread that asked for them.
 
 Names (Kafka's JMX names, Prometheus style)::
 
@@ -22,11 +23,13 @@ Names (Kafka's JMX names, Prometheus style)::
 
 from __future__ import annotations
 
+import bisect
 import logging
+import threading
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["BrokerMetrics", "PartitionStat"]
@@ -60,6 +63,43 @@ class _PartitionCollector(Collector):
         yield size
 
 
+class _LoopStats:
+    """Request counts by outcome and a latency histogram, updated from one thread."""
+
+    __slots__ = ("counts", "buckets", "sum")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, error: str, seconds: float) -> None:
+        counts = self.counts
+        counts[error] = counts.get(error, 0) + 1
+        self.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class _LoopStatsCollector(Collector):
+    def __init__(self, stats: dict[tuple[str, str], _LoopStats]) -> None:
+        self._stats = stats
+
+    def collect(self):  # type: ignore[override]
+        requests = CounterMetricFamily("annal_requests", "Requests handled", labels=["api", "transport", "error"])
+        latency = HistogramMetricFamily("annal_request_latency_seconds", "Request latency (long-poll waits included)",
+                                        labels=["api", "transport"])
+        for (api, transport), st in list(self._stats.items()):
+            for error, n in list(st.counts.items()):
+                requests.add_metric([api, transport, error], n)
+            cumulative, acc = [], 0
+            for bound, n in zip((*_LATENCY_BUCKETS, float("inf")), list(st.buckets)):
+                acc += n
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+            latency.add_metric([api, transport], cumulative, st.sum)
+        yield requests
+        yield latency
+
+
 class BrokerMetrics:
     def __init__(self, partition_stats: Callable[[], Iterable[PartitionStat]] | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -67,13 +107,6 @@ class BrokerMetrics:
         self.bytes_in = Counter("annal_bytes_in", "Record bytes appended", ["topic"], registry=r)
         self.bytes_out = Counter("annal_bytes_out", "Record bytes sent to consumers", ["topic"], registry=r)
         self.records_in = Counter("annal_records_in", "Records appended", ["topic"], registry=r)
-        self.requests = Counter(
-            "annal_requests", "Requests handled", ["api", "transport", "error"], registry=r
-        )
-        self.latency = Histogram(
-            "annal_request_latency_seconds", "Request latency (long-poll waits included)",
-            ["api", "transport"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
         # Read at scrape time from counters the request paths keep as plain ints: a Gauge
         # inc()/dec() pair costs more than the rest of an idle long-poll's bookkeeping.
         self.long_poll_sources: list[Callable[[], int]] = []
@@ -84,28 +117,30 @@ class BrokerMetrics:
         self.connections.set_function(lambda: sum(f() for f in list(self.connection_sources)))
         if partition_stats is not None:
             r.register(_PartitionCollector(partition_stats))
+        self._loop_stats: dict[tuple[str, str], _LoopStats] = {}
+        self._stats_lock = threading.Lock()
+        r.register(_LoopStatsCollector(self._loop_stats))
         self._server: Any = None
         self._thread: Any = None
         self.port: int | None = None
 
     def observe_request(self, api: str, transport: str, error: str, seconds: float) -> None:
-        self.requests.labels(api, transport, error).inc()
-        self.latency.labels(api, transport).observe(seconds)
+        """Count one request and its latency; safe from any thread (the gRPC workers)."""
+        with self._stats_lock:
+            stats = self._loop_stats.get((api, transport))
+            if stats is None:
+                stats = self._loop_stats[(api, transport)] = _LoopStats()
+            stats.observe(error, seconds)
 
     def request_observer(self, api: str, transport: str) -> Callable[[str, float], None]:
-        """``observe(error, seconds)`` for one API and transport, with the labelled children
-        looked up once (the hot paths call it per request)."""
-        latency = self.latency.labels(api, transport)
-        counters: dict[str, Any] = {}
-
-        def observe(error: str, seconds: float) -> None:
-            c = counters.get(error)
-            if c is None:
-                c = counters[error] = self.requests.labels(api, transport, error)
-            c.inc()
-            latency.observe(seconds)
-
-        return observe
+        """``observe(error, seconds)`` for one API and transport, for the data port's event loop
+        thread only: plain ints and floats updated in place (a ``bisect`` and three additions),
+        published as ``annal_requests_total`` / ``annal_request_latency_seconds`` at scrape
+        time. prometheus-client's own objects take a lock and walk the buckets in Python on
+        every observation, which an idle long-poll cannot afford."""
+        with self._stats_lock:
+            stats = self._loop_stats.setdefault((api, transport), _LoopStats())
+        return stats.observe
 
     def record_append(self, topic: str, nbytes: int, records: int) -> None:
         self.bytes_in.labels(topic).inc(nbytes)
