@@ -394,12 +394,14 @@ class Fetcher(threading.Thread):
         except (OSError, ValueError):
             readable = []
         if self._wake_r in readable:
-            self._woken = False
             try:
                 while self._wake_r.recv(4096):
                     pass
             except OSError:
                 pass
+            # Only after draining: a wakeup() between the drain and this line leaves its byte
+            # in the pipe (a spurious wake), while clearing first could swallow one for good.
+            self._woken = False
         for conn in conns:
             if conn in readable:
                 try:

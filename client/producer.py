@@ -272,6 +272,8 @@ class Producer:
             p = None  # the topic's sticky partition, chosen by the accumulator
         if self._closed:
             raise ProducerClosedError("send() on a closed producer")
+        if self._sender.fatal_error is not None:
+            raise ProducerClosedError(f"the producer's sender thread failed: {self._sender.fatal_error!r}")
         return self._accumulator.append(topic, p, n, timestamp_ms, key_b, value_b, hdrs, self._max_block_ms)
 
     def flush(self, timeout: float | None = None) -> None:

@@ -33,3 +33,55 @@ def test_seek_drops_buffered_data_and_bumps_the_epoch():
     assert not st.buffered and not st.leftover and st.epoch == 2
     st.paused = True
     assert not st.fetchable
+
+
+class _DrainSpy:
+    """Stands in for a wake-up socket; calls ``during`` in the middle of the drain, as an
+    application thread calling wakeup() at that moment would."""
+
+    def __init__(self, real, during):
+        self.real, self.during, self.calls = real, during, 0
+
+    def fileno(self):
+        return self.real.fileno()
+
+    def recv(self, n):
+        self.calls += 1
+        data = self.real.recv(n)
+        if self.calls == 1:
+            self.during()
+        return data
+
+
+def _wakeup_invariant_holds(owner) -> bool:
+    """After a poll, either the flag is clear (the next wakeup() writes a byte) or a byte is
+    waiting: a wakeup can never be swallowed."""
+    import select
+
+    pending = select.select([owner._wake_r.real], [], [], 0)[0]
+    return not owner._woken or bool(pending)
+
+
+def test_fetcher_wakeup_during_drain_is_not_lost():
+    from client._fetcher import Fetcher
+
+    f = Fetcher(None, None, auto_offset_reset="earliest", fetch_min_bytes=1, fetch_max_wait_ms=500,  # type: ignore[arg-type]
+                fetch_max_bytes=1 << 20, max_partition_fetch_bytes=1 << 20, retry_backoff_ms=10,
+                request_timeout_ms=1000)
+    f._wake_r = _DrainSpy(f._wake_r, f.wakeup)  # type: ignore[assignment]
+    f.wakeup()
+    f._poll(0)
+    assert _wakeup_invariant_holds(f)
+
+
+def test_sender_wakeup_during_drain_is_not_lost():
+    from broker.storage.record_batch import CODEC_NONE
+    from client._accumulator import RecordAccumulator
+    from client._sender import Sender
+
+    acc = RecordAccumulator(1024, CODEC_NONE, 5, 1 << 20, 1000, 10)
+    s = Sender(acc, None, 1, 0, 10, 1000, 5, 1 << 20)  # type: ignore[arg-type]
+    s._wake_r = _DrainSpy(s._wake_r, s.wakeup)  # type: ignore[assignment]
+    s.wakeup()
+    s._poll(0.0, 0.0)
+    assert _wakeup_invariant_holds(s)
