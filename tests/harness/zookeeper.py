@@ -22,7 +22,8 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+import warnings
+from typing import Any, Callable, Generator, Iterator
 
 import pytest
 from kazoo.client import KazooClient
@@ -90,7 +91,9 @@ class ZooKeeperHarness:
         c = KazooClient(hosts=self.hosts if chroot else self.address, timeout=timeout_s, **kwargs)
         self._clients.append(c)
         if start:
-            c.start(timeout=15)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="No chroot path exists")  # created just below
+                c.start(timeout=15)
             if chroot:
                 c.ensure_path("/")
         return c
@@ -318,9 +321,9 @@ def zk(zookeeper_server: ZooKeeperServer, request: pytest.FixtureRequest) -> Ite
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     """Attach the ZooKeeper server log of a failed test to its report."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if report.failed and _SERVER in item.stash:
         server = item.stash[_SERVER]
