@@ -64,6 +64,8 @@ FIGURES: dict[str, tuple[str, str, str, str]] = {
 class _InertSender:
     """Stands in for the sender thread so that ``send_ns`` times the application thread only."""
 
+    fatal_error = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
