@@ -401,11 +401,13 @@ class GroupMember:
 
     # -- offsets -------------------------------------------------------------------------------
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, check_owner: bool = True) -> None:
         """Write ``offsets`` (next offset to read, per partition) of partitions this member
         owns; unchanged ones are skipped. Raises GroupError for a partition not owned (its new
-        owner's progress must not be overwritten) and NetworkError if ZooKeeper is unreachable."""
-        not_owned = [tp for tp in offsets if tp not in self._owned]
+        owner's progress must not be overwritten) and NetworkError if ZooKeeper is unreachable.
+        ``check_owner=False`` is for manually assigned partitions (no subscription), which
+        the application coordinates itself, as with Kafka's ``assign()`` plus commits."""
+        not_owned = [tp for tp in offsets if tp not in self._owned] if check_owner else []
         if not_owned:
             raise GroupError(
                 f"cannot commit partitions not owned by member {self.member_id} of group "
@@ -567,6 +569,7 @@ class GroupMembership:
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
         self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
+        self._manual_checked: set[TopicPartition] = set()
 
     @property
     def subscribed(self) -> bool:
@@ -584,8 +587,12 @@ class GroupMembership:
         self.member.leave(self._hooks, commit=self.enable_auto_commit)
 
     def poll(self) -> None:
-        """Rebalance if needed, then auto-commit if due (errors are logged, not raised)."""
-        self.member.poll_rebalance(self._hooks)
+        """Rebalance if needed (or, with manually assigned partitions, start new ones at the
+        group's committed offsets), then auto-commit if due (errors are logged, not raised)."""
+        if self.subscribed:
+            self.member.poll_rebalance(self._hooks)
+        else:
+            self._start_manual_at_committed()
         if self.enable_auto_commit and time.monotonic() >= self._next_auto_commit:
             self._next_auto_commit = time.monotonic() + self.auto_commit_interval_ms / 1000.0
             try:
@@ -593,14 +600,40 @@ class GroupMembership:
             except AnnalError as exc:
                 log.warning("group %s: auto-commit failed (%r); will retry", self.member.group_id, exc)
 
+    def _start_manual_at_committed(self) -> None:
+        """Partitions given to ``assign()`` that have no position yet start at the group's
+        committed offset when there is one (kafka-python does the same)."""
+        c = self._hooks._consumer
+        with c._cond:
+            # epoch 0: the application has not seek()ed it (resolving auto_offset_reset does
+            # not bump the epoch, and seek() below drops anything fetched meanwhile).
+            fresh = [tp for tp, st in c._states.items() if st.epoch == 0 and tp not in self._manual_checked]
+        if not fresh:
+            return
+        try:
+            starts = self.member._read_offsets(fresh)
+        except (KazooException, KazooTimeoutError) as exc:
+            log.info("group %s: committed offsets not read yet (%r)", self.member.group_id, exc)
+            return
+        self._manual_checked.update(fresh)
+        with c._cond:
+            for tp, offset in starts.items():
+                st = c._states.get(tp)
+                if st is not None and st.epoch == 0 and offset is not None:
+                    st.seek(offset)
+        c._fetcher.wakeup()
+
     def _commit_positions(self) -> None:
-        owned = self.member.assignment()
         positions = self._hooks.positions()
-        self.member.commit({tp: off for tp, off in positions.items() if tp in owned})
+        if self.subscribed:
+            owned = self.member.assignment()
+            self.member.commit({tp: off for tp, off in positions.items() if tp in owned})
+        else:
+            self.member.commit(positions, check_owner=False)
 
     def commit(self, offsets: Mapping[TopicPartition, Any] | None = None) -> None:
         """Commit ``offsets`` ({tp: offset or OffsetAndMetadata-like}), or the positions of
-        every owned partition."""
+        every owned (subscribed) or assigned (``assign()``) partition."""
         if offsets is None:
             self._commit_positions()
             return
@@ -608,7 +641,7 @@ class GroupMembership:
         for tp, value in offsets.items():
             offset = getattr(value, "offset", value)
             plain[TopicPartition(*tp)] = offset
-        self.member.commit(plain)
+        self.member.commit(plain, check_owner=self.subscribed)
 
     def committed(self, tp: TopicPartition) -> int | None:
         return self.member.committed(tp)

@@ -295,6 +295,23 @@ def test_sigkill_of_a_member_resumes_its_partitions_from_committed_offsets(zk_cl
             survivor.close()
 
 
+def test_manual_assignment_with_a_group_commits_and_resumes(zk_cluster: ZkCluster) -> None:
+    _setup(zk_cluster, brokers=(1,), partitions=2, records_per_partition=10)
+    tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    with Consumer(group_id="manual", zookeeper=zk_cluster.hosts, auto_offset_reset="earliest", enable_auto_commit=False) as c:
+        c.assign([tp0, tp1])
+        c.commit({tp0: 6, tp1: 3})  # no subscription: the application owns the partitions
+        assert c.committed(tp0) == 6
+    with Consumer(group_id="manual", zookeeper=zk_cluster.hosts, auto_offset_reset="earliest") as c:
+        c.assign([tp0, tp1])
+        firsts: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while len(firsts) < 2 and time.monotonic() < deadline:
+            for tp, recs in c.poll(100).items():
+                firsts.setdefault(tp.partition, recs[0].offset)
+        assert firsts == {0: 6, 1: 3}
+
+
 def test_group_needs_zookeeper(zk_cluster: ZkCluster) -> None:
     _setup(zk_cluster, brokers=(1,), partitions=1)
     with pytest.raises(LocalUsageError):
