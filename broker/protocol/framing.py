@@ -94,6 +94,7 @@ RESPONSE_HEADER_SIZE = 6  # correlation_id, error_code
 # Kafka's socket.request.max.bytes: the largest frame a broker accepts by default.
 DEFAULT_MAX_FRAME_BYTES = 100 * 1024 * 1024
 MAX_STRING_BYTES = 0x7FFF
+_RECYCLE_MIN_BYTES = 64 * 1024  # smaller frames are cheap to allocate
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -228,6 +229,8 @@ class FrameReader:
         "_scratch",
         "_scratch_view",
         "_frames_started",
+        "_frame_len",
+        "_spare",
     )
 
     def __init__(
@@ -241,7 +244,9 @@ class FrameReader:
         self.min_frame_bytes = min_frame_bytes
         self.max_frame_bytes = max_frame_bytes
         self._prefix = bytearray()  # up to 4 bytes of a length prefix
-        self._frame: bytearray | None = None  # the frame being filled
+        self._frame: bytearray | None = None  # the frame being filled (may be longer than it)
+        self._frame_len = 0
+        self._spare: bytearray | None = None  # a recycled buffer for the next large frame
         self._filled = 0
         self._ready: deque[memoryview] = deque()
         self._error: InvalidRequestError | None = None
@@ -285,17 +290,17 @@ class FrameReader:
                     continue
             frame = self._frame
             assert frame is not None
-            take = min(len(frame) - self._filled, end - pos)
+            take = min(self._frame_len - self._filled, end - pos)
             frame[self._filled : self._filled + take] = mv[pos : pos + take]
             self._filled += take
             pos += take
-            if self._filled == len(frame):
+            if self._filled == self._frame_len:
                 self._finish_frame()
 
     def get_buffer(self) -> memoryview:
         """A writable buffer for the next ``recv_into``; follow with ``buffer_updated(n)``."""
         if self._frame is not None:
-            return memoryview(self._frame)[self._filled :]
+            return memoryview(self._frame)[self._filled : self._frame_len]
         return self._scratch_view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -305,7 +310,7 @@ class FrameReader:
             return
         if self._frame is not None:
             self._filled += nbytes
-            if self._filled == len(self._frame):
+            if self._filled == self._frame_len:
                 self._finish_frame()
             return
         self.receive_data(self._scratch_view[:nbytes])
@@ -321,15 +326,31 @@ class FrameReader:
         if length == 0:
             self._ready.append(memoryview(b""))
             return True
-        self._frame = bytearray(length)
+        spare = self._spare
+        if spare is not None and length >= _RECYCLE_MIN_BYTES and len(spare) >= length:
+            self._frame, self._spare = spare, None
+        else:
+            self._frame = bytearray(length)
+        self._frame_len = length
         self._filled = 0
         return True
 
     def _finish_frame(self) -> None:
         assert self._frame is not None
-        self._ready.append(memoryview(self._frame))
+        frame = self._frame
+        self._ready.append(memoryview(frame) if len(frame) == self._frame_len else memoryview(frame)[: self._frame_len])
         self._frame = None
         self._filled = 0
+
+    def recycle(self, frame: memoryview) -> None:
+        """Give back a large frame that is no longer used (no view of it will be read again):
+        its buffer receives a later frame, which saves allocating and zeroing megabytes per
+        request. Only for callers that know every view of the frame is dead (the broker after
+        an append); a client handing records to users must not call it."""
+        buf = frame.obj
+        if isinstance(buf, bytearray) and len(buf) >= _RECYCLE_MIN_BYTES:
+            if self._spare is None or len(buf) > len(self._spare):
+                self._spare = buf
 
     # -- output
 
@@ -362,7 +383,7 @@ class FrameReader:
     @property
     def frame_bytes_expected(self) -> int:
         """Payload size of the frame being assembled, or -1 when no prefix is known yet."""
-        return -1 if self._frame is None else len(self._frame)
+        return -1 if self._frame is None else self._frame_len
 
     @property
     def eof(self) -> bool:
@@ -376,7 +397,7 @@ class FrameReader:
     @property
     def pending_bytes(self) -> int:
         """Bytes held by complete frames not yet taken plus the frame being assembled."""
-        return sum(len(f) for f in self._ready) + (len(self._frame) if self._frame is not None else 0)
+        return sum(len(f) for f in self._ready) + (self._frame_len if self._frame is not None else 0)
 
 
 # --------------------------------------------------------------------------- encoding

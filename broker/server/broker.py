@@ -43,13 +43,12 @@ from broker.errors import (
 )
 from broker.server.config import MAX_PARTITIONS, NEVER, BrokerConfig, validate_topic_config
 from broker.server.metrics import BrokerMetrics, PartitionStat
-from broker.storage.record_batch import LOG_OVERHEAD, iter_batch_positions, parse_header
+from broker.storage.record_batch import iter_batch_positions, parse_header
 from broker.topic_names import is_valid_topic_name, validate_topic_name
 
 __all__ = [
     "Broker",
     "AppendResult",
-    "TopicResult",
     "PartitionMetadata",
     "TopicMetadata",
     "read_result_size",
@@ -77,12 +76,6 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
-class TopicResult:
-    name: str
-    error: AnnalError | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class PartitionMetadata:
     partition: int
     leader: int
@@ -100,14 +93,10 @@ class TopicMetadata:
     error: AnnalError | None = None
 
 
-def _batch_layout(buf: Buffer) -> tuple[list[int], int]:
-    """Record count of each batch in ``buf`` (by length fields) and the bytes they cover."""
-    counts = []
-    end = 0
-    for pos, size in iter_batch_positions(buf):
-        counts.append(parse_header(buf, pos).last_offset_delta + 1)
-        end = pos + size
-    return counts, end
+def _record_counts(buf: Buffer) -> list[int]:
+    """Record count of each batch in ``buf``, from the length fields and headers alone (the
+    log validates the batches; these counts are used only once it has accepted them)."""
+    return [parse_header(buf, pos).last_offset_delta + 1 for pos, _ in iter_batch_positions(buf)]
 
 
 class Broker:
@@ -356,7 +345,7 @@ class Broker:
             buf: Buffer = batches[0]
         else:
             buf = b"".join(batches)
-        counts, covered = _batch_layout(buf)
+        counts = _record_counts(buf)
         active_before = plog.active_segment
         base = plog.append_batches(buf)  # validates every batch (CRC, lengths, size) first
         if plog.active_segment is not active_before:

@@ -95,6 +95,8 @@ class _Connection(asyncio.BufferedProtocol):
             # doubles the value; autotuning stops at tcp_wmem's maximum, 4 MiB by default).
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.SEND_BUFFER_BYTES)
+                # Likewise on the way in: a large PRODUCE arrives in fewer, larger reads.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.SEND_BUFFER_BYTES)
             except OSError:
                 pass
         peer = transport.get_extra_info("peername")
@@ -107,7 +109,14 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         r = self.reader
         r.buffer_updated(nbytes)
-        if r.pending_frames and (r.pending_frames >= self.MAX_PENDING_FRAMES or r.pending_bytes >= self.MAX_PENDING_BYTES):
+        if not r.pending_frames:
+            # The middle of a frame (a large PRODUCE arrives in many reads): nothing to answer
+            # yet; only make sure a stalled frame will time out.
+            if self.timer is None and not self.busy and r.in_frame and not self.closed:
+                self.server._arm_read_timeout(self)
+            if not r.eof:
+                return
+        elif r.pending_frames >= self.MAX_PENDING_FRAMES or r.pending_bytes >= self.MAX_PENDING_BYTES:
             self.pause_reading()
         self.server._pump(self)
 
@@ -412,8 +421,8 @@ class DataPortServer:
                     if reader.eof or self._closing:
                         conn.close()
                     elif reader.in_frame:
-                        if conn.timer is None and self._loop is not None:
-                            conn.timer = self._loop.call_later(self.request_timeout, self._on_read_timeout, conn)
+                        if conn.timer is None:
+                            self._arm_read_timeout(conn)
                         conn.resume_reading()
                     else:
                         conn.resume_reading()
@@ -456,7 +465,11 @@ class DataPortServer:
                 conn.busy = False
         else:
             assert self._loop is not None
-            conn.task = self._loop.create_task(self._produce(conn, req))
+            conn.task = self._loop.create_task(self._produce(conn, req, frame))
+
+    def _arm_read_timeout(self, conn: _Connection) -> None:
+        if self._loop is not None:
+            conn.timer = self._loop.call_later(self.request_timeout, self._on_read_timeout, conn)
 
     def _on_read_timeout(self, conn: _Connection) -> None:
         conn.timer = None
@@ -599,7 +612,7 @@ class DataPortServer:
                 ))
         return out
 
-    async def _produce(self, conn: _Connection, req: fr.ProduceRequest) -> None:
+    async def _produce(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
         """Append (on an executor thread) and answer. With acks=0 and a refused partition the
         connection is closed instead (as Kafka does), so that the producer notices."""
         loop = self._loop
@@ -608,6 +621,9 @@ class DataPortServer:
         outcome = "NONE"
         try:
             results = await loop.run_in_executor(None, self._produce_sync, req)
+            # The log has copied the batches into its file: the frame's buffer can take the
+            # next large request (saves allocating and zeroing it).
+            conn.reader.recycle(frame)
             errors = [r for r in results if r.error_code]
             if errors:
                 outcome = "PARTITION_ERRORS"

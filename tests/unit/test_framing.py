@@ -265,3 +265,26 @@ def test_long_error_message_is_cut_at_character_boundary():
     (n,) = struct.unpack_from(">h", s)
     assert n <= fr.MAX_STRING_BYTES and len(s) == n + 2
     s[2:].decode("utf-8")
+
+
+def test_recycled_buffer_takes_the_next_large_frame():
+    big = fr.encode_produce_request(fr.ProduceRequest(1, 1, 1000, [fr.ProducePartition("t", 0, b"a" * 300_000)]))
+    smaller = fr.encode_produce_request(fr.ProduceRequest(2, 1, 1000, [fr.ProducePartition("t", 0, b"b" * 200_000)]))
+    reader = fr.FrameReader()
+    reader.receive_data(big[:100])
+    reader.receive_data(big[100:])
+    first = reader.next_frame()
+    buf = first.obj
+    reader.recycle(first)
+    reader.receive_data(smaller[:10])
+    reader.receive_data(smaller[10:])
+    second = reader.next_frame()
+    assert second.obj is buf and len(second) == len(smaller) - 4  # same buffer, right length
+    req = fr.decode_request(second)
+    assert req.correlation_id == 2 and bytes(req.partitions[0].records) == b"b" * 200_000
+    # small frames never use the spare
+    reader.recycle(second)
+    tiny = fr.encode_fetch_request(fr.FetchRequest(3, 0, 0, []))
+    reader.receive_data(tiny[:3])
+    reader.receive_data(tiny[3:])
+    assert reader.next_frame().obj is not buf
