@@ -106,3 +106,19 @@ def test_cluster_up_without_java_says_how_to_install(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "apt-get install -y zookeeper" in proc.stderr
+
+
+def test_cluster_up_joins_a_given_zookeeper(tmp_path: Path, zk) -> None:  # type: ignore[no-untyped-def]
+    proc, values, out_path = _start(tmp_path, "--brokers", "1", "--zookeeper", zk.hosts, "--session-timeout-ms", "4000")
+    client = zk.client()
+    try:
+        assert values["zookeeper"] == zk.hosts
+        assert "zookeeper.pid" not in out_path.read_text()  # no server of its own
+        assert len(_group_members(proc.pid)) == 2  # itself and one broker
+        assert client.get_children("/brokers/ids") == ["1"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    assert rc == 0
+    wait_until(lambda: _group_members(proc.pid) == [], timeout_s=10)
+    wait_until(lambda: client.get_children("/brokers/ids") == [], timeout_s=10, message="clean deregistration")
