@@ -217,3 +217,25 @@ def test_server_restart_keeps_sessions_and_state(zk: ZooKeeperHarness, coordinat
                timeout_s=20, message="both registered after restart")
     c2.create_topic("after", 1, {})
     wait_until(lambda: "after" in c1.topics())
+
+
+def test_registering_again_in_the_same_session_keeps_the_node(zk: ZooKeeperHarness, coordinators: list[ZooKeeperCoordinator]) -> None:
+    # What a create retried after a lost reply meets: NodeExists owned by this very session.
+    c = _start(zk, coordinators, 5)
+    client = zk.client()
+    czxid = client.exists("/brokers/ids/5").czxid
+    c._register(startup=False)
+    assert client.exists("/brokers/ids/5").czxid == czxid
+    assert c.is_registered
+
+
+def test_dropped_connection_keeps_session_and_registration(zk: ZooKeeperHarness, coordinators: list[ZooKeeperCoordinator]) -> None:
+    c = _start(zk, coordinators, 6)
+    client = zk.client()
+    session = c.session_id
+    czxid = client.exists("/brokers/ids/6").czxid
+    zk.drop_connection(c.kazoo_client)
+    assert c.session_id == session
+    c.create_topic("still-works", 1, {})
+    assert client.exists("/brokers/ids/6").czxid == czxid
+    wait_until(lambda: c.is_controller and "still-works" in c.topics())
