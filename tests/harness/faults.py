@@ -28,8 +28,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import pytest
 
 from broker.errors import AnnalError
@@ -406,12 +404,3 @@ def fill_filesystem(path: pathlib.Path, leave_bytes: int = 0, chunk: int = 1 << 
     finally:
         os.close(fd)
     return written
-
-
-def iter_chunks(data: bytes, rng: random.Random, max_chunk: int = 64) -> Iterator[bytes]:
-    """``data`` split into random chunks of 1..max_chunk bytes (to send a frame in pieces)."""
-    pos = 0
-    while pos < len(data):
-        n = rng.randint(1, max_chunk)
-        yield data[pos:pos + n]
-        pos += n

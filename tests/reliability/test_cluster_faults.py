@@ -28,7 +28,7 @@ import uuid
 import pytest
 
 from broker.coordination import zk_paths
-from client import Admin, Consumer, NewTopic, Producer
+from client import Admin, Consumer, FutureRecordMetadata, NewTopic, Producer
 from tests.harness.data_port import DataPortClient
 from tests.harness.faults import fetch_all, seeded_rng
 from tests.harness.zookeeper import ZkCluster, wait_until
@@ -93,7 +93,7 @@ def test_broker_killed_during_traffic_producers_reroute_group_rebalances_nothing
         m.thread.start()
     producer = Producer(zookeeper=zk_cluster.hosts, acks="all", linger_ms=2, batch_size=2048,
                         retry_backoff_ms=50, request_timeout_ms=3000, delivery_timeout_ms=120_000)
-    futures: list[tuple[float, object]] = []
+    futures: list[tuple[float, FutureRecordMetadata]] = []
     stop_sending = threading.Event()
 
     def send_loop() -> None:

@@ -78,7 +78,7 @@ def run_crash_loop(broker, kills: int, name: str) -> dict[str, int]:
             failed += 1
 
     log = fetch_all(broker.fetch_address, topic)
-    values = [int(v) for v in log.values]
+    values = [int(v or b"-1") for v in log.values]  # every value is a number; None would not match
     offsets = [o for o, _ in log.records]
     assert offsets == list(range(len(offsets)))  # contiguous from 0 (fetch_all checked each batch)
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import pathlib
 import re
 import uuid
-from typing import Callable
-
 import pytest
 
 from client import Admin, NewTopic, Producer
@@ -67,9 +65,8 @@ def _layout(partition_dir: pathlib.Path) -> list[tuple[pathlib.Path, int, list[t
     return out
 
 
-# A fault: (partition dir, data dir, rng) -> (the offset the log must now end at, a regex the
-# broker log must show).
-Fault = Callable[[pathlib.Path, pathlib.Path, "object"], tuple[int, str]]
+# Each fault takes (partition dir, data dir, rng), damages files and returns (the offset the log
+# must now end at, a regex the broker log must show).
 
 
 def segment_cut_at_random_byte(pdir, data_dir, rng):

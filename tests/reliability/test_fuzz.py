@@ -79,19 +79,20 @@ def _mutate_batch(batch: bytes, rnd) -> bytes:
 
 def _base_frame(kind: str, rnd, topic: str) -> bytes:
     topics = [topic, topic, "nope-" + str(rnd.randrange(5)), "", "x" * rnd.randint(1, 300)]
-    parts = []
     if kind == "fetch":
+        parts: list[fr.FetchPartition] = []
         for _ in range(rnd.randint(0, 3)):
             parts.append(fr.FetchPartition(rnd.choice(topics), rnd.choice([0, 1, 2, -1, 99]),
                                            rnd.choice([0, 1, 5, -1, -2, 2**62, rnd.randrange(100)]),
                                            rnd.choice([1, 100, 65536, 0, -5, 2**31 - 1])))
-        req = fr.FetchRequest(rnd.randrange(2**31), rnd.choice([0, 0, 1, 50, -1]), rnd.choice([0, 1, 10**6, -1]), parts)
-        return fr.encode_fetch_request(req)
+        fetch = fr.FetchRequest(rnd.randrange(2**31), rnd.choice([0, 0, 1, 50, -1]), rnd.choice([0, 1, 10**6, -1]), parts)
+        return fr.encode_fetch_request(fetch)
+    pparts: list[fr.ProducePartition] = []
     for _ in range(rnd.randint(0, 3)):
         batches = b"".join(_batch(rnd, lz4=rnd.random() < 0.2) for _ in range(rnd.randint(1, 3)))
-        parts.append(fr.ProducePartition(rnd.choice(topics), rnd.choice([0, 1, 0, -1, 7]), batches))
-    req = fr.ProduceRequest(rnd.randrange(2**31), rnd.choice([1, 1, -1, 0, 2, -7]), rnd.choice([1000, 0, -1]), parts)
-    return fr.encode_produce_request(req)
+        pparts.append(fr.ProducePartition(rnd.choice(topics), rnd.choice([0, 1, 0, -1, 7]), batches))
+    produce = fr.ProduceRequest(rnd.randrange(2**31), rnd.choice([1, 1, -1, 0, 2, -7]), rnd.choice([1000, 0, -1]), pparts)
+    return fr.encode_produce_request(produce)
 
 
 def _mutate(frame: bytes, mutation: str, rnd, other: bytes) -> bytes:
@@ -186,7 +187,8 @@ class Exchange:
 
 def _healthy(broker, topic: str) -> None:
     assert broker.running, f"broker died:\n{broker.log_text()[-5000:]}"
-    with DataPortClient(*broker.fetch_address, timeout=10) as c:
+    host, port = broker.fetch_address
+    with DataPortClient(host, port, timeout=10) as c:
         r = c.produce([(topic, 0, encode_batch([(0, None, b"health", None)]))], acks=1).partitions[0]
         assert r.error_code == 0, r
         f = c.fetch([(topic, 0, r.base_offset, 1 << 16)]).partitions[0]
