@@ -62,7 +62,7 @@ class _Cluster:
 
     def __enter__(self) -> "_Cluster":
         try:
-            self.cluster.start(sys.stderr)
+            self.cluster.start()
         except BaseException:
             self.cluster.stop()
             self._tmp.cleanup()

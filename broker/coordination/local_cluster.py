@@ -43,11 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from broker.coordination import zk_paths as paths
-from broker.coordination.zk_server import (
-    ZooKeeperNotInstalledError,
-    ZooKeeperServer,
-    _die_with_parent,
-)
+from broker.coordination.zk_server import ZooKeeperNotInstalledError, ZooKeeperServer, die_with_parent
 
 __all__ = ["configure_parser", "run", "LocalCluster"]
 
@@ -107,7 +103,7 @@ class LocalCluster:
     def bootstrap_servers(self) -> str:
         return ",".join(b.grpc for b in self.running)
 
-    def start(self, out: IO[str]) -> None:
+    def start(self) -> None:
         """Start ZooKeeper and the brokers; raises RuntimeError (after stopping what started)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.zookeeper is None:
@@ -144,7 +140,7 @@ class LocalCluster:
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env, preexec_fn=_die_with_parent,
+                env=env, preexec_fn=die_with_parent,
             )
         return _Broker(broker_id, proc, log_path)
 
@@ -236,10 +232,9 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    status = 0
     try:
         try:
-            cluster.start(sys.stdout)
+            cluster.start()
         except ZooKeeperNotInstalledError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -262,5 +257,5 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
-    return status
+    return 0
 

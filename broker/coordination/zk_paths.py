@@ -230,7 +230,3 @@ def place_partitions(partitions: int, live_broker_ids: list[int] | set[int], sta
     n = len(ids)
     return {p: ids[(start + p) % n] for p in range(partitions)}
 
-
-def config_json(config: Mapping[str, Any]) -> bytes:
-    """Canonical JSON for a topic config (used to check it is JSON-serialisable)."""
-    return _dumps(dict(config))

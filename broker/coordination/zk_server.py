@@ -33,6 +33,7 @@ __all__ = [
     "zookeeper_classpath",
     "four_letter_word",
     "INSTALL_HINT",
+    "die_with_parent",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def four_letter_word(host: str, port: int, word: str = "ruok", timeout_s: float 
         return ""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: ask Linux to SIGKILL the child when the parent dies (PR_SET_PDEATHSIG)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -198,7 +199,7 @@ class ZooKeeperServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=str(self.data_dir),
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
             log_file.close()
             deadline = time.monotonic() + timeout_s
