@@ -109,14 +109,13 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         r = self.reader
         r.buffer_updated(nbytes)
-        if not r.pending_frames:
+        if not r.pending_frames and r.in_frame:
             # The middle of a frame (a large PRODUCE arrives in many reads): nothing to answer
             # yet; only make sure a stalled frame will time out.
-            if self.timer is None and not self.busy and r.in_frame and not self.closed:
+            if self.timer is None and not self.busy and not self.closed:
                 self.server._arm_read_timeout(self)
-            if not r.eof:
-                return
-        elif r.pending_frames >= self.MAX_PENDING_FRAMES or r.pending_bytes >= self.MAX_PENDING_BYTES:
+            return
+        if r.pending_frames >= self.MAX_PENDING_FRAMES or r.pending_bytes >= self.MAX_PENDING_BYTES:
             self.pause_reading()
         self.server._pump(self)
 
