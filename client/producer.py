@@ -163,6 +163,7 @@ class Producer:
         )
         self._accumulator._wakeup = self._sender.wakeup
         self._metadata.add_listener(self._on_metadata)
+        self._on_metadata(self._metadata)  # a watching source may have filled it already
         self._sticky = self._accumulator.sticky
         self._lock = self._accumulator.lock
         self._sender.start()

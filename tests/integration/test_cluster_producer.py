@@ -61,3 +61,17 @@ def test_unkeyed_records_go_to_live_brokers_and_keyed_ones_wait(zk_cluster: ZkCl
         assert {f.get(5).partition for f in again} & on_2
     finally:
         producer.close()
+
+
+def test_a_producer_started_while_a_broker_is_down_avoids_it(zk_cluster: ZkCluster) -> None:
+    zk_cluster.start(1, 2)
+    zk_cluster.wait_registered({1, 2})
+    with Admin(bootstrap_servers=zk_cluster.bootstrap) as admin:
+        admin.create_topics([NewTopic("late", 4)])
+    on_2 = {p for p, b in zk_cluster.placement("late").items() if b == 2}
+    zk_cluster.brokers[2].kill()
+    zk_cluster.wait_registered({1}, timeout_s=20)
+    with Producer(zookeeper=zk_cluster.hosts, linger_ms=1, batch_size=1024, delivery_timeout_ms=60000) as producer:
+        futures = [producer.send("late", b"x" * 100) for _ in range(400)]
+        producer.flush(30)
+        assert {f.get(5).partition for f in futures} == {0, 1, 2, 3} - on_2
