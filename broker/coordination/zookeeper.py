@@ -10,7 +10,8 @@ What this broker writes (layout in ``zk_paths`` and docs/zookeeper.md):
   (TopicAlreadyExistsError for all but one).
 * ``/controller``: written by the broker that wins kazoo's ``Election`` on
   ``/controller_election``; the controller carries out ``/admin/delete_topics/<topic>``
-  requests (it deletes the topic znode, then the request).
+  requests (it deletes the topic znode and the groups' committed offsets of the topic, then
+  the request).
 
 What it watches: the broker registrations and the topic placements (kazoo ``ChildrenWatch``),
 and ``/controller`` (``DataWatch``). Watch callbacks only mark state dirty; one thread of
@@ -289,11 +290,13 @@ class ZooKeeperCoordinator(Coordinator):
                 self._zk.retry(self._zk.create, paths.delete_topic_path(name), b"")
             except NodeExistsError:
                 pass  # already requested; wait for the controller like the first caller
+            # The controller removes the request last: its absence means the deletion is done.
+            request = paths.delete_topic_path(name)
             gone = threading.Event()
             deadline = time.monotonic() + self.delete_timeout_ms / 1000.0
             while time.monotonic() < deadline:
                 gone.clear()
-                if self._zk.retry(self._zk.exists, path, watch=lambda _e: gone.set()) is None:
+                if self._zk.retry(self._zk.exists, request, watch=lambda _e: gone.set()) is None:
                     break
                 gone.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             else:
@@ -634,6 +637,17 @@ class ZooKeeperCoordinator(Coordinator):
                 log.info("controller: deleted topic %s", topic)
             except NoNodeError:
                 pass
+            # Committed group offsets of the topic go with it, so a topic created again
+            # with the same name is read from its start, not from stale offsets.
+            try:
+                groups = self._zk.get_children(paths.CONSUMERS)
+            except NoNodeError:
+                groups = []
+            for group in groups:
+                try:
+                    self._zk.delete(paths.group_offsets_path(group, topic), recursive=True)
+                except (NoNodeError, ValueError):
+                    pass
             try:
                 self._zk.delete(paths.delete_topic_path(topic))
             except NoNodeError:

@@ -177,8 +177,12 @@ def test_controller_failover_and_topic_deletion(zk: ZooKeeperHarness, coordinato
     wait_until(lambda: all(c.controller_id() == second for c in rest))
     # The new controller carries out deletions.
     rest[0].create_topic("doomed", 2, {})
+    client.create("/consumers/g1/offsets/doomed/0", b"17", makepath=True)
+    client.create("/consumers/g1/offsets/kept/0", b"5", makepath=True)
     rest[1].delete_topic("doomed")
     assert client.exists("/brokers/topics/doomed") is None
+    assert client.exists("/consumers/g1/offsets/doomed") is None
+    assert client.get("/consumers/g1/offsets/kept/0")[0] == b"5"
     assert client.get_children("/admin/delete_topics") == []
     wait_until(lambda: all("doomed" not in c.topics() for c in rest))
     with pytest.raises(UnknownTopicOrPartitionError):
