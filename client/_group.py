@@ -157,6 +157,7 @@ class GroupMember:
         self._retry_at = 0.0
         self._written: dict[TopicPartition, int] = {}
         self._watches_set = False
+        self._existing_topics: set[str] = set()
         self._closed = False
         self.rebalances = 0
         client.add_listener(self._on_state)
@@ -312,6 +313,7 @@ class GroupMember:
             except (NoNodeError, ValueError):
                 continue
             partitions[topic] = [p for p, b in placement.partitions.items() if b in live]
+        self._existing_topics = set(partitions)
         return range_assign(self.member_id, subscriptions, partitions, self._topics)
 
     def _rebalance(self, hooks: GroupHooks) -> bool:
@@ -322,7 +324,10 @@ class GroupMember:
         if revoked:
             self._call_listener("on_partitions_revoked", sorted(revoked))
             positions = hooks.positions()
-            self._write_offsets({tp: positions[tp] for tp in revoked if tp in positions})
+            # No commit for a deleted topic: the controller has just removed its offsets.
+            self._write_offsets(
+                {tp: positions[tp] for tp in revoked if tp in positions and tp.topic in self._existing_topics}
+            )
             keep = self._owned - revoked
             hooks.set_assignment(keep, {})
             for tp in revoked:
