@@ -122,3 +122,26 @@ def test_cluster_up_joins_a_given_zookeeper(tmp_path: Path, zk) -> None:  # type
     assert rc == 0
     wait_until(lambda: _group_members(proc.pid) == [], timeout_s=10)
     wait_until(lambda: client.get_children("/brokers/ids") == [], timeout_s=10, message="clean deregistration")
+
+
+def test_cluster_up_fails_cleanly_when_a_broker_cannot_start(tmp_path: Path) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "cluster", "up", "--brokers", "1", "--base-port", str(port),
+             "--data-dir", str(tmp_path / "d")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO_ROOT),
+            start_new_session=True,
+        )
+        out, err = proc.communicate(timeout=90)
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert "broker 1 exited" in err and "cluster ready" not in out
+    wait_until(lambda: _group_members(proc.pid) == [], timeout_s=10, message="ZooKeeper stopped too")
