@@ -312,6 +312,33 @@ def test_manual_assignment_with_a_group_commits_and_resumes(zk_cluster: ZkCluste
         assert firsts == {0: 6, 1: 3}
 
 
+def test_deleted_and_recreated_topic_is_read_from_its_start(zk_cluster: ZkCluster) -> None:
+    _setup(zk_cluster, brokers=(1,), partitions=2, records_per_partition=5)
+    client = zk_cluster.client()
+    c = _consumer(zk_cluster, enable_auto_commit=False)
+    try:
+        got: dict = {}  # type: ignore[type-arg]
+        _poll_until([c], lambda: len(got.get(id(c), [])) == 10, sink=got)
+        c.commit()
+        assert client.exists(paths.group_offsets_path("g", TOPIC)) is not None
+        with Admin(bootstrap_servers=zk_cluster.bootstrap) as admin:
+            admin.delete_topics([TOPIC])
+        _poll_until([c], lambda: c.assignment() == set())
+        # The controller removed the group's offsets and the revocation did not write them back.
+        assert client.exists(paths.group_offsets_path("g", TOPIC)) is None
+        with Admin(bootstrap_servers=zk_cluster.bootstrap) as admin:
+            admin.create_topics([NewTopic(TOPIC, 2)])
+        with Producer(zookeeper=zk_cluster.hosts) as p:
+            for i in range(3):
+                p.send(TOPIC, b"new-%d" % i, partition=0)
+            p.flush(30)
+        again: dict = {}  # type: ignore[type-arg]
+        _poll_until([c], lambda: len(again.get(id(c), [])) == 3, sink=again)
+        assert sorted(again[id(c)]) == [(0, 0), (0, 1), (0, 2)]
+    finally:
+        c.close()
+
+
 def test_group_needs_zookeeper(zk_cluster: ZkCluster) -> None:
     _setup(zk_cluster, brokers=(1,), partitions=1)
     with pytest.raises(LocalUsageError):
