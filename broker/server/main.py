@@ -153,9 +153,12 @@ async def _serve(config: Any) -> int:
             ],
         )
         annal_pb2_grpc.add_AnnalServicer_to_server(AnnalServicer(broker), grpc_server)
-        grpc_port = grpc_server.add_insecure_port(f"{config.host}:{config.port}")
+        try:
+            grpc_port = grpc_server.add_insecure_port(f"{config.host}:{config.port}")
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            grpc_port = 0
         if not grpc_port:
-            raise OSError(f"cannot listen on {config.host}:{config.port} (gRPC)")
+            raise OSError(f"cannot listen on {config.host}:{config.port} for gRPC (address in use?)")
         metrics_port = -1
         if config.metrics_port >= 0:
             metrics_port = broker.metrics.serve(config.host, config.metrics_port)

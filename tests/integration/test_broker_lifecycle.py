@@ -162,3 +162,19 @@ def test_segments_roll_and_retention_runs_on_the_timer(broker_factory):
     assert 1 < len(logs) < 10
     b.wait_for_log(r"retention deleted")
     b.wait_for_log(r"rolled small-0: new segment at offset \d+")
+
+
+@pytest.mark.parametrize("which", ["--port", "--fetch-port"])
+def test_port_in_use_is_a_clear_error(tmp_path, which):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        args = {"--port": "0", "--fetch-port": "0", which: str(port)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
+             "--port", args["--port"], "--fetch-port", args["--fetch-port"], "--metrics-port", "-1"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )
+    assert proc.returncode == 2
+    assert "broker failed to start" in proc.stderr and "Traceback" not in proc.stderr
