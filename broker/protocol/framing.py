@@ -95,6 +95,7 @@ RESPONSE_HEADER_SIZE = 6  # correlation_id, error_code
 DEFAULT_MAX_FRAME_BYTES = 100 * 1024 * 1024
 MAX_STRING_BYTES = 0x7FFF
 _RECYCLE_MIN_BYTES = 64 * 1024  # smaller frames are cheap to allocate
+_INITIAL_FRAME_BYTES = 4 * 1024 * 1024  # larger frames grow as their bytes arrive
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -288,9 +289,11 @@ class FrameReader:
                     return
                 if self._frame is None:  # a zero-length frame completed at once
                     continue
+            if self._filled == len(self._frame):  # type: ignore[arg-type]
+                self._grow()
             frame = self._frame
             assert frame is not None
-            take = min(self._frame_len - self._filled, end - pos)
+            take = min(len(frame) - self._filled, end - pos)
             frame[self._filled : self._filled + take] = mv[pos : pos + take]
             self._filled += take
             pos += take
@@ -300,8 +303,19 @@ class FrameReader:
     def get_buffer(self) -> memoryview:
         """A writable buffer for the next ``recv_into``; follow with ``buffer_updated(n)``."""
         if self._frame is not None:
+            if self._filled == len(self._frame):
+                self._grow()
             return memoryview(self._frame)[self._filled : self._frame_len]
         return self._scratch_view
+
+    def _grow(self) -> None:
+        """Double the buffer of a large frame that has filled what it has (a new buffer and
+        one copy: the old one may still be exported by the caller's last ``recv_into``)."""
+        assert self._frame is not None
+        old = self._frame
+        new = bytearray(min(self._frame_len, 2 * len(old)))
+        new[: self._filled] = old[: self._filled]
+        self._frame = new
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written at the start of the buffer last returned by ``get_buffer``."""
@@ -330,7 +344,9 @@ class FrameReader:
         if spare is not None and length >= _RECYCLE_MIN_BYTES and len(spare) >= length:
             self._frame, self._spare = spare, None
         else:
-            self._frame = bytearray(length)
+            # A length prefix alone must not make us allocate max_frame_bytes: frames above
+            # _INITIAL_FRAME_BYTES start there and double as their bytes actually arrive.
+            self._frame = bytearray(min(length, _INITIAL_FRAME_BYTES))
         self._frame_len = length
         self._filled = 0
         return True

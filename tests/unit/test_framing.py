@@ -288,3 +288,17 @@ def test_recycled_buffer_takes_the_next_large_frame():
     reader.receive_data(tiny[:3])
     reader.receive_data(tiny[3:])
     assert reader.next_frame().obj is not buf
+
+
+@pytest.mark.parametrize("use_buffer", [False, True])
+def test_a_length_prefix_alone_does_not_allocate_the_whole_frame(use_buffer):
+    records = bytes(range(256)) * (40 * 1024)  # 10 MiB
+    wire = fr.encode_produce_request(fr.ProduceRequest(7, 1, 1000, [fr.ProducePartition("t", 0, records)]))
+    reader = fr.FrameReader()
+    reader.receive_data(wire[:100])
+    assert reader.frame_bytes_expected == len(wire) - 4
+    assert len(reader._frame) <= 4 * 1024 * 1024  # grows as the bytes arrive
+    frames = _feed_all(reader, _chunks(wire[100:], list(range(0, len(wire), 777_777))), use_buffer)
+    assert len(frames) == 1
+    req = fr.decode_request(frames[0])
+    assert bytes(req.partitions[0].records) == records
