@@ -320,6 +320,17 @@ class Broker:
             plog = self.logs.get_or_create(topic, partition, self._log_config(placement.config))
         return plog
 
+    def append_may_flush(self, topics: Iterable[str]) -> bool:
+        """True when an append to one of ``topics`` may ``fdatasync`` before it returns (the
+        topic sets ``flush_messages``), so that callers keep it off latency-critical threads."""
+        placements = self._placements
+        default = self.config.topic_defaults["flush_messages"]
+        for topic in topics:
+            placement = placements.get(topic)
+            if placement is not None and placement.config.get("flush_messages", default) != NEVER:
+                return True
+        return False
+
     def max_message_bytes(self, topic: str) -> int:
         placement = self._placements.get(topic)
         overrides = placement.config if placement is not None else {}

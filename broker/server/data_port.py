@@ -16,8 +16,10 @@ appended). An idle long-poll costs a timer and a few dict entries, no CPU; when 
 with no append since the last read, that (empty) read is the answer. Only answers that move
 bytes run as tasks: a FETCH with records (the fixed fields, then the batches with asyncio's
 native ``loop.sendfile`` straight from the segment file, so record bytes never pass through
-Python) and every PRODUCE (appended on the loop's executor threads: ``pwrite`` releases the GIL,
-and a write into new page-cache pages, a roll or an ``fdatasync`` never stalls the loop).
+Python) and a PRODUCE whose append may ``fdatasync`` (acks=-1, or a topic with
+``flush_messages``), which runs on the loop's executor threads so that it never stalls the loop.
+Other PRODUCE requests are appended on the loop thread itself: on this 2-core machine that is
+1.5-2.5x the throughput of a thread hand-off per request.
 
 Failure handling: a frame whose length prefix is out of bounds, or that does not parse, is
 answered with INVALID_REQUEST and the connection closed; a peer that stops in the middle of a
@@ -466,6 +468,9 @@ class DataPortServer:
                 _LongPoll(self, conn, req, started).start()
             elif self._answer_fetch(conn, req, self._read_all(req), started):
                 conn.busy = False
+        elif req.acks != -1 and not self.broker.append_may_flush(p.topic for p in req.partitions):
+            self._produce_inline(conn, req, frame)
+            conn.busy = False
         else:
             assert self._loop is not None
             conn.task = self._loop.create_task(self._produce(conn, req, frame))
@@ -615,9 +620,42 @@ class DataPortServer:
                 ))
         return out
 
+    def _answer_produce(self, conn: _Connection, req: fr.ProduceRequest, results: list[fr.ProducePartitionResult]) -> str:
+        """Log refusals and send the answer (none for acks=0; with acks=0 and a refused
+        partition the connection is closed instead, as Kafka does, so that the producer
+        notices). Returns the outcome label for the metrics."""
+        outcome = "NONE"
+        errors = [r for r in results if r.error_code]
+        if errors:
+            outcome = "PARTITION_ERRORS"
+            for r in errors:
+                if r.error_code not in (3, 6):  # unknown partition / not leader are routine
+                    log.info("data port %s: produce to %s-%d refused: %s", conn.peer, r.topic[:100],
+                             r.partition, r.error_message)
+        if req.acks == 0:
+            if errors:
+                log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
+                conn.close()
+            return outcome
+        conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
+        return outcome
+
+    def _produce_inline(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
+        """acks 0/1 without a flush on append: append on the loop thread and answer at once.
+        Measured on this machine, this is 1.5-2.5x the throughput of handing each append to a
+        thread (the hand-off and the GIL ping-pong cost more than the write)."""
+        started = time.perf_counter()
+        outcome = "NONE"
+        try:
+            results = self._produce_sync(req)
+            conn.reader.recycle(frame)  # the log has copied the batches
+            outcome = self._answer_produce(conn, req, results)
+        finally:
+            self._observe_produce(outcome, time.perf_counter() - started)
+
     async def _produce(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
-        """Append (on an executor thread) and answer. With acks=0 and a refused partition the
-        connection is closed instead (as Kafka does), so that the producer notices."""
+        """Append on an executor thread (acks=-1, or a topic with flush_messages: the append
+        may fdatasync, which must not stall the loop and every other connection), then answer."""
         loop = self._loop
         assert loop is not None
         started = time.perf_counter()
@@ -627,20 +665,9 @@ class DataPortServer:
             # The log has copied the batches into its file: the frame's buffer can take the
             # next large request (saves allocating and zeroing it).
             conn.reader.recycle(frame)
-            errors = [r for r in results if r.error_code]
-            if errors:
-                outcome = "PARTITION_ERRORS"
-                for r in errors:
-                    if r.error_code not in (3, 6):  # unknown partition / not leader are routine
-                        log.info("data port %s: produce to %s-%d refused: %s", conn.peer, r.topic[:100],
-                                 r.partition, r.error_message)
-            if req.acks == 0:
-                if errors:
-                    log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
-                    conn.close()
-                return
-            conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
-            await conn.drain(loop)
+            outcome = self._answer_produce(conn, req, results)
+            if not conn.closed:
+                await conn.drain(loop)
         except (ConnectionError, TimeoutError, OSError) as err:
             outcome = "NETWORK_EXCEPTION"
             log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)

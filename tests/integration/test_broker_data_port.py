@@ -450,3 +450,12 @@ def test_many_connections_at_once(b, stub):
         t.join()
     assert not errors, errors
     assert_serves(b, topic, 200)
+
+
+def test_topic_with_flush_messages_appends_and_answers(b, stub):
+    topic = new_topic(stub, flush_messages=1)  # each append fdatasyncs: done off the event loop
+    with client(b) as c, client(b) as other:
+        for i in range(3):
+            r = c.produce([(topic, 0, make_batch(2))]).partitions[0]
+            assert (r.error_code, r.base_offset) == (0, 2 * i)
+            assert other.fetch([(topic, 0, 0, 1 << 20)]).partitions[0].high_watermark == 2 * (i + 1)
