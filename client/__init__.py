@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from client import errors
 from client._accumulator import FutureRecordMetadata
+from client._group import ConsumerRebalanceListener
 from client.admin import EARLIEST, LATEST, Admin
 from client.consumer import Consumer
 from client.producer import Producer
@@ -31,6 +32,7 @@ __all__ = [
     "BrokerMetadata",
     "ClusterDescription",
     "Consumer",
+    "ConsumerRebalanceListener",
     "ConsumerRecord",
     "EARLIEST",
     "FutureRecordMetadata",
