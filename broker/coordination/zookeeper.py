@@ -190,6 +190,9 @@ class ZooKeeperCoordinator(Coordinator):
             ChildrenWatch(self._zk, paths.BROKER_TOPICS, self._on_topics_changed)
             ChildrenWatch(self._zk, paths.DELETE_TOPICS, self._on_delete_requests)
             DataWatch(self._zk, paths.CONTROLLER, self._on_controller_changed)
+        except (KazooException, KazooTimeoutError) as exc:
+            self._close_client()
+            raise NetworkError(f"ZooKeeper failed while broker {me.broker_id} was joining the cluster: {exc!r}") from exc
         except BaseException:
             self._close_client()
             raise
