@@ -243,3 +243,13 @@ def test_dropped_connection_keeps_session_and_registration(zk: ZooKeeperHarness,
     c.create_topic("still-works", 1, {})
     assert client.exists("/brokers/ids/6").czxid == czxid
     wait_until(lambda: c.is_controller and "still-works" in c.topics())
+
+
+def test_unreachable_zookeeper_is_a_network_error() -> None:
+    from broker.coordination.zk_server import find_free_port
+    from broker.errors import NetworkError
+
+    c = ZooKeeperCoordinator(f"127.0.0.1:{find_free_port()}/x", connect_timeout_ms=1000)
+    with pytest.raises(NetworkError, match="could not connect to ZooKeeper"):
+        c.start(_info(1))
+    c.stop()
