@@ -1,7 +1,7 @@
 """A full disk: appends into a small tmpfs (mounted by the test) until ENOSPC.
 
-What must hold: the produce fails with a clear StorageError (KAFKA_STORAGE_ERROR, code 56), the
-broker stays up, everything appended before stays readable and CRC-valid, and appends resume
+What must hold: the produce fails with a clear StorageError (KAFKA_STORAGE_ERROR, code 56) on
+the data port and on gRPC, the broker stays up, everything appended before stays readable and CRC-valid, and appends resume
 once space is freed (a filler file deleted). The tmpfs needs mount rights; without them the
 tests skip and say why.
 """
@@ -14,9 +14,11 @@ import sys
 import textwrap
 import uuid
 
+import grpc
 import pytest
 
 from broker.errors import StorageError
+from broker.protocol import annal_pb2, annal_pb2_grpc
 from client import Admin, NewTopic
 from tests.harness.batches import make_batch
 from tests.harness.broker import BrokerProcess, attach_logs
@@ -119,6 +121,12 @@ def test_broker_answers_enospc_with_storage_error_stays_up_and_resumes(tmp_path,
             assert "No space left on device" in err.error_message, err.error_message
             # The connection stays usable and the broker stays up; every retry fails the same way.
             assert _produce(c, topic, batch).error_code == StorageError.code
+            # gRPC Produce answers the same error.
+            with grpc.insecure_channel(b.bootstrap) as channel:
+                resp = annal_pb2_grpc.AnnalStub(channel).Produce(annal_pb2.ProduceRequest(
+                    acks=-1, timeout_ms=10_000,
+                    partitions=[annal_pb2.ProducePartition(topic=topic, partition=0, batches=[batch])]), timeout=30)
+            assert resp.results[0].error_code == StorageError.code, resp
             assert b.running
             got = fetch_all(b.fetch_address, topic)
             assert len(got.records) == acked and got.high_watermark == acked
