@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import signal
@@ -305,33 +306,28 @@ def _fmt(values: list[float], unit: str, digits: int = 2) -> tuple[str, str]:
     return f"{med:.{digits}f} {unit}", ", ".join(f"{v:.{digits}f}" for v in values)
 
 
-def write_report(
-    path: Path, results: dict[str, list[dict[str, float]]], args: argparse.Namespace, command: str, date: str | None = None
-) -> None:
-    """Write the markdown fragment (overwrites ``path``); ``date`` defaults to now."""
-    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    session_s = args.session_timeout_ms / 1000
+def _rows(name: str, runs: list[dict[str, float]], session_timeout_ms: int) -> list[tuple[str, str, str, str, str]]:
+    """Table rows (figure, target, median, met, runs) of one figure's runs."""
+    session_s = session_timeout_ms / 1000
     limit_s = session_s + 2
-    rows: list[tuple[str, str, str, str, str]] = []
 
     def met(ok: bool) -> str:
         return "yes" if ok else "no"
 
-    if "failover" in results:
-        runs = results["failover"]
+    rows: list[tuple[str, str, str, str, str]] = []
+    if name == "failover":
         values = [r["failover_s"] for r in runs]
         med, each = _fmt(values, "s")
         rows.append((f"SIGKILL of a broker -> producer sends only to live brokers (3 brokers, {session_s:g} s session)",
                      f"<= {limit_s:g} s", med, met(statistics.median(values) <= limit_s), each))
         med, each = _fmt([r["notify_s"] for r in runs], "s")
         rows.append(("of which: SIGKILL -> producer metadata marks the broker dead", "informational", med, "-", each))
-    if "rebalance" in results:
-        values = [r["rebalance_s"] for r in results["rebalance"]]
+    elif name == "rebalance":
+        values = [r["rebalance_s"] for r in runs]
         med, each = _fmt(values, "s")
         rows.append((f"3-member group: SIGKILL of a member -> survivors own all 6 partitions ({session_s:g} s session)",
                      f"<= {limit_s:g} s", med, met(statistics.median(values) <= limit_s), each))
-    if "throughput" in results:
-        runs = results["throughput"]
+    elif name == "throughput":
         ratios = [r["cluster_rps"] / r["single_rps"] for r in runs]
         ok = statistics.median(ratios) > 1
         med, each = _fmt([r["cluster_rps"] for r in runs], "rec/s")
@@ -344,24 +340,39 @@ def write_report(
         rows.append(("CPU busy during 3 x 3 (brokers + producers CPU s / wall s)", f"informational (machine has {os.cpu_count()})", med, "-", each))
         med, each = _fmt([r["single_cores"] for r in runs], "cores")
         rows.append(("CPU busy during 1 x 1", f"informational (machine has {os.cpu_count()})", med, "-", each))
+    return rows
+
+
+def write_report(path: Path, figures: dict[str, dict[str, Any]]) -> None:
+    """Write the markdown fragment from ``figures`` (name -> {"runs", "command", "date",
+    "session_timeout_ms"}); hand-written notes (from the first ``### `` heading on) of the
+    existing file are kept."""
+    notes = ""
+    if path.exists():
+        old = path.read_text()
+        at = old.find("\n### ")
+        if at >= 0:
+            notes = old[at + 1 :]
     lines = [
         "## Cluster mode (ZooKeeper)",
         "",
-        f"Command: `{command}` — date: {date} — machine: {_machine()}.",
-        f"Each run starts a fresh local ZooKeeper (Debian package, tickTime 500 ms) and broker processes via `LocalCluster`; median of {args.runs} runs.",
+        f"Machine: {_machine()}. Each run starts a fresh local ZooKeeper (Debian package, tickTime 500 ms) "
+        "and broker processes via `LocalCluster`; the median of the runs is reported.",
         "",
-        "| Figure | Target | Median | Met | Runs |",
-        "|---|---|---|---|---|",
+        "| Figure | Target | Median | Met | Runs | Command | Date |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
-    lines.append("")
-    loads = ", ".join(
-        f"{name}: " + "/".join(f"{r['load1_before']:.1f}" for r in runs) for name, runs in results.items()
-    )
-    lines.append(f"1-minute load average before each run (other work shares this machine): {loads}.")
-    lines.append("")
+    loads = []
+    for name in ("failover", "rebalance", "throughput"):
+        fig = figures.get(name)
+        if not fig:
+            continue
+        for a, b, c, d, e in _rows(name, fig["runs"], fig["session_timeout_ms"]):
+            lines.append(f"| {a} | {b} | {c} | {d} | {e} | `{fig['command']}` | {fig['date']} |")
+        loads.append(f"{name}: " + "/".join(f"{r['load1_before']:.1f}" for r in fig["runs"]))
+    lines += ["", f"1-minute load average before each run (other work shares this machine): {', '.join(loads)}.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + (("\n" + notes) if notes else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,24 +384,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks" / "cluster.md"))
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-    results: dict[str, list[dict[str, float]]] = {}
+    out = Path(args.out)
+    store = out.with_suffix(".json")  # every figure's runs; --only re-measures some, keeps the rest
+    figures: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
+    command = ("python -m bench.cluster " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     for name in wanted:
+        if name not in ("failover", "rebalance", "throughput"):
+            parser.error(f"unknown figure {name!r}")
+        runs: list[dict[str, float]] = []
         for run in range(1, args.runs + 1):
             load1 = os.getloadavg()[0]  # the machine is shared: record how busy it was
             if name == "failover":
                 r = run_failover(args.session_timeout_ms)
             elif name == "rebalance":
                 r = run_rebalance(args.session_timeout_ms)
-            elif name == "throughput":
-                r = run_throughput(args.session_timeout_ms, args.seconds)
             else:
-                parser.error(f"unknown figure {name!r}")
+                r = run_throughput(args.session_timeout_ms, args.seconds)
             r["load1_before"] = load1
-            results.setdefault(name, []).append(r)
+            runs.append(r)
             print(f"{name} run {run}: " + ", ".join(f"{k}={v:,.3f}" for k, v in r.items()), flush=True)
-    command = "python -m bench.cluster " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(Path(args.out), results, args, command.strip())
-    print(Path(args.out).read_text())
+        figures[name] = {
+            "runs": runs,
+            "command": command,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "session_timeout_ms": args.session_timeout_ms,
+            "seconds": args.seconds,
+        }
+        store.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    write_report(out, figures)
+    print(out.read_text())
     return 0
 
 
