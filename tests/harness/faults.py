@@ -1,8 +1,8 @@
 """Fault injection and after-the-fact checking for the reliability suite (tests/reliability/).
 
 Faults are real: a broker process is killed with SIGKILL (``BrokerProcess.kill``), files of a
-stopped broker's data directory are cut, flipped or overwritten here, a small tmpfs is mounted to
-run out of space, and the ZooKeeper server is stopped by ``tests.harness.zookeeper``. Randomness
+stopped broker's data directory are cut, flipped or overwritten here, a small tmpfs or ext4 image
+is mounted to run out of space, and the ZooKeeper server is stopped by ``tests.harness.zookeeper``. Randomness
 comes from one seeded ``random.Random`` per test (``seeded_rng``): the seed is printed, and
 ``ANNAL_FAULT_SEED=<seed>`` replays a run.
 
@@ -49,7 +49,7 @@ __all__ = [
     "fill_with_garbage",
     "fetch_all",
     "FetchedLog",
-    "TmpfsMount",
+    "SizeLimitedMount",
     "fill_filesystem",
 ]
 
@@ -343,28 +343,43 @@ def fetch_all(address: tuple[str, int], topic: str, partition: int = 0, *,
 # ---------------------------------------------------------------------------------- full disks
 
 
-class TmpfsMount:
-    """A tmpfs of ``size_bytes`` mounted on ``path`` (made by the test, unmounted at exit).
+class SizeLimitedMount:
+    """A small filesystem mounted on ``path`` for the test (unmounted at exit): ``"tmpfs"``
+    (``mount -t tmpfs -o size=``) or ``"ext4"`` (an image file next to ``path``, made with
+    ``mkfs.ext4 -m 0`` and loop-mounted).
 
-    Needs the right to mount (root or CAP_SYS_ADMIN); ``mount()`` skips the test with the
-    reason when it cannot. tmpfs counts only allocated pages, so sparse preallocated segment
-    files cost nothing until written, as on ext4 or XFS."""
+    Needs the right to mount (root or CAP_SYS_ADMIN, and loop devices for ext4); ``mount()``
+    skips the test with the reason when it cannot. Both count only allocated blocks, so sparse
+    preallocated segment and index files cost nothing until written."""
 
-    def __init__(self, path: pathlib.Path, size_bytes: int) -> None:
+    def __init__(self, path: pathlib.Path, size_bytes: int, fstype: str = "tmpfs") -> None:
+        if fstype not in ("tmpfs", "ext4"):
+            raise ValueError(f"fstype must be tmpfs or ext4, not {fstype!r}")
         self.path = path
         self.size_bytes = size_bytes
+        self.fstype = fstype
         self.mounted = False
 
-    def mount(self) -> TmpfsMount:
-        self.path.mkdir(parents=True, exist_ok=True)
+    def _run(self, *args: str) -> None:
         try:
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes}", "tmpfs", str(self.path)],
-                               capture_output=True, text=True, timeout=30)
+            r = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
-            pytest.skip(f"cannot mount a size-limited tmpfs here ({e}); the disk-full tests need mount rights")
+            pytest.skip(f"cannot make a size-limited {self.fstype} here ({args[0]}: {e}); "
+                        "the disk-full tests need mount rights")
         if r.returncode != 0:
-            pytest.skip(f"cannot mount a size-limited tmpfs here (mount: {r.stderr.strip() or r.returncode}); "
-                        "the disk-full tests need root or CAP_SYS_ADMIN")
+            pytest.skip(f"cannot make a size-limited {self.fstype} here ({args[0]}: "
+                        f"{r.stderr.strip() or r.returncode}); the disk-full tests need root or CAP_SYS_ADMIN")
+
+    def mount(self) -> SizeLimitedMount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.fstype == "tmpfs":
+            self._run("mount", "-t", "tmpfs", "-o", f"size={self.size_bytes}", "tmpfs", str(self.path))
+        else:
+            image = self.path.with_name(self.path.name + ".img")
+            with open(image, "wb") as f:
+                f.truncate(self.size_bytes)
+            self._run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+            self._run("mount", "-o", "loop", str(image), str(self.path))
         self.mounted = True
         return self
 
@@ -374,10 +389,10 @@ class TmpfsMount:
 
     def unmount(self) -> None:
         if self.mounted:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30)
+            subprocess.run(["umount", str(self.path)], capture_output=True, timeout=60)
             self.mounted = False
 
-    def __enter__(self) -> TmpfsMount:
+    def __enter__(self) -> SizeLimitedMount:
         return self.mount()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,9 +1,10 @@
-"""A full disk: appends into a small tmpfs (mounted by the test) until ENOSPC.
+"""A full disk: appends into a small filesystem (a tmpfs, or a loop-mounted ext4 image, mounted by
+the test) until ENOSPC.
 
 What must hold: the produce fails with a clear StorageError (KAFKA_STORAGE_ERROR, code 56) on
 the data port and on gRPC, the broker stays up, everything appended before stays readable and CRC-valid, and appends resume
-once space is freed (a filler file deleted). The tmpfs needs mount rights; without them the
-tests skip and say why.
+once space is freed (a filler file deleted). Mounting needs root or CAP_SYS_ADMIN; without
+them the tests skip and say why.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from client import Admin, NewTopic
 from tests.harness.batches import make_batch
 from tests.harness.broker import BrokerProcess, attach_logs
 from tests.harness.data_port import DataPortClient
-from tests.harness.faults import TmpfsMount, fetch_all, fill_filesystem, scan_data_dir
+from tests.harness.faults import SizeLimitedMount, fetch_all, fill_filesystem, scan_data_dir
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -68,12 +69,13 @@ _INDEX_PAGE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.timeout(60)
-def test_index_page_that_cannot_be_allocated_fails_the_append_instead_of_killing_the_process(tmp_path):
+@pytest.mark.parametrize("fstype", ["tmpfs", "ext4"])
+def test_index_page_that_cannot_be_allocated_fails_the_append_instead_of_killing_the_process(tmp_path, fstype):
     """The active segment's index is a sparse file mapped shared; storing an entry into a page
     the full filesystem cannot back is SIGBUS. With 0..5 free pages (the batch needs 3 for its
     ``.log`` bytes and 1 for its index page) every append either succeeds or raises
     StorageError, and the log reopens whole."""
-    with TmpfsMount(tmp_path / "mnt", 4 << 20) as mnt:
+    with SizeLimitedMount(tmp_path / "mnt", 4 << 20, fstype) as mnt:
         r = subprocess.run([sys.executable, "-c", _INDEX_PAGE_SCRIPT, str(mnt.path)], capture_output=True,
                            text=True, timeout=50, cwd=REPO_ROOT)
     assert r.returncode == 0, f"exit status {r.returncode} (-7 is SIGBUS)\n{r.stdout}\n{r.stderr}"
@@ -88,8 +90,9 @@ def _produce(c: DataPortClient, topic: str, batch: bytes, acks: int = -1):
 
 
 @pytest.mark.timeout(120)
-def test_broker_answers_enospc_with_storage_error_stays_up_and_resumes(tmp_path, request):
-    mnt = TmpfsMount(tmp_path / "mnt", 24 << 20).mount()
+@pytest.mark.parametrize("fstype", ["tmpfs", "ext4"])
+def test_broker_answers_enospc_with_storage_error_stays_up_and_resumes(tmp_path, request, fstype):
+    mnt = SizeLimitedMount(tmp_path / "mnt", 24 << 20, fstype).mount()
     # The data dir lives on the tmpfs; the broker's log and config file stay outside it.
     b = BrokerProcess(mnt.path / "data", log_path=tmp_path / "full.broker.log",
                       config={"topic_defaults": {"segment_bytes": 1 << 20}})
@@ -139,7 +142,7 @@ def test_broker_answers_enospc_with_storage_error_stays_up_and_resumes(tmp_path,
                 acked += 16
         got = fetch_all(b.fetch_address, topic)
         assert [o for o, _ in got.records] == list(range(acked))
-        print(f"disk full: ENOSPC answered as {err.error_code} after {acked - 80} records; "
+        print(f"disk full ({fstype}): ENOSPC answered as {err.error_code} after {acked - 80} records; "
               f"{acked} records readable after space was freed")
         b.stop()
         scans = scan_data_dir(b.data_dir)
