@@ -66,6 +66,11 @@ class ProduceRequestResult:
         return self._event.wait(timeout)
 
 
+def _refuse_append(*_args: Any) -> int:
+    """The append of a completed batch: never takes a record (-1, as a full batch)."""
+    return -1
+
+
 class ProducerBatch:
     """One batch of one partition: an open BatchBuilder until drained, then built bytes.
 
@@ -85,12 +90,13 @@ class ProducerBatch:
         "reserved",
         "buffer",
         "last_error",
+        "count",
     )
 
     def __init__(self, tp: TopicPartition, builder: BatchBuilder, now_ms: float, delivery_timeout_ms: int, reserved: int) -> None:
         self.tp = tp
-        self.builder = builder
-        self.append = builder.append
+        self.builder: BatchBuilder | None = builder
+        self.append: Callable[..., int] = builder.append
         self.result = ProduceRequestResult()
         self.created_ms = now_ms
         self.deadline_ms = now_ms + delivery_timeout_ms
@@ -100,21 +106,34 @@ class ProducerBatch:
         self.reserved = reserved
         self.buffer: bytes | None = None
         self.last_error: BaseException | None = None
+        self.count = 0
 
     @property
     def records_count(self) -> int:
         """Records in the batch."""
-        return self.builder.records_count
+        builder = self.builder
+        return builder.records_count if builder is not None else self.count
 
     def close(self) -> bytes:
         """Stop appends and build the batch bytes (base offset 0: the broker assigns it)."""
         self.closed = True
         if self.buffer is None:
+            assert self.builder is not None, "a completed batch is never sent again"
             self.buffer = self.builder.build(0)
         return self.buffer
 
     def complete(self, base_offset: int, error: BaseException | None) -> None:
-        """Record the outcome, wake waiters and run callbacks (in the calling thread)."""
+        """Record the outcome, wake waiters and run callbacks (in the calling thread).
+
+        The record bytes are dropped here: an application that keeps futures keeps only this
+        small object and its result, not the batch it was sent in.
+        """
+        builder = self.builder
+        if builder is not None:
+            self.count = builder.records_count
+            self.builder = None
+            self.append = _refuse_append
+        self.buffer = None
         r = self.result
         with _callback_lock:
             if r.done:
@@ -456,7 +475,7 @@ class RecordAccumulator:
                     b = dq[0]
                     if b.retry_at_ms > now_ms:
                         break
-                    nbytes = b.builder.size_in_bytes
+                    nbytes = b.builder.size_in_bytes if b.builder is not None else 0
                     if (taken or out) and size + nbytes > max_request_size:
                         break
                     dq.popleft()

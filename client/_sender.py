@@ -336,8 +336,9 @@ class Sender(threading.Thread):
                 base = result.base_offset
                 complete = self.acc.complete
                 for b in batches:
+                    n = b.records_count
                     complete(b, base, None)
-                    base += b.builder.records_count
+                    base += n
             else:
                 cls = for_code(result.error_code)
                 details: dict[str, Any] = {}

@@ -153,3 +153,15 @@ def test_abort_all_fails_waiting_batches():
     acc.abort_all(KafkaTimeoutError("closing"))
     assert f.failed() and isinstance(f.exception, KafkaTimeoutError)
     assert acc.incomplete_batches() == []
+
+
+def test_completed_batches_drop_their_record_bytes():
+    acc = make()
+    futs = [acc.append("t", 0, 3, 1, None, b"v" * 100, None, 1000) for _ in range(5)]
+    (b,) = acc.drain([TP0], 1 << 20)[TP0]
+    b.close()
+    acc.complete(b, 10, None)
+    assert b.builder is None and b.buffer is None  # kept futures keep no record bytes
+    assert b.records_count == 5
+    assert [f.get().offset for f in futs] == [10, 11, 12, 13, 14]
+    assert b.append(1, None, b"late", None) == -1
