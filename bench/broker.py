@@ -14,7 +14,8 @@ bytes: ``os.write`` of the batches into a new file (fresh page-cache pages, as a
 fetch: a 1 GiB partition (written first, so it is in the page cache) read from offset 0 to its
 end by one client with ``--fetch-max-mib`` (default 64) per request, one request in flight; the baseline is a
 separate process doing ``os.sendfile`` of the same segment files to one socket, read by the same
-kind of client loop (``recv_into`` a reused buffer), in the same run.
+kind of client loop (``recv_into`` a reused buffer of the fetch size, filled front to back), in
+the same run.
 idle: ``--clients`` connections, each long-polling its own empty partition (max_wait_ms 500, as
 Kafka's fetch.max.wait.ms, min_bytes 1, re-sent as soon as answered); broker CPU % of one core
 from /proc/<pid>/stat (utime + stime) over ``--window-s`` seconds after a warm-up.
@@ -280,12 +281,19 @@ def fetch_bare_sendfile(files: list[str], chunk: int) -> tuple[float, int]:
     buf = bytearray(chunk)
     view = memoryview(buf)
     total = 0
+    pos = 0
     started = time.perf_counter()
     while True:
-        n = sock.recv_into(view)
+        # Fill the buffer front to back, as the data port client fills a response frame (a
+        # loop that always receives at the start of the buffer would keep the same few
+        # megabytes hot in the cache, which no real consumer does).
+        n = sock.recv_into(view[pos:])
         if n == 0:
             break
         total += n
+        pos += n
+        if pos == chunk:
+            pos = 0
     elapsed = time.perf_counter() - started
     sock.close()
     proc.wait()
