@@ -275,7 +275,10 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         "(durable writes), buffered write (appends/produce) or loopback send (socket figures), and none "
         "for CPU-bound byte rates; record rates by the "
         "pure-Python floor of framing 100-byte records; fsync-bound latencies as fdatasync time / "
-        "measured. A fragment's own ceiling column is used when it has one.",
+        "measured. A fragment's own ceiling column is used when it has one. The ceiling runs and a "
+        "figure's runs happened at different moments on a shared machine: a fraction above 1 means the "
+        "figure's runs met a quieter machine than the ceiling's, and reads as \"at the ceiling\" (several "
+        "fragments also measured a bare ceiling in the same runs as their figure; see their rows).",
         "",
         "| area | figure | target | measured (median of 3) | fraction of ceiling | met? | command |",
         "|---|---|---|---|---|---|---|",
