@@ -76,6 +76,7 @@ class Consumer:
         key_deserializer / value_deserializer: callables applied to the raw bytes.
         check_crcs: verify each batch's CRC-32C before decoding it.
         consumer_timeout_ms: iteration stops after this long without a record (default: never).
+        metadata_max_age_ms: how often the partitions of consumed topics are re-read.
         zookeeper, enable_auto_commit, auto_commit_interval_ms: group consumption in cluster
             mode (see ``client._group``).
 
@@ -99,6 +100,7 @@ class Consumer:
         consumer_timeout_ms: float = float("inf"),
         retry_backoff_ms: int = 100,
         request_timeout_ms: int = 30000,
+        metadata_max_age_ms: int = 300000,
         zookeeper: str | None = None,
         enable_auto_commit: bool = True,
         auto_commit_interval_ms: int = 5000,
@@ -117,6 +119,7 @@ class Consumer:
         _check_int("retry_backoff_ms", retry_backoff_ms, 0)
         _check_int("request_timeout_ms", request_timeout_ms, 1)
         _check_int("auto_commit_interval_ms", auto_commit_interval_ms, 1)
+        _check_int("metadata_max_age_ms", metadata_max_age_ms, 0)
         if group_id is not None and not isinstance(group_id, str):
             raise TypeError(f"group_id must be a str, not {type(group_id).__name__}")
         if topics and group_id is not None and zookeeper is None:
@@ -162,7 +165,8 @@ class Consumer:
         # Topics whose every partition this consumer assigns itself (no group).
         self._topics: set[str] = set()
         self._manual = False
-        self._last_topic_refresh = 0.0
+        self._last_topic_refresh = time.monotonic()
+        self._metadata_max_age_ms = metadata_max_age_ms
         self._rotate = 0
         self._iter: Iterator[ConsumerRecord] | None = None
         self._group: Any = None
@@ -222,7 +226,10 @@ class Consumer:
             return
         missing = [t for t in self._topics if self._metadata.partition_count(t) is None]
         now = time.monotonic()
-        if missing and now - self._last_topic_refresh > 0.5:
+        age = now - self._last_topic_refresh
+        # Missing topics are asked for twice a second; known ones every metadata_max_age_ms,
+        # so a topic re-created with another partition count is picked up.
+        if (missing and age > 0.5) or age > self._metadata_max_age_ms / 1000.0:
             self._last_topic_refresh = now
             try:
                 self._metadata.refresh(list(self._topics))

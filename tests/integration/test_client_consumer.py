@@ -204,3 +204,18 @@ def test_misuse_gives_clear_errors(broker):
     c.close()
     with pytest.raises(ConsumerClosedError):
         c.poll()
+
+
+@pytest.mark.timeout(60)
+def test_topic_consumer_picks_up_a_recreated_topic_with_more_partitions(broker):
+    topic = new_topic(broker, 1)
+    produce(broker, topic, 5, partition=0)
+    with Consumer(topic, bootstrap_servers=broker.bootstrap, metadata_max_age_ms=200) as c:
+        assert len(poll_until(c, 5)) == 5
+        with Admin(broker.bootstrap) as admin:
+            admin.delete_topics([topic])
+            admin.create_topics([NewTopic(topic, 3)])
+        produce(broker, topic, 1, start=99, partition=2)
+        recs = poll_until(c, 1)
+        assert [(r.partition, r.value) for r in recs] == [(2, b"000099")]
+        assert c.assignment() == {TopicPartition(topic, p) for p in range(3)}
