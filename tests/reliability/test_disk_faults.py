@@ -95,7 +95,7 @@ def byte_flipped_in_last_batch(pdir, data_dir, rng):
 
 def index_file_deleted(pdir, data_dir, rng):
     layout = _layout(pdir)
-    path, _, batches = layout[rng.randrange(len(layout))]
+    path = layout[rng.randrange(len(layout))][0]
     index = path.with_suffix(".index")
     index.unlink()
     print(f"deleted {index.name}")
@@ -104,7 +104,7 @@ def index_file_deleted(pdir, data_dir, rng):
 
 def index_filled_with_garbage(pdir, data_dir, rng):
     layout = _layout(pdir)
-    path, _, batches = layout[rng.randrange(len(layout))]
+    path = layout[rng.randrange(len(layout))][0]
     index = path.with_suffix(".index")
     fill_with_garbage(index, rng)
     print(f"overwrote {index.name} ({index.stat().st_size} bytes) with random bytes")

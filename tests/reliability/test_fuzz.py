@@ -111,7 +111,8 @@ def _mutate(frame: bytes, mutation: str, rnd, other: bytes) -> bytes:
                                                  -1, -(2**31), 200 * 1024 * 1024, rnd.randrange(2**31)]))
         return bytes(b)
     if mutation == "count_lie" and len(b) >= 24:
-        # partition_count sits at 20 (produce: after acks+timeout) or 20 (fetch: after wait+min)
+        # partition_count: at 20 in a FETCH (after max_wait_ms, min_bytes), at 18 in a PRODUCE
+        # (after acks, timeout_ms); the api_key low byte is at 5
         struct.pack_into(">i", b, 20 if b[5] == 1 else 18, rnd.choice([-1, 0, 1, 1000, 2**31 - 1, -(2**31)]))
         return bytes(b)
     if mutation == "splice":
