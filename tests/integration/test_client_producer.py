@@ -310,3 +310,35 @@ def test_non_retriable_broker_error_fails_the_future_with_its_type(broker):
         assert big.failed() and big[0].attempts == 0  # not retried
         small = p.send(topic, b"fits")
         assert small.get(timeout=30).offset == 0  # the partition still works
+
+
+@pytest.mark.timeout(90)
+def test_one_producer_shared_by_threads(broker):
+    topic = new_topic(broker, 3)
+    results: dict = {}
+    with Producer(broker.bootstrap, batch_size=4096) as p:
+
+        def worker(w: int) -> None:
+            key = b"worker-%d" % w
+            futs = []
+            for i in range(3000):
+                # keyed and keyless records interleaved, through both send() paths
+                futs.append(p.send(topic, b"%d-%d" % (w, i), key=key if i % 2 else None))
+            results[w] = futs
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        p.flush(timeout=60)
+    positions = set()
+    for w, futs in results.items():
+        metas = [f.get(0) for f in futs]
+        keyed = [m for i, m in enumerate(metas) if i % 2]
+        assert len({m.partition for m in keyed}) == 1
+        assert [m.offset for m in keyed] == sorted(m.offset for m in keyed)  # per-key order
+        positions.update((m.partition, m.offset) for m in metas)
+    assert len(positions) == 12000  # every record has its own place
+    got = read_all(broker, topic, 12000)
+    assert sum(len(v) for v in got.values()) == 12000
