@@ -494,6 +494,11 @@ class Fetcher(threading.Thread):
                             st.buffered.append(CompletedFetch(r.records, offset, nxt, epoch))
                             st.fetch_offset = nxt
                             notify = True
+                        else:
+                            # Bytes but no whole batch (the broker always sends the first batch
+                            # whole, so this is a broker fault): do not spin on it.
+                            log.warning("fetch of %s at %d returned no whole batch", tp, offset)
+                            st.retry_at = now + self.retry_backoff_ms / 1000.0
                     continue
                 cls = for_code(r.error_code)
                 if cls is OffsetOutOfRangeError:
