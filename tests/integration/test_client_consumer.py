@@ -219,3 +219,29 @@ def test_topic_consumer_picks_up_a_recreated_topic_with_more_partitions(broker):
         recs = poll_until(c, 1)
         assert [(r.partition, r.value) for r in recs] == [(2, b"000099")]
         assert c.assignment() == {TopicPartition(topic, p) for p in range(3)}
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_batch_is_detected_by_its_crc(broker):
+    from client.errors import CorruptRecordError
+
+    topic = new_topic(broker)
+    tp = TopicPartition(topic, 0)
+    produce(broker, topic, 10)
+    segments = sorted((broker.data_dir / f"{topic}-0").glob("*.log"))
+    assert segments, "no segment file found"
+    seg = segments[-1]
+    data = bytearray(seg.read_bytes().rstrip(b"\0"))  # a preallocated tail stays untouched
+    data[-3] ^= 0xFF  # inside the last record's value
+    with open(seg, "r+b") as f:
+        f.seek(len(data) - 3)
+        f.write(bytes([data[-3]]))
+    with Consumer(bootstrap_servers=broker.bootstrap) as c:
+        c.assign([tp])
+        with pytest.raises(CorruptRecordError):
+            poll_until(c, 10, timeout_s=15)
+        assert c.position(tp) < 10  # the position stays before the bad batch
+    with Consumer(bootstrap_servers=broker.bootstrap, check_crcs=False) as c:
+        c.assign([tp])
+        recs = poll_until(c, 10)
+        assert len(recs) == 10 and recs[-1].value != b"%06d" % 9
