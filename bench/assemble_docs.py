@@ -145,7 +145,7 @@ def parse_tables(text: str, area: str) -> list[Row]:
 
 _QTY = re.compile(
     r"(?P<num>[0-9][0-9,]*(?:\.[0-9]+)?)\s*(?P<mult>[kKMG](?![Bi]))?\s*(?P<unit>"
-    r"GB/s|GiB/s|MB/s|MiB/s|records/s|records/sec|rec/s|msgs?/s|messages/s|ops/s|batches/s|reads/s|us|µs|ms|s\b|x\b)?"
+    r"GB/s|GiB/s|MB/s|MiB/s|records/s|records/sec|rec/s|msgs?/s|messages/s|ops/s|batches/s|reads/s|us|µs|ms|s\b|x\b|%)?"
 )
 
 
@@ -299,7 +299,7 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         judged.append((r, met.strip().lower()))
         cmd = r.command or "—"
         out.append(f"| {r.area} | {_esc(r.figure)} | {_esc(r.with_unit(r.target)) or '—'} | {_esc(measured)} | {_esc(frac)} | {_esc(met)} | {_esc(cmd)} |")
-    missed = [(r, m) for r, m in judged if m.startswith("no")]
+    missed = [(r, m) for r, m in judged if re.match(r"no\b", m)]
     out += ["", "## Targets missed", ""]
     if missed:
         out.append("What is in the way is written in each area's fragment (copied under \"Details by area\"); "
@@ -319,7 +319,12 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
     if ceiling_summary:
         from bench.ceiling import FIGURES
 
-        cmd = " ".join(ceiling_summary.get("command_line", ["annal-bench", "ceiling"]))
+        argv = list(ceiling_summary.get("command_line", ["annal-bench", "ceiling"]))
+        for opt in ("--json", "--plot"):  # where the summary was written is not part of the measurement
+            while opt in argv and argv.index(opt) + 1 < len(argv):
+                k = argv.index(opt)
+                del argv[k : k + 2]
+        cmd = " ".join(argv)
         out += [
             f"`{cmd}` at {ceiling_summary['started_at']}: each figure measured 3 times, interleaved; the median:",
             "",

@@ -121,3 +121,23 @@ def test_met_target_ratio_and_seconds() -> None:
     assert met_target("> 1", "1.4 x") == "yes"
     assert met_target("<= 8 s (session timeout + 2 s)", "6.26 s") == "yes"
     assert met_target(">= 1 producer -> 1 broker", "157,034 rec/s") == ""
+
+
+def test_percent_targets_and_not_stated_is_not_a_miss(tmp_path: Path) -> None:
+    from bench.assemble_docs import met_target
+
+    assert met_target(">= 80 %", "**120 %**") == "yes"
+    assert met_target(">= 80 %", "65 %") == "no"
+    frags = tmp_path / "b"
+    frags.mkdir()
+    (frags / "broker.md").write_text(
+        "| figure | target | median of 3 | runs |\n|---|---|---|---|\n"
+        "| fetch ratio | >= 80 % | **120 %** | 1, 2, 3 |\n"
+        "| odd one | >= 1 thing | 5 widgets | 1, 2, 3 |\n"
+        "| slow one | >= 10 MB/s | 5 MB/s | 1, 2, 3 |\n"
+    )
+    out = tmp_path / "o.md"
+    main(["--fragments", str(frags), "--ceiling-json", str(tmp_path / "none.json"), "--out", str(out)])
+    missed = out.read_text().split("## Targets missed")[1].split("## Machine ceilings")[0]
+    assert "slow one" in missed
+    assert "fetch ratio" not in missed and "odd one" not in missed  # met, and not stated
