@@ -87,6 +87,12 @@ NOTES = [
     "at 200, 1000 and 2000 records/s while the produce ack p50 was 4-6 ms. Commit ecd2cd2 sets `TCP_NODELAY` on "
     "accepted data-port sockets; the same probe then gave 0.27 ms / 0.39 ms (15:42 UTC), and the e2e rows "
     "above were measured after it.",
+    "- What is in the way of consume: `py-spy record --subprocesses -- annal-bench consume --num-records "
+    "1000000` (16:00 UTC; 330,533 records/s in that run) finds, of the consumer process's active samples, "
+    "71 % under `Consumer.poll`: 39 % in the codec's `decode_records_into` (32 % self time in "
+    "`_decode_uniform`) and 21 % self time in `Consumer._decode` building `ConsumerRecord`s; the fetch thread "
+    "takes 15 %, the bench's own byte counting 6 %. Consume throughput is bounded by per-record decoding in "
+    "Python, not by the broker (its sendfile fetch runs at a fraction of the ceiling, see `broker.md`).",
     "- The standalone broker, the producer or consumer process and the bench's parent share 2 cores, and "
     "the machine was shared with other engineers' runs: the spread between runs is the noise, not the "
     "code.",
