@@ -40,7 +40,10 @@ from __future__ import annotations
 
 import mmap
 import struct
+from itertools import repeat as _repeat
 from itertools import starmap as _starmap
+from operator import add as _add
+from operator import sub as _sub
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from crc32c import crc32c
@@ -667,7 +670,7 @@ def _read_headers(data: bytes, pos: int) -> tuple[tuple[tuple[str, bytes | None]
 _H: tuple[int, ...] = _ZZ + tuple((b & 127) >> 1 for b in range(128, 256))
 
 
-def _decode_into(
+def _decode_general(
     data: bytes,
     pos: int,
     end: int,
@@ -677,7 +680,8 @@ def _decode_into(
     out: list,
     cls: type[tuple],
 ) -> None:
-    """Decode the ``count`` records in ``data[pos:end]`` and append
+    """The general record decoder (any shape; the reference ``_decode_uniform`` must agree
+    with). Decode the ``count`` records in ``data[pos:end]`` and append
     ``cls((offset, timestamp, key, value, headers))`` for each to ``out``, cls being Record
     or tuple. ``tuple.__new__`` is called directly: it is the C constructor of a NamedTuple
     (Record's own ``__new__`` is a Python function), it returns an exact tuple unchanged, and
@@ -784,6 +788,201 @@ def _decode_into(
         raise CorruptRecordError(
             f"recordsCount {count} records end at {pos}, the batch at {end}", position=pos
         )
+
+
+# ------------------------------------------------------- decoding: the uniform fast path
+#
+# Producers almost always write batches whose records all have a null key, no headers and
+# values of one length (a BatchBuilder fed by one application thread). Such a records area is
+# a sequence of equal-sized records whose bytes differ only in the timestampDelta and
+# offsetDelta columns, and the stride changes only where offsetDelta gets one byte wider (at 64
+# and 8192). _decode_uniform checks a whole run of such records at once with C-level
+# operations on stepped slices (``data[column:stop:stride]`` is that column of every record)
+# and slices the values out with ``map``, so no Python bytecode runs per record.
+
+_OD1 = bytes(range(0, 128, 2))  # _OD1[n]: the one-byte varint of offsetDelta n < 64
+_OD2_LO = bytes(((n << 1) & 0x7F) | 0x80 for n in range(8192))  # first byte of varint(n), 64 <= n
+_OD2_HI = bytes(n >> 6 for n in range(8192))  # its second byte
+# The first bytes of two-byte varints of non-negative values (>= 0x80, even): a column of
+# them translated with these deleted is empty.
+_TSD2_LO = bytes(b for b in range(128, 256, 2))
+_SHL6: tuple[int, ...] = tuple(b << 6 for b in range(128))  # second varint byte's weight
+
+
+def _uniform_run_ok(data: bytes, pos: int, stop: int, stride: int, template: bytes, var: tuple[int, ...], k: int, od_cols: tuple[tuple[int, bytes], ...]) -> bool:
+    """True if the ``k`` records of ``stride`` bytes at ``pos`` carry ``template``'s bytes in
+    every column before the value and in the last (header count) column, except the columns
+    in ``var`` (timestampDelta, checked by the caller), and the offset delta columns
+    ``od_cols`` equal their expected bytes."""
+    for col in range(len(template)):
+        if col in var:
+            continue
+        column = data[pos + col : stop : stride]
+        if column.count(template[col]) != k:
+            return False
+    if data[pos + stride - 1 : stop : stride].count(0) != k:  # headerCount 0
+        return False
+    for col, expected in od_cols:
+        if data[pos + col : stop : stride] != expected:
+            return False
+    return True
+
+
+def _decode_uniform(
+    data: bytes,
+    pos: int,
+    end: int,
+    count: int,
+    base_offset: int,
+    base_timestamp: int,
+    out: list,
+    cls: type[tuple],
+) -> bool:
+    """Decode ``data[pos:end]`` into ``out`` as ``_decode_general`` would, if its ``count``
+    records are runs of the uniform shape; returns False (``out`` left as it was) otherwise.
+
+    A run starts at a record parsed here byte by byte: length varint (1-2 bytes),
+    attributes 0, a one- or two-byte non-negative timestampDelta, offsetDelta equal to the record's index in the
+    batch (1-2 bytes), null key (0x01), value length varint (1-2 bytes, non-negative), value,
+    headerCount 0, and the length must equal exactly those fields. The run is the next ``k``
+    records of the same size (as many as remain, fit before ``end`` and keep offsetDelta's
+    width; halved until it verifies). Verified for every record of the run, on stepped slices:
+    every byte before the value equals the first record's (length, attributes, key and value
+    length), except timestampDelta, which must be a varint of the first record's width (one
+    byte: ``isascii``, < 0x80; two: an even first byte >= 0x80, then < 0x80), and offsetDelta, which must be the canonical varint of 0..count-1 in order (compared against
+    precomputed columns, read back from the bytes, never assumed); the header count byte
+    is 0. Those are exactly the bytes ``_decode_general`` reads, each read the same way, so
+    it would produce the same records; the records must then end exactly at ``end``. Any
+    other shape, any doubt, or any error the general decoder would raise returns False and
+    the caller runs the general decoder, which decodes or raises as it always has."""
+    start_len = len(out)
+    zz = _ZZ
+    h = _H
+    tnew = tuple.__new__
+    getitem = data.__getitem__
+    done = 0
+    try:
+        while done < count:
+            # --- the first record of a run, parsed and checked byte by byte
+            b = data[pos]
+            if b < 128:
+                lw = 1
+                ln = zz[b]
+            else:
+                b2 = data[pos + 1]
+                if b2 >= 128 or b & 1:
+                    break
+                lw = 2
+                ln = h[b] + (b2 << 6)
+            stride = lw + ln
+            q = pos + lw  # attributes
+            if ln < 6 or pos + stride > end or data[q]:
+                break
+            t = data[q + 1]  # timestampDelta: one byte, or two for 64..8191
+            if t < 128:
+                tw = 1
+            elif not t & 1 and data[q + 2] < 128:
+                tw = 2
+            else:
+                break
+            o = q + 1 + tw  # offsetDelta
+            if done < 64:
+                od_end = 64
+                ow = 1
+                if data[o] != done << 1:
+                    break
+            elif done < 8192:
+                od_end = 8192
+                ow = 2
+                if data[o] != _OD2_LO[done] or data[o + 1] != _OD2_HI[done]:
+                    break
+            else:
+                break
+            kq = o + ow  # key length
+            vb = data[kq + 1]
+            if data[kq] != 1 or vb & 1:
+                break
+            if vb < 128:
+                vw = 1
+                vlen = vb >> 1
+            else:
+                vb2 = data[kq + 2]
+                if vb2 >= 128:
+                    break
+                vw = 2
+                vlen = h[vb] + (vb2 << 6)
+            voff = kq + 1 + vw - pos  # the value's offset in the record
+            if voff + vlen + 1 != stride:
+                break
+            template = data[pos : pos + voff]
+            tcol = lw + 1
+            ocol = tcol + tw
+            var = (tcol, tcol + 1, ocol, ocol + 1)[: tw + ow]  # timestampDelta, offsetDelta
+            if tw == 1:
+                var = (tcol, ocol, ocol + 1)[: 1 + ow]
+            # --- the run: k records of this stride, verified column by column
+            k = min(count - done, (end - pos) // stride, od_end - done)
+            while True:
+                stop = pos + k * stride
+                if ow == 1:
+                    od_cols: tuple[tuple[int, bytes], ...] = ((ocol, _OD1[done : done + k]),)
+                else:
+                    od_cols = ((ocol, _OD2_LO[done : done + k]), (ocol + 1, _OD2_HI[done : done + k]))
+                tsds = data[pos + tcol : stop : stride]
+                if tw == 1:
+                    ts_ok = tsds.isascii()
+                else:
+                    tsd_hi = data[pos + tcol + 1 : stop : stride]
+                    ts_ok = not tsds.translate(None, _TSD2_LO) and tsd_hi.isascii()
+                if ts_ok and _uniform_run_ok(data, pos, stop, stride, template, var, k, od_cols):
+                    break
+                if k == 1:
+                    del out[start_len:]
+                    return False
+                k >>= 1
+            # --- the records of the run, built in C
+            offsets = range(base_offset + done, base_offset + done + k)
+            if tw == 1 and tsds.count(tsds[0]) == k:
+                timestamps: Iterable[int] = _repeat(base_timestamp + zz[tsds[0]], k)
+            elif tw == 1:
+                timestamps = map(_add, _repeat(base_timestamp), map(zz.__getitem__, tsds))
+            else:
+                timestamps = map(
+                    _add,
+                    map(_add, _repeat(base_timestamp), map(h.__getitem__, tsds)),
+                    map(_SHL6.__getitem__, tsd_hi),
+                )
+            vstart = pos + voff
+            values = map(getitem, map(slice, range(vstart, stop, stride), range(vstart + vlen, stop + vlen, stride)))
+            rows = zip(offsets, timestamps, _repeat(None), values, _repeat(()))
+            if cls is tuple:
+                out.extend(rows)
+            else:
+                out.extend(map(tnew, _repeat(cls), rows))
+            done += k
+            pos = stop
+    except IndexError:
+        pass
+    if done == count and pos == end:
+        return True
+    del out[start_len:]
+    return False
+
+
+def _decode_into(
+    data: bytes,
+    pos: int,
+    end: int,
+    count: int,
+    base_offset: int,
+    base_timestamp: int,
+    out: list,
+    cls: type[tuple],
+) -> None:
+    """Append the ``count`` records of ``data[pos:end]`` to ``out`` as ``cls`` (Record or
+    tuple): the uniform fast path when the batch has that shape, else the general decoder."""
+    if not _decode_uniform(data, pos, end, count, base_offset, base_timestamp, out, cls):
+        _decode_general(data, pos, end, count, base_offset, base_timestamp, out, cls)
 
 
 def _checked_header(buf: Buffer, pos: int, verify_crc: bool) -> BatchHeader:

@@ -574,3 +574,131 @@ def test_values_may_be_bytearray_or_memoryview():
     records = [(1, bytearray(b"k"), memoryview(b"value"), None), (2, None, bytearray(b"v" * 200), [("h", b"1")])]
     buf = encode_batch(records)
     assert [(r.key, r.value) for r in decode_batch(buf)[1]] == [(b"k", b"value"), (None, b"v" * 200)]
+
+
+# ------------------------------------------------- fast paths agree with the general path
+#
+# The uniform decoder (_decode_uniform) and the bulk encoder (_encode_nokey_run) are checked
+# against the general, per-record code kept as the reference (_decode_general,
+# _encode_record) on random and adversarial inputs.
+
+from broker.storage import record_batch as rb  # noqa: E402
+
+
+def reference_area(records):
+    """Records area written by the general per-record encoder: (offset_delta, tsd, key, value)."""
+    return b"".join(rb._encode_record(od, tsd, key, value, None) for od, tsd, key, value in records)
+
+
+def general_outcome(data, pos, end, count, cls):
+    out = ["earlier"]
+    try:
+        rb._decode_general(data, pos, end, count, 1000, 5_000_000, out, cls)
+    except (CorruptRecordError, InvalidRecordError) as exc:
+        return type(exc)
+    return out
+
+
+def assert_uniform_agrees(data, pos, end, count):
+    for cls in (Record, tuple):
+        out = ["earlier"]
+        if rb._decode_uniform(data, pos, end, count, 1000, 5_000_000, out, cls):
+            assert out == general_outcome(data, pos, end, count, cls)
+            assert all(type(r) is cls for r in out[1:])
+        else:
+            assert out == ["earlier"]  # left as it was
+        # and the dispatcher as a whole: same records, or the same error class
+        out = ["earlier"]
+        try:
+            rb._decode_into(data, pos, end, count, 1000, 5_000_000, out, cls)
+        except (CorruptRecordError, InvalidRecordError) as exc:
+            assert general_outcome(data, pos, end, count, cls) is type(exc)
+        else:
+            assert out == general_outcome(data, pos, end, count, cls)
+
+
+uniform_batch = st.tuples(
+    st.integers(1, 300),  # records
+    st.integers(0, 300),  # value length (1 and 2-byte length varints)
+    st.lists(st.integers(-70, 9000), min_size=1, max_size=4),  # timestamp deltas to cycle through
+    st.sampled_from(["sorted", "constant", "cycle"]),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=uniform_batch,
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=3),
+    count_change=st.sampled_from([0, 0, 0, -1, 1]),
+    junk=st.binary(min_size=0, max_size=8),
+    data=st.data(),
+)
+def test_property_uniform_decoder_equals_general(shape, edits, count_change, junk, data):
+    n, vlen, tsds, order = shape
+    if order == "sorted":
+        deltas = sorted(tsds[i % len(tsds)] for i in range(n))
+    elif order == "constant":
+        deltas = [tsds[0]] * n
+    else:
+        deltas = [tsds[i % len(tsds)] for i in range(n)]
+    records = [(i, deltas[i], None, bytes([i % 251]) * vlen) for i in range(n)]
+    # adversarial shapes mixed in: a wrong offset delta, a key, a null value, another length
+    mix = data.draw(st.sampled_from(["none", "none", "od", "key", "null", "len", "od_swap"]))
+    if mix != "none":
+        i = data.draw(st.integers(0, n - 1))
+        od, tsd, key, value = records[i]
+        records[i] = {
+            "od": (od + data.draw(st.integers(1, 3)), tsd, key, value),
+            "key": (od, tsd, b"k", value),
+            "null": (od, tsd, key, None),
+            "len": (od, tsd, key, value + b"x"),
+            "od_swap": (max(od - 1, 0), tsd, key, value),
+        }[mix]
+    area = bytearray(reference_area(records))
+    for where, byte in edits:  # lying lengths, wrong deltas, broken varints
+        area[where % len(area)] = byte
+    buf = junk + bytes(area) + b"\x00\x01\x02" * 3  # bytes after end: the next batch
+    assert_uniform_agrees(buf, len(junk), len(junk) + len(area), n + count_change)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200, 8191, 8193])
+def test_uniform_decoder_across_offset_delta_widths(n):
+    records = [(i, i % 100, None, b"%05d" % i) for i in range(n)]
+    area = reference_area(records)
+    assert_uniform_agrees(area, 0, len(area), n)
+    out: list = []
+    assert rb._decode_uniform(area, 0, len(area), n, 0, 0, out, tuple) is (n <= 8192)
+
+
+def test_uniform_decoder_is_used_for_producer_batches():
+    buf = encode_batch([(1000 + i % 7, None, b"v" * 100, None) for i in range(500)])
+    h = validate_batch(buf)
+    out: list = []
+    assert rb._decode_uniform(buf, HEADER_SIZE, len(buf), h.records_count, 0, h.base_timestamp, out, Record)
+    assert out == expected([(1000 + i % 7, None, b"v" * 100, None) for i in range(500)])
+
+
+@pytest.mark.parametrize("vlen", [5, 100])
+@pytest.mark.parametrize("lie", ["value_shorter", "value_longer", "record_longer"])
+def test_uniform_decoder_refuses_lengths_that_disagree(vlen, lie):
+    """Every record says the same wrong thing, so the run is uniform but not well formed: the
+    general decoder raises CorruptRecordError and so must the dispatcher."""
+    n = 80
+    records = [(i, 0, None, b"\x00" * vlen) for i in range(n)]
+    area = bytearray()
+    for od, tsd, key, value in records:
+        rec = bytearray(rb._encode_record(od, tsd, key, value, None))
+        lw = len(encode_varint(len(rec) - 1))
+        vpos = lw + 1 + 1 + len(encode_varint(od)) + 1  # value length varint
+        if lie == "value_shorter":
+            rec[vpos] -= 2  # zig-zag: one less
+        elif lie == "value_longer":
+            rec[vpos] += 2
+        else:
+            rec[0] += 2
+        area += rec
+    data = bytes(area) + b"\x00" * 200
+    assert general_outcome(data, 0, len(area), n, Record) is CorruptRecordError
+    assert_uniform_agrees(data, 0, len(area), n)
+    with pytest.raises(CorruptRecordError):
+        rb._decode_into(data, 0, len(area), n, 0, 0, [], Record)
