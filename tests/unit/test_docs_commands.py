@@ -124,9 +124,9 @@ def test_readme_python_example() -> None:
             assert hasattr(client, name), f"client has no {name}"
 
 
-def test_readme_links_exist() -> None:
-    text = (ROOT / "README.md").read_text()
-    targets = re.findall(r"\]\(((?!https?://)[^)#]+)", text)
-    assert targets
-    missing = [t for t in targets if not (ROOT / t).exists()]
-    assert not missing, f"README.md links to missing files: {missing}"
+@pytest.mark.parametrize("doc", DOCS)
+def test_doc_links_exist(doc: str) -> None:
+    path = ROOT / doc
+    targets = re.findall(r"\]\(((?!https?://)[^)#]+)", path.read_text())
+    missing = [t for t in targets if not (path.parent / t).exists()]
+    assert not missing, f"{doc} links to missing files: {missing}"
