@@ -43,6 +43,7 @@ import struct
 from itertools import repeat as _repeat
 from itertools import starmap as _starmap
 from operator import add as _add
+from operator import itemgetter as _itemgetter
 from operator import sub as _sub
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -425,7 +426,7 @@ def _decompress(data: Buffer, codec: int, position: int) -> bytes:
 
 
 def _pack_batch(
-    records: bytes,
+    records: bytes | bytearray,
     compression: int,
     base_offset: int,
     count: int,
@@ -458,14 +459,91 @@ def _pack_batch(
     return HEADER_STRUCT.pack(*fields) + payload
 
 
+# --------------------------------------------- encoding: records without key or headers
+#
+# _W[n] is the width of varint(n); _NKB[vlen] the body of a record with a null key, no headers
+# and a value of vlen bytes, without its timestampDelta and offsetDelta (attributes, key,
+# value length, value, header count); _SZ[body] the whole record with its length varint.
+# BatchBuilder.append sizes such a record with three lookups and defers its bytes to build().
+_W: tuple[int, ...] = tuple(len(v) for v in _ZV)
+_NKB_LIMIT = 16000  # bodies stay below _VARINT_TABLE_SIZE
+_NKB: tuple[int, ...] = tuple(3 + _W[n] + n for n in range(_NKB_LIMIT))
+_SZ: tuple[int, ...] = tuple(n + _W[n] for n in range(_VARINT_TABLE_SIZE))
+_DOUBLE = bytes((2 * b) & 0xFF for b in range(256))  # b -> zig-zag byte of b, for b < 64
+
+
+def _encode_nokey_run(first_delta: int, tsds: Sequence[int], values: Sequence[bytes]) -> bytes | bytearray:
+    """The records ``first_delta``, ``first_delta + 1``, ... with a null key, no headers,
+    ``values`` and timestamp deltas ``tsds``: the bytes ``_encode_record`` writes for each,
+    concatenated.
+
+    When the values have one length and every delta is below 64 (one-byte varints), the
+    records differ only in their timestampDelta and offsetDelta bytes, and the stride changes
+    only where offsetDelta gets wider (64, 8192). Each such segment is written in C: one
+    ``join`` of the values with the bytes between two values as the separator (header count
+    0, then the next record's length, attributes, placeholder deltas, null key, value
+    length), then the two delta columns set by stepped slice assignment. Other lengths and
+    deltas within the varint tables are encoded from table lookups, record by record;
+    anything else by ``_encode_record``."""
+    n = len(values)
+    in_tables = n > 0 and first_delta + n <= _VARINT_TABLE_SIZE and min(tsds) >= 0 and max(tsds) < _VARINT_TABLE_SIZE
+    lens = list(map(len, values)) if in_tables else []
+    vlen = lens[0] if in_tables else 0
+    if in_tables and vlen < _NKB_LIMIT and first_delta + n <= 8192 and max(tsds) < 64 and lens.count(vlen) == n:
+        tsd_col = bytes(tsds).translate(_DOUBLE)
+        vhead = _ZV[vlen]
+        pieces = []
+        i = 0
+        for seg_end, ow in ((64, 1), (8192, 2)):
+            od = first_delta + i
+            if od >= seg_end or i == n:
+                continue
+            k = min(n - i, seg_end - od)
+            body = 4 + ow + len(vhead) + vlen  # attributes, tsd, od, key, value length, value, headers
+            lenv = _ZV[body]
+            lw = len(lenv)
+            stride = lw + body
+            pre = lenv + b"\x00\x00" + b"\x00" * ow + b"\x01" + vhead
+            seg = bytearray(pre)
+            seg += (b"\x00" + pre).join(values[i : i + k] if i or k < n else values)
+            seg.append(0)
+            seg[lw + 1 :: stride] = tsd_col[i : i + k]
+            if ow == 1:
+                seg[lw + 2 :: stride] = _OD1[od : od + k]
+            else:
+                seg[lw + 2 :: stride] = _OD2_LO[od : od + k]
+                seg[lw + 3 :: stride] = _OD2_HI[od : od + k]
+            pieces.append(seg)
+            i += k
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    if in_tables and max(lens) < _NKB_LIMIT:
+        # Any lengths and deltas within the tables: each record is four pieces, three of
+        # them from table lookups (mapping the lookups in C measured no faster).
+        zv = _ZV
+        zva = _ZV_ATTR
+        zvn = _ZV_NULLKEY
+        parts: list[bytes] = []
+        extend = parts.extend
+        for od, tsd, value, vl in zip(range(first_delta, first_delta + n), tsds, values, lens):
+            p = zva[tsd] + zvn[od] + zv[vl]
+            extend((zv[len(p) + vl + 1], p, value, b"\x00"))
+        return b"".join(parts)
+    return b"".join(
+        [_encode_record(first_delta + j, tsd, None, value, None) for j, (tsd, value) in enumerate(zip(tsds, values))]
+    )
+
+
 class BatchBuilder:
     """Builds one RecordBatch v2 incrementally; the producer's accumulator keeps one open per
     partition and closes it when ``append`` returns -1 or linger_ms passes.
 
-    Records are encoded as they are appended, as a few bytes objects per record kept in one
-    list that ``build`` joins (and, for lz4, compresses) once; ``size_in_bytes`` is therefore
-    the exact size of the uncompressed batch so far. Not thread-safe: the accumulator appends
-    under its own lock.
+    A record with a null key and no headers (the common case) costs ``append`` only its size
+    (three table lookups: the record's exact encoded size) and two list appends (value and
+    timestamp delta); its bytes are written by ``build``, in bulk, by ``_encode_nokey_run``.
+    Any other record is encoded when appended, after the pending ones, into one list of bytes
+    objects that ``build`` joins (and, for lz4, compresses) once. ``size_in_bytes`` is the
+    exact size of the uncompressed batch so far either way. Not thread-safe: the accumulator
+    appends under its own lock.
     """
 
     __slots__ = (
@@ -477,6 +555,8 @@ class BatchBuilder:
         "size_in_bytes",
         "_parts",
         "_joined",
+        "_values",
+        "_tsds",
     )
 
     def __init__(
@@ -492,8 +572,11 @@ class BatchBuilder:
         self.max_timestamp: int = -1
         self.records_count: int = 0
         self.size_in_bytes: int = HEADER_SIZE
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []  # encoded records, in order
         self._joined: tuple[int, bytes] | None = None  # (records_count, joined records)
+        # Records after those in _parts, not yet encoded: null key, no headers.
+        self._values: list[bytes] = []
+        self._tsds: list[int] = []
 
     def append(
         self,
@@ -510,24 +593,26 @@ class BatchBuilder:
         if base is None:
             base = self.base_timestamp = timestamp_ms
         tsd = timestamp_ms - base
-        if not headers and value is not None and 0 <= tsd < 16384 and count < 16384:
-            # Fast path: every varint from a table (a body below 16 KiB has a table length).
+        if key is None and not headers and value is not None and 0 <= tsd < 16384 and count < 16384:
             vlen = len(value)
-            if key is None:
-                if vlen < 16000:
-                    p = _ZV_ATTR[tsd] + _ZV_NULLKEY[count] + _ZV[vlen]
-                    blen = len(p) + vlen + 1
-                    head = _ZV[blen]
-                    size = self.size_in_bytes + len(head) + blen
-                    if size > self.batch_size and count:
-                        return -1
-                    self._parts.extend((head, p, value, b"\x00"))
-                    self.size_in_bytes = size
-                    self.records_count = count + 1
-                    if timestamp_ms > self.max_timestamp:
-                        self.max_timestamp = timestamp_ms
-                    return count
-            elif vlen + len(key) < 16000:
+            if vlen < _NKB_LIMIT:
+                # Deferred: the exact size now, the bytes in build() (_encode_nokey_run).
+                size = self.size_in_bytes + _SZ[_NKB[vlen] + _W[tsd] + _W[count]]
+                if size > self.batch_size and count:
+                    return -1
+                self._values.append(value)
+                self._tsds.append(tsd)
+                self.size_in_bytes = size
+                self.records_count = count + 1
+                if timestamp_ms > self.max_timestamp:
+                    self.max_timestamp = timestamp_ms
+                return count
+        if self._values:
+            self._encode_pending()
+        if not headers and value is not None and key is not None and 0 <= tsd < 16384 and count < 16384:
+            vlen = len(value)
+            if vlen + len(key) < 16000:
+                # Keyed fast path: every varint from a table (a body below 16 KiB).
                 p = _ZV_ATTR[tsd] + _ZV[count] + _ZV[len(key)] + key + _ZV[vlen]
                 blen = len(p) + vlen + 1
                 head = _ZV[blen]
@@ -551,6 +636,13 @@ class BatchBuilder:
             self.max_timestamp = timestamp_ms
         return count
 
+    def _encode_pending(self) -> None:
+        """Encode the deferred records into _parts (they are the last ones appended)."""
+        values = self._values
+        self._parts.append(_encode_nokey_run(self.records_count - len(values), self._tsds, values))
+        self._values = []
+        self._tsds = []
+
     def build(
         self,
         base_offset: int = 0,
@@ -570,6 +662,8 @@ class BatchBuilder:
             raise ValueError("a record batch needs at least one record")
         joined = self._joined
         if joined is None or joined[0] != count:
+            if self._values:
+                self._encode_pending()
             joined = self._joined = (count, b"".join(self._parts))
         return _pack_batch(
             joined[1],
@@ -585,6 +679,31 @@ class BatchBuilder:
         )
 
 
+_FIELD0 = _itemgetter(0)
+_FIELD1 = _itemgetter(1)
+_FIELD2 = _itemgetter(2)
+_FIELD3 = _itemgetter(3)
+
+
+def _uniform_nokey(recs: list) -> bool:
+    """True if ``recs`` are all ``(timestamp, None, value, None)`` tuples of four with values
+    of one length: the shape encode_batch writes in bulk. The cheapest refusals come first (a
+    first and last value of different lengths), so other shapes lose almost nothing here."""
+    n = len(recs)
+    try:
+        if not n or len(recs[0][2]) != len(recs[-1][2]):
+            return False
+        lens = list(map(len, map(_FIELD2, recs)))  # TypeError on a None value
+        return (
+            lens.count(lens[0]) == n
+            and list(map(len, recs)).count(4) == n
+            and list(map(_FIELD1, recs)).count(None) == n
+            and list(map(_FIELD3, recs)).count(None) == n
+        )
+    except (TypeError, IndexError, KeyError):  # not 4-tuples of sized values: the loop decides
+        return False
+
+
 def encode_batch(
     records: Iterable[tuple[int, bytes | None, bytes | None, HeaderList | None]],
     compression: int = CODEC_NONE,
@@ -593,6 +712,15 @@ def encode_batch(
     """One batch from ``(timestamp_ms, key, value, headers)`` tuples, offset deltas 0..n-1,
     baseTimestamp = the first record's timestamp. Raises ValueError on no records."""
     _check_codec(compression)
+    recs = records if type(records) is list else list(records)
+    if _uniform_nokey(recs):
+        # Bulk path (see _encode_nokey_run): every record has a null key, no headers and a
+        # value of one length; the fields are taken out of the tuples in C.
+        timestamps = list(map(_FIELD0, recs))
+        base = timestamps[0]
+        records_area = _encode_nokey_run(0, list(map(_sub, timestamps, _repeat(base))), list(map(_FIELD2, recs)))
+        max_ts = max(max(timestamps), -1)
+        return _pack_batch(records_area, compression, base_offset, len(recs), base, max_ts, -1, -1, -1, -1)
     parts: list[bytes] = []
     extend = parts.extend
     zv = _ZV
@@ -601,7 +729,7 @@ def encode_batch(
     count = 0
     base = 0
     max_ts = -1
-    for ts, key, value, headers in records:
+    for ts, key, value, headers in recs:
         if not count:
             base = ts
         if ts > max_ts:
