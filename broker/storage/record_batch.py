@@ -240,8 +240,12 @@ def iter_batch_positions(buf: bytes | bytearray | memoryview | mmap.mmap, pos: i
 # This is the SDK's hot path, so the code below trades some elegance for speed: varints of
 # small non-negative values come from precomputed tables, each record is encoded as a few bytes
 # objects added to one list (joined once per batch), and the decoder reads one- and two-byte
-# varints inline instead of calling a function per field. Figures and what was tried:
-# docs/benchmarks/codec.md (bench: python -m bench.codec).
+# varints inline instead of calling a function per field. On top of that general code (kept as
+# the reference), the common shape (null key, no headers, values of one length) has bulk paths
+# that run no bytecode per record: _encode_nokey_run writes such records with one join and
+# stepped slice assignments, _decode_uniform verifies and slices them with stepped slices and
+# map(); both are tested equal to the general code on random and adversarial input. Figures
+# and what was tried: docs/benchmarks/codec.md (bench: python -m bench.codec).
 # --------------------------------------------------------------------------------------------
 
 T = TypeVar("T")
@@ -379,7 +383,7 @@ def _check_codec(compression: int) -> None:
         )
 
 
-def _compress(records: bytes, compression: int) -> bytes:
+def _compress(records: bytes | bytearray, compression: int) -> bytes | bytearray:
     if compression == CODEC_LZ4:
         # Independent blocks, as Kafka's KafkaLZ4BlockOutputStream and kafka-python write them.
         return _lz4_compress(records, block_linked=False)
@@ -937,11 +941,20 @@ _TSD2_LO = bytes(b for b in range(128, 256, 2))
 _SHL6: tuple[int, ...] = tuple(b << 6 for b in range(128))  # second varint byte's weight
 
 
-def _uniform_run_ok(data: bytes, pos: int, stop: int, stride: int, template: bytes, var: tuple[int, ...], k: int, od_cols: tuple[tuple[int, bytes], ...]) -> bool:
+def _uniform_run_ok(
+    data: bytes,
+    pos: int,
+    stop: int,
+    stride: int,
+    template: bytes,
+    var: tuple[int, ...],
+    k: int,
+    od_cols: tuple[tuple[int, bytes], ...],
+) -> bool:
     """True if the ``k`` records of ``stride`` bytes at ``pos`` carry ``template``'s bytes in
     every column before the value and in the last (header count) column, except the columns
-    in ``var`` (timestampDelta, checked by the caller), and the offset delta columns
-    ``od_cols`` equal their expected bytes."""
+    in ``var`` (the delta columns: the caller checks timestampDelta), and the offsetDelta
+    columns ``od_cols`` equal their expected bytes. One stepped slice per column: C loops."""
     for col in range(len(template)):
         if col in var:
             continue
@@ -970,16 +983,17 @@ def _decode_uniform(
     records are runs of the uniform shape; returns False (``out`` left as it was) otherwise.
 
     A run starts at a record parsed here byte by byte: length varint (1-2 bytes),
-    attributes 0, a one- or two-byte non-negative timestampDelta, offsetDelta equal to the record's index in the
-    batch (1-2 bytes), null key (0x01), value length varint (1-2 bytes, non-negative), value,
-    headerCount 0, and the length must equal exactly those fields. The run is the next ``k``
-    records of the same size (as many as remain, fit before ``end`` and keep offsetDelta's
-    width; halved until it verifies). Verified for every record of the run, on stepped slices:
-    every byte before the value equals the first record's (length, attributes, key and value
-    length), except timestampDelta, which must be a varint of the first record's width (one
-    byte: ``isascii``, < 0x80; two: an even first byte >= 0x80, then < 0x80), and offsetDelta, which must be the canonical varint of 0..count-1 in order (compared against
-    precomputed columns, read back from the bytes, never assumed); the header count byte
-    is 0. Those are exactly the bytes ``_decode_general`` reads, each read the same way, so
+    attributes 0, a one- or two-byte non-negative timestampDelta, offsetDelta equal to the
+    record's index in the batch (1-2 bytes), null key (0x01), value length varint (1-2 bytes,
+    non-negative), value, headerCount 0, and the length must equal exactly those fields. The
+    run is the next ``k`` records of the same size (as many as remain, fit before ``end`` and
+    keep offsetDelta's width; halved until it verifies). Verified for every record of the
+    run, on stepped slices: every byte before the value equals the first record's (length,
+    attributes, key and value length), except timestampDelta, which must be a varint of the
+    first record's width (one byte: ``isascii``, < 0x80; two: an even first byte >= 0x80,
+    then < 0x80), and offsetDelta, which must be the canonical varint of 0..count-1 in order
+    (compared against precomputed columns, read back from the bytes, never assumed); the
+    header count byte is 0. Those are exactly the bytes ``_decode_general`` reads, each read the same way, so
     it would produce the same records; the records must then end exactly at ``end``. Any
     other shape, any doubt, or any error the general decoder would raise returns False and
     the caller runs the general decoder, which decodes or raises as it always has."""
@@ -1045,9 +1059,7 @@ def _decode_uniform(
             template = data[pos : pos + voff]
             tcol = lw + 1
             ocol = tcol + tw
-            var = (tcol, tcol + 1, ocol, ocol + 1)[: tw + ow]  # timestampDelta, offsetDelta
-            if tw == 1:
-                var = (tcol, ocol, ocol + 1)[: 1 + ow]
+            var = tuple(range(tcol, ocol + ow))  # the timestampDelta and offsetDelta columns
             # --- the run: k records of this stride, verified column by column
             k = min(count - done, (end - pos) // stride, od_end - done)
             while True:

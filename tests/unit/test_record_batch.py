@@ -735,6 +735,7 @@ def test_property_bulk_encoders_equal_the_general_encoder(records, uniform, base
         records = [(ts % 64, None, b"u" * 33, None) for ts, _, _, _ in records]
     records = [(base + ts, k, v, h) for ts, k, v, h in records]
     assert encode_batch(records, codec, 5) == reference_batch(records, codec, 5)
+    assert type(encode_batch(records, codec, 5)) is bytes
     assert encode_batch(iter(records), codec, 5) == reference_batch(records, codec, 5)
     # BatchBuilder: the same bytes, an exact size after every append, -1 exactly when the
     # general encoder's record would take the batch past batch_size
@@ -753,6 +754,7 @@ def test_property_bulk_encoders_equal_the_general_encoder(records, uniform, base
     assert builder.records_count == len(accepted)
     assert builder.max_timestamp == max([-1] + [r[0] for r in accepted])
     assert builder.build(9) == reference_batch(accepted, codec, 9)
+    assert type(builder.build(9)) is bytes
     if codec == CODEC_NONE:
         assert builder.size_in_bytes == len(builder.build())
 
