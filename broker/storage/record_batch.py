@@ -941,6 +941,11 @@ _TSD2_LO = bytes(b for b in range(128, 256, 2))
 _SHL6: tuple[int, ...] = tuple(b << 6 for b in range(128))  # second varint byte's weight
 
 
+# A run that verifies only after halving below this many records ends the fast path for
+# its batch: record by record, the per-run checks cost more than the general decoder.
+_MIN_RUN = 16
+
+
 def _uniform_run_ok(
     data: bytes,
     pos: int,
@@ -987,16 +992,16 @@ def _decode_uniform(
     record's index in the batch (1-2 bytes), null key (0x01), value length varint (1-2 bytes,
     non-negative), value, headerCount 0, and the length must equal exactly those fields. The
     run is the next ``k`` records of the same size (as many as remain, fit before ``end`` and
-    keep offsetDelta's width; halved until it verifies). Verified for every record of the
-    run, on stepped slices: every byte before the value equals the first record's (length,
-    attributes, key and value length), except timestampDelta, which must be a varint of the
-    first record's width (one byte: ``isascii``, < 0x80; two: an even first byte >= 0x80,
-    then < 0x80), and offsetDelta, which must be the canonical varint of 0..count-1 in order
-    (compared against precomputed columns, read back from the bytes, never assumed); the
-    header count byte is 0. Those are exactly the bytes ``_decode_general`` reads, each read the same way, so
-    it would produce the same records; the records must then end exactly at ``end``. Any
-    other shape, any doubt, or any error the general decoder would raise returns False and
-    the caller runs the general decoder, which decodes or raises as it always has."""
+    keep offsetDelta's width; halved until it verifies, giving up below ``_MIN_RUN``).
+    Verified for every record of the run, on stepped slices: every byte before the value
+    equals the first record's (length, attributes, key and value length), except
+    timestampDelta, which must be a varint of the first record's width (one byte:
+    ``isascii``, < 0x80; two: an even first byte >= 0x80, then < 0x80), and offsetDelta,
+    which must be the canonical varint of 0..count-1 in order (compared against precomputed
+    columns, read back from the bytes, never assumed); the header count byte is 0. Those are
+    exactly the bytes ``_decode_general`` reads, each read the same way, so it would produce
+    the same records; the records must then end exactly at ``end``. Any other shape, any
+    doubt, or any error the general decoder would raise returns False and the caller runs the general decoder, which decodes or raises as it always has."""
     start_len = len(out)
     zz = _ZZ
     h = _H
@@ -1076,7 +1081,9 @@ def _decode_uniform(
                     ts_ok = not tsds.translate(None, _TSD2_LO) and tsd_hi.isascii()
                 if ts_ok and _uniform_run_ok(data, pos, stop, stride, template, var, k, od_cols):
                     break
-                if k == 1:
+                if k < 2 * _MIN_RUN:
+                    # Runs this short are not the uniform shape (values of varying lengths,
+                    # say): the general decoder does the whole batch faster.
                     del out[start_len:]
                     return False
                 k >>= 1

@@ -661,13 +661,24 @@ def test_property_uniform_decoder_equals_general(shape, edits, count_change, jun
     assert_uniform_agrees(buf, len(junk), len(junk) + len(area), n + count_change)
 
 
-@pytest.mark.parametrize("n", [1, 63, 64, 65, 200, 8191, 8193])
-def test_uniform_decoder_across_offset_delta_widths(n):
-    records = [(i, i % 100, None, b"%05d" % i) for i in range(n)]
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200, 8191, 8192, 8193])
+@pytest.mark.parametrize("tsd_width", ["one byte", "two bytes", "both"])
+def test_uniform_decoder_across_offset_delta_widths(n, tsd_width):
+    tsd = {"one byte": lambda i: i % 60, "two bytes": lambda i: 64 + i % 300, "both": lambda i: i % 100}[tsd_width]
+    records = [(i, tsd(i), None, b"%05d" % i) for i in range(n)]
     area = reference_area(records)
     assert_uniform_agrees(area, 0, len(area), n)
     out: list = []
-    assert rb._decode_uniform(area, 0, len(area), n, 0, 0, out, tuple) is (n <= 8192)
+    fast = rb._decode_uniform(area, 0, len(area), n, 0, 0, out, tuple)
+    if tsd_width != "both":  # widths changing every few dozen records: general decoder
+        assert fast is (n <= 8192)
+
+
+def test_uniform_decoder_leaves_varied_lengths_to_the_general_decoder():
+    records = [(i, 0, None, b"x" * (i % 7)) for i in range(150)]
+    area = reference_area(records)
+    assert rb._decode_uniform(area, 0, len(area), 150, 0, 0, [], tuple) is False
+    assert_uniform_agrees(area, 0, len(area), 150)
 
 
 def test_uniform_decoder_is_used_for_producer_batches():
