@@ -476,10 +476,15 @@ _SZ: tuple[int, ...] = tuple(n + _W[n] for n in range(_VARINT_TABLE_SIZE))
 _DOUBLE = bytes((2 * b) & 0xFF for b in range(256))  # b -> zig-zag byte of b, for b < 64
 
 
-def _encode_nokey_run(first_delta: int, tsds: Sequence[int], values: Sequence[bytes]) -> bytes | bytearray:
+def _encode_nokey_run(
+    first_delta: int,
+    tsds: Sequence[int],
+    values: Sequence[bytes],
+    lens: list[int] | None = None,
+) -> bytes | bytearray:
     """The records ``first_delta``, ``first_delta + 1``, ... with a null key, no headers,
     ``values`` and timestamp deltas ``tsds``: the bytes ``_encode_record`` writes for each,
-    concatenated.
+    concatenated. ``lens``: the values' lengths, when the caller has them already.
 
     When the values have one length and every delta is below 64 (one-byte varints), the
     records differ only in their timestampDelta and offsetDelta bytes, and the stride changes
@@ -491,7 +496,8 @@ def _encode_nokey_run(first_delta: int, tsds: Sequence[int], values: Sequence[by
     anything else by ``_encode_record``."""
     n = len(values)
     in_tables = n > 0 and first_delta + n <= _VARINT_TABLE_SIZE and min(tsds) >= 0 and max(tsds) < _VARINT_TABLE_SIZE
-    lens = list(map(len, values)) if in_tables else []
+    if lens is None:
+        lens = list(map(len, values)) if in_tables else []
     vlen = lens[0] if in_tables else 0
     if in_tables and vlen < _NKB_LIMIT and first_delta + n <= 8192 and max(tsds) < 64 and lens.count(vlen) == n:
         tsd_col = bytes(tsds).translate(_DOUBLE)
@@ -689,23 +695,25 @@ _FIELD2 = _itemgetter(2)
 _FIELD3 = _itemgetter(3)
 
 
-def _uniform_nokey(recs: list) -> bool:
-    """True if ``recs`` are all ``(timestamp, None, value, None)`` tuples of four with values
-    of one length: the shape encode_batch writes in bulk. The cheapest refusals come first (a
+def _uniform_nokey(recs: list) -> list[int] | None:
+    """The value lengths if ``recs`` are all ``(timestamp, None, value, None)`` tuples of four
+    with values of one length (the shape encode_batch writes in bulk), else None. The cheapest refusals come first (a
     first and last value of different lengths), so other shapes lose almost nothing here."""
     n = len(recs)
     try:
         if not n or len(recs[0][2]) != len(recs[-1][2]):
-            return False
+            return None
         lens = list(map(len, map(_FIELD2, recs)))  # TypeError on a None value
-        return (
+        if (
             lens.count(lens[0]) == n
             and list(map(len, recs)).count(4) == n
             and list(map(_FIELD1, recs)).count(None) == n
             and list(map(_FIELD3, recs)).count(None) == n
-        )
+        ):
+            return lens
     except (TypeError, IndexError, KeyError):  # not 4-tuples of sized values: the loop decides
-        return False
+        pass
+    return None
 
 
 def encode_batch(
@@ -717,14 +725,21 @@ def encode_batch(
     baseTimestamp = the first record's timestamp. Raises ValueError on no records."""
     _check_codec(compression)
     recs = records if type(records) is list else list(records)
-    if _uniform_nokey(recs):
+    lens = _uniform_nokey(recs)
+    if lens is not None:
         # Bulk path (see _encode_nokey_run): every record has a null key, no headers and a
         # value of one length; the fields are taken out of the tuples in C.
+        n = len(recs)
         timestamps = list(map(_FIELD0, recs))
         base = timestamps[0]
-        records_area = _encode_nokey_run(0, list(map(_sub, timestamps, _repeat(base))), list(map(_FIELD2, recs)))
-        max_ts = max(max(timestamps), -1)
-        return _pack_batch(records_area, compression, base_offset, len(recs), base, max_ts, -1, -1, -1, -1)
+        if timestamps.count(base) == n:  # one millisecond: every delta 0
+            tsds = [0] * n
+            max_ts = base
+        else:
+            tsds = list(map(_sub, timestamps, _repeat(base)))
+            max_ts = max(timestamps)
+        records_area = _encode_nokey_run(0, tsds, list(map(_FIELD2, recs)), lens)
+        return _pack_batch(records_area, compression, base_offset, n, base, max(max_ts, -1), -1, -1, -1, -1)
     parts: list[bytes] = []
     extend = parts.extend
     zv = _ZV
