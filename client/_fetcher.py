@@ -246,8 +246,9 @@ class Fetcher(threading.Thread):
             leader = md.leader_for(tp.topic, tp.partition)
             info = md.broker(leader) if leader >= 0 else None
             if info is None:
-                md.request_update()
-                md.maybe_refresh([tp.topic])
+                # Ask now, not rate-limited: the fetch thread may be refreshing the same topic
+                # at this moment, and this caller needs the answer before going on.
+                md.refresh([tp.topic], force=True)
                 leader = md.leader_for(tp.topic, tp.partition)
                 info = md.broker(leader) if leader >= 0 else None
             if info is None:

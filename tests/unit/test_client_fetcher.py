@@ -85,3 +85,45 @@ def test_sender_wakeup_during_drain_is_not_lost():
     s.wakeup()
     s._poll(0.0, 0.0)
     assert _wakeup_invariant_holds(s)
+
+
+def test_list_offsets_asks_for_metadata_even_right_after_another_refresh():
+    """position() right after assign(): the fetch thread may have just refreshed the topic
+    (rate limit window) without the answer being applied yet; list_offsets must still ask."""
+    import time
+
+    from broker.protocol import annal_pb2
+    from client._fetcher import LATEST, Fetcher
+    from client._metadata import ClusterMetadata, MetadataSnapshot
+    from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+
+    snap = MetadataSnapshot(
+        {0: BrokerMetadata(0, "127.0.0.1", 1, 2)},
+        {"t": TopicDescription("t", (PartitionMetadata("t", 0, 0, 0, 7, 0),))},
+    )
+
+    class Source:
+        calls = 0
+
+        def fetch(self, topics):
+            Source.calls += 1
+            return snap
+
+        def close(self):
+            pass
+
+    class Rpc:
+        def call(self, address, method, request, timeout_ms=None):
+            assert (address, method) == ("127.0.0.1:1", "ListOffsets")
+            p = request.partitions[0]
+            return annal_pb2.ListOffsetsResponse(
+                results=[annal_pb2.ListOffsetsResult(topic=p.topic, partition=p.partition, offset=7, timestamp=-1)]
+            )
+
+    md = ClusterMetadata(Source(), retry_backoff_ms=60_000)
+    md._last_refresh["t"] = time.monotonic()  # "another thread refreshed 't' just now"
+    f = Fetcher(md, Rpc(), auto_offset_reset="earliest", fetch_min_bytes=1,  # type: ignore[arg-type]
+                fetch_max_wait_ms=500, fetch_max_bytes=1 << 20, max_partition_fetch_bytes=1 << 20,
+                retry_backoff_ms=10, request_timeout_ms=1000)
+    assert f.list_offsets({TopicPartition("t", 0): LATEST}) == {TopicPartition("t", 0): (7, -1)}
+    assert Source.calls == 1
