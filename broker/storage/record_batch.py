@@ -1082,6 +1082,8 @@ def _decode_uniform(
             var = tuple(range(tcol, ocol + ow))  # the timestampDelta and offsetDelta columns
             # --- the run: k records of this stride, verified column by column
             k = min(count - done, (end - pos) // stride, od_end - done)
+            if k > 1 and data[pos + stride : pos + stride + lw] != data[pos : pos + lw]:
+                break  # the next record has another length: a run of one (values vary)
             while True:
                 stop = pos + k * stride
                 if ow == 1:
