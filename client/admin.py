@@ -29,6 +29,7 @@ from client.structs import (
     ClusterDescription,
     NewTopic,
     OffsetAndTimestamp,
+    PartitionMetadata,
     TopicDescription,
     TopicPartition,
 )
@@ -140,8 +141,43 @@ class Admin:
             missing = [n for n in names if n not in snap.topics]
             if missing:
                 raise UnknownTopicOrPartitionError(f"no such topic: {', '.join(missing)}", topics=missing)
-            return [snap.topics[n] for n in names]
-        return [snap.topics[n] for n in sorted(snap.topics)]
+        wanted = names if names else sorted(snap.topics)
+        return self._with_leader_offsets([snap.topics[n] for n in wanted], snap.brokers)
+
+    def _with_leader_offsets(
+        self, described: list[TopicDescription], brokers: Mapping[int, BrokerMetadata]
+    ) -> list[TopicDescription]:
+        """A broker knows the log bounds only of the partitions it leads: ask each other
+        leader (one Metadata call per broker) for its own partitions' bounds."""
+        by_leader: dict[int, set[str]] = {}
+        for t in described:
+            for p in t.partitions:
+                if p.leader >= 0 and p.log_end_offset < 0 and p.leader in brokers:
+                    by_leader.setdefault(p.leader, set()).add(t.name)
+        if not by_leader:
+            return described
+        bounds: dict[tuple[str, int], PartitionMetadata] = {}
+        for leader, topic_names in by_leader.items():
+            b = brokers[leader]
+            try:
+                resp = self._rpc.call(
+                    f"{b.host}:{b.port}", "Metadata",
+                    annal_pb2.MetadataRequest(topics=sorted(topic_names)), self._timeout_ms,
+                )
+            except BrokerNotAvailableError:
+                continue  # its partitions keep -1 bounds: the leader is unreachable right now
+            for t in snapshot_from_response(resp, sorted(topic_names)).topics.values():
+                for p in t.partitions:
+                    if p.leader == leader and p.log_end_offset >= 0:
+                        bounds[(t.name, p.partition)] = p
+        return [
+            TopicDescription(
+                t.name,
+                tuple(bounds.get((t.name, p.partition), p) for p in t.partitions),
+                t.configs,
+            )
+            for t in described
+        ]
 
     def describe_cluster(self) -> ClusterDescription:
         """The live brokers, the controller id and the cluster id."""
@@ -157,18 +193,36 @@ class Admin:
     def list_offsets(self, specs: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndTimestamp]:
         """For each partition: ``EARLIEST`` (-2), ``LATEST`` (-1) or a timestamp in ms ->
         the offset (and matched timestamp; -1 offset when no record is that recent)."""
-        req = annal_pb2.ListOffsetsRequest(
-            partitions=[
-                annal_pb2.ListOffsetsPartition(topic=tp.topic, partition=tp.partition, timestamp=int(ts))
-                for tp, ts in specs.items()
-            ]
+        topics = sorted({tp.topic for tp in specs})
+        snap = snapshot_from_response(
+            self._call("Metadata", annal_pb2.MetadataRequest(topics=topics)), topics
         )
-        resp = self._call("ListOffsets", req)
+        # Each partition's offsets come from its leader; one call per leader.
+        by_address: dict[str | None, list[TopicPartition]] = {}
+        for tp in specs:
+            desc = snap.topics.get(tp.topic)
+            part = next((p for p in desc.partitions if p.partition == tp.partition), None) if desc else None
+            leader = snap.brokers.get(part.leader) if part is not None else None
+            by_address.setdefault(f"{leader.host}:{leader.port}" if leader else None, []).append(tp)
         out: dict[TopicPartition, OffsetAndTimestamp] = {}
-        for r in resp.results:
-            if r.error_code:
-                raise for_code(r.error_code)(r.error_message or "", topic=r.topic, partition=r.partition)
-            out[TopicPartition(r.topic, r.partition)] = OffsetAndTimestamp(r.offset, r.timestamp)
+        for address, tps in by_address.items():
+            req = annal_pb2.ListOffsetsRequest(
+                partitions=[
+                    annal_pb2.ListOffsetsPartition(topic=tp.topic, partition=tp.partition, timestamp=int(specs[tp]))
+                    for tp in tps
+                ]
+            )
+            # No known leader: let any broker answer (it names the error: unknown topic or
+            # partition, or no leader).
+            resp = (
+                self._call("ListOffsets", req)
+                if address is None
+                else self._rpc.call(address, "ListOffsets", req, self._timeout_ms)
+            )
+            for r in resp.results:
+                if r.error_code:
+                    raise for_code(r.error_code)(r.error_message or "", topic=r.topic, partition=r.partition)
+                out[TopicPartition(r.topic, r.partition)] = OffsetAndTimestamp(r.offset, r.timestamp)
         return out
 
     def close(self) -> None:
