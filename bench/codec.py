@@ -2,6 +2,10 @@
 
 Run: ``.venv/bin/python -m bench.codec`` (``--records``, ``--runs``, ``--json``). Every figure is
 the median of ``--runs`` independent runs (3 by default) and the runs themselves are printed.
+``--baseline FILE`` compares another version of ``record_batch.py`` (for example
+``git show 50c1851:broker/storage/record_batch.py > /tmp/rb_before.py``) with the current one in
+the same process, interleaved: each run measures the baseline, then the current codec, so load
+changes on a shared machine hit both sides alike; it prints both medians and their ratio.
 Times are CPU time of this single-threaded process (``time.process_time``), so a shared
 machine's other load inflates them less than wall time would; one core, pure Python.
 
@@ -24,6 +28,7 @@ Workload (the brief's): 100-byte values, no key, no headers, batches of the prod
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -32,7 +37,10 @@ import statistics
 import struct
 import sys
 import time
+import types
 from collections.abc import Callable
+
+import broker.storage.record_batch as current_codec
 
 from broker.storage.record_batch import (
     CODEC_LZ4,
@@ -121,9 +129,27 @@ def log_lines(n: int, seed: int = 7) -> list[bytes]:
     return lines
 
 
-def run_once(n: int) -> dict[str, float]:
-    """One run of every measurement; returns figure name -> value."""
+def load_codec(path: str) -> types.ModuleType:
+    """A record_batch.py from ``path`` as a module of its own (for --baseline)."""
+    spec = importlib.util.spec_from_file_location("annal_baseline_record_batch", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_once(n: int, rb: types.ModuleType = current_codec) -> dict[str, float]:
+    """One run of every measurement of the codec module ``rb``; returns figure name -> value.
+    The input data are made by the current codec (every version writes the same bytes)."""
     r: dict[str, float] = {}
+    BatchBuilder = rb.BatchBuilder  # noqa: N806 - the measured codec's names, shadowing the imports
+    Record = rb.Record  # noqa: N806
+    encode_batch = rb.encode_batch
+    decode_records_into = rb.decode_records_into
+    iter_records = rb.iter_records
+    validate_batch = rb.validate_batch
+    validate_records = rb.validate_records
     value = os.urandom(VALUE_SIZE)
     values = [value] * n
     per_batch = records_per_batch(VALUE_SIZE)
@@ -270,23 +296,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=300_000, help="records per measurement")
     parser.add_argument("--runs", type=int, default=3, help="independent runs; the median is reported")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="another record_batch.py to measure in the same runs, interleaved, for an A/B",
+    )
     args = parser.parse_args(argv)
 
+    baseline = load_codec(args.baseline) if args.baseline else None
     runs = []
+    base_runs = []
     for i in range(args.runs):
+        if baseline is not None:
+            base_runs.append(run_once(args.records, baseline))
         runs.append(run_once(args.records))
         print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
     print(f"machine: {machine()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"command: .venv/bin/python -m bench.codec --records {args.records} --runs {args.runs}")
+    try:
+        print(f"load average: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    except OSError:
+        pass
+    command = f".venv/bin/python -m bench.codec --records {args.records} --runs {args.runs}"
+    print(f"command: {command}" + (f" --baseline {args.baseline}" if args.baseline else ""))
     print()
+    result = {}
+    if baseline is not None:
+        print("| figure | unit | baseline median | current median | current / baseline | baseline runs | current runs |")
+        print("|---|---|---|---|---|---|---|")
+        for key, (label, unit) in LABELS.items():
+            b_values = [r[key] for r in base_runs]
+            c_values = [r[key] for r in runs]
+            b_med = statistics.median(b_values)
+            c_med = statistics.median(c_values)
+            result[key] = {"baseline": b_med, "current": c_med, "baseline_runs": b_values, "runs": c_values}
+            print(
+                f"| {label} | {unit} | {fmt(b_med)} | {fmt(c_med)} | {c_med / b_med:.2f}x | "
+                f"{' / '.join(fmt(v) for v in b_values)} | {' / '.join(fmt(v) for v in c_values)} |"
+            )
+        print()
     print("| figure | unit | target | median | runs | met |")
     print("|---|---|---|---|---|---|")
-    result = {}
     for key, (label, unit) in LABELS.items():
         values = [r[key] for r in runs]
         med = statistics.median(values)
-        result[key] = {"median": med, "runs": values}
+        result.setdefault(key, {"median": med, "runs": values})["median"] = med
         target, ok = TARGETS.get(key, ("-", None))
         met = "-" if ok is None else ("yes" if ok(med) else "no")
         print(f"| {label} | {unit} | {target} | {fmt(med)} | {' / '.join(fmt(v) for v in values)} | {met} |")
