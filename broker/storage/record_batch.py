@@ -547,9 +547,10 @@ class BatchBuilder:
     """Builds one RecordBatch v2 incrementally; the producer's accumulator keeps one open per
     partition and closes it when ``append`` returns -1 or linger_ms passes.
 
-    A record with a null key and no headers (the common case) costs ``append`` only its size
-    (three table lookups: the record's exact encoded size) and two list appends (value and
-    timestamp delta); its bytes are written by ``build``, in bulk, by ``_encode_nokey_run``.
+    A record with a null key, no headers and a ``bytes`` value (the common case) costs
+    ``append`` only its size (three table lookups: the record's exact encoded size) and two
+    list appends (value and timestamp delta); its bytes are written by ``build``, in bulk, by
+    ``_encode_nokey_run``.
     Any other record is encoded when appended, after the pending ones, into one list of bytes
     objects that ``build`` joins (and, for lz4, compresses) once. ``size_in_bytes`` is the
     exact size of the uncompressed batch so far either way. Not thread-safe: the accumulator
@@ -603,10 +604,12 @@ class BatchBuilder:
         if base is None:
             base = self.base_timestamp = timestamp_ms
         tsd = timestamp_ms - base
-        if key is None and not headers and value is not None and 0 <= tsd < 16384 and count < 16384:
+        if key is None and not headers and type(value) is bytes and 0 <= tsd < 16384 and count < 16384:
             vlen = len(value)
             if vlen < _NKB_LIMIT:
-                # Deferred: the exact size now, the bytes in build() (_encode_nokey_run).
+                # Deferred: the exact size now, the bytes in build() (_encode_nokey_run). Only
+                # for bytes: immutable, so the record cannot change before build(), and any
+                # other type is refused here, by the encoder below, not later in build().
                 size = self.size_in_bytes + _SZ[_NKB[vlen] + _W[tsd] + _W[count]]
                 if size > self.batch_size and count:
                     return -1
@@ -1017,6 +1020,8 @@ def _decode_uniform(
     exactly the bytes ``_decode_general`` reads, each read the same way, so it would produce
     the same records; the records must then end exactly at ``end``. Any other shape, any
     doubt, or any error the general decoder would raise returns False and the caller runs the general decoder, which decodes or raises as it always has."""
+    if type(data) is not bytes:  # the stepped-slice checks need bytes' methods
+        return False
     start_len = len(out)
     zz = _ZZ
     h = _H

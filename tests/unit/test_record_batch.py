@@ -785,3 +785,18 @@ def test_builder_deferred_records_after_a_keyed_one(first_keyed, lengths):
         builder.append(*r)
     assert builder.build() == reference_batch(records)
     assert builder.size_in_bytes == len(reference_batch(records))
+
+
+def test_builder_refuses_a_wrong_value_type_at_append():
+    """A str value is refused by append itself, not later by build() (which would lose the
+    whole batch); bytearray values are encoded at once, so changing them afterwards does not
+    change the batch."""
+    builder = BatchBuilder()
+    builder.append(1, None, b"first")
+    with pytest.raises(TypeError):
+        builder.append(1, None, "text")  # type: ignore[arg-type]
+    mutable = bytearray(b"abc")
+    builder.append(1, None, mutable)
+    mutable[:] = b"xyz"
+    assert [r.value for r in decode_batch(builder.build())[1]] == [b"first", b"abc"]
+    assert builder.size_in_bytes == len(builder.build())
