@@ -474,6 +474,7 @@ _NKB_LIMIT = 16000  # bodies stay below _VARINT_TABLE_SIZE
 _NKB: tuple[int, ...] = tuple(3 + _W[n] + n for n in range(_NKB_LIMIT))
 _SZ: tuple[int, ...] = tuple(n + _W[n] for n in range(_VARINT_TABLE_SIZE))
 _DOUBLE = bytes((2 * b) & 0xFF for b in range(256))  # b -> zig-zag byte of b, for b < 64
+_BELOW_64 = bytes(range(64))  # deleted by translate: what is left is >= 64
 
 
 def _encode_nokey_run(
@@ -495,12 +496,21 @@ def _encode_nokey_run(
     deltas within the varint tables are encoded from table lookups, record by record;
     anything else by ``_encode_record``."""
     n = len(values)
-    in_tables = n > 0 and first_delta + n <= _VARINT_TABLE_SIZE and min(tsds) >= 0 and max(tsds) < _VARINT_TABLE_SIZE
-    if lens is None:
-        lens = list(map(len, values)) if in_tables else []
-    vlen = lens[0] if in_tables else 0
-    if in_tables and vlen < _NKB_LIMIT and first_delta + n <= 8192 and max(tsds) < 64 and lens.count(vlen) == n:
-        tsd_col = bytes(tsds).translate(_DOUBLE)
+    tsd_bytes = None
+    if n and first_delta + n <= 8192:
+        try:
+            tsd_bytes = bytes(tsds)  # ValueError unless every delta is 0..255 (C, unlike min/max)
+        except (ValueError, TypeError):
+            pass
+    if tsd_bytes is not None and not tsd_bytes.translate(None, _BELOW_64):  # every delta < 64
+        if lens is None:
+            lens = list(map(len, values))
+        vlen = lens[0]
+        uniform = vlen < _NKB_LIMIT and lens.count(vlen) == n
+    else:
+        uniform = False
+    if uniform:
+        tsd_col = tsd_bytes.translate(_DOUBLE)  # type: ignore[union-attr]  # set when uniform
         vhead = _ZV[vlen]
         pieces = []
         i = 0
@@ -526,7 +536,9 @@ def _encode_nokey_run(
             pieces.append(seg)
             i += k
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    if in_tables and max(lens) < _NKB_LIMIT:
+    in_tables = n > 0 and first_delta + n <= _VARINT_TABLE_SIZE and min(tsds) >= 0 and max(tsds) < _VARINT_TABLE_SIZE
+    vlens: list[int] = (list(map(len, values)) if lens is None else lens) if in_tables else []
+    if in_tables and max(vlens) < _NKB_LIMIT:
         # Any lengths and deltas within the tables: each record is four pieces, three of
         # them from table lookups (mapping the lookups in C measured no faster).
         zv = _ZV
@@ -534,7 +546,7 @@ def _encode_nokey_run(
         zvn = _ZV_NULLKEY
         parts: list[bytes] = []
         extend = parts.extend
-        for od, tsd, value, vl in zip(range(first_delta, first_delta + n), tsds, values, lens):
+        for od, tsd, value, vl in zip(range(first_delta, first_delta + n), tsds, values, vlens):
             p = zva[tsd] + zvn[od] + zv[vl]
             extend((zv[len(p) + vl + 1], p, value, b"\x00"))
         return b"".join(parts)
