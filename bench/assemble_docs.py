@@ -7,8 +7,10 @@ the engineer who ran the measurement) or from ``docs/benchmarks/ceiling.json`` (
 ``annal-bench ceiling``). It computes one thing, the fraction of a figure's ceiling, as the
 measured median divided by the ceiling it names, and prints which ceiling it used.
 
-A fragment's table is recognised by its header: a column naming the figure (``figure``,
-``metric``, ``what``), and at least one of ``target`` or ``measured``/``median``. Other columns
+A fragment's figures table is the first table whose header has a column naming the figure
+(``figure``, ``metric``, ``what``) and at least one of ``target`` or ``measured``/``median``;
+later tables in a fragment (earlier runs, before/after comparisons) are only copied with the
+fragment itself. Other columns
 it picks up by name: ``runs``, ``command``, ``met``, ``ceiling``/``fraction``, ``notes``/
 ``profile``. Without a command column, a fragment-wide ``Command: `...` `` line is used. Without
 a ``met`` column, a target that is a plain comparison (``>= 500 MB/s``) in the measured unit is
@@ -112,8 +114,9 @@ def _roles(header: list[str]) -> dict[str, int]:
     return roles
 
 
-def parse_tables(text: str, area: str) -> list[Row]:
-    """Rows of every figures table in a fragment's markdown."""
+def parse_tables(text: str, area: str, *, first_only: bool = False) -> list[Row]:
+    """Rows of the figures tables in a fragment's markdown (only the first with ``first_only``:
+    later tables in a fragment hold earlier runs or before/after comparisons, not its figures)."""
     lines = text.splitlines()
     rows: list[Row] = []
     i = 0
@@ -126,7 +129,7 @@ def parse_tables(text: str, area: str) -> list[Row]:
             while j < len(lines) and lines[j].lstrip().startswith("|"):
                 body.append(_cells(lines[j]))
                 j += 1
-            if "figure" in roles and ("measured" in roles or "target" in roles):
+            if "figure" in roles and ("measured" in roles or "target" in roles) and not (first_only and rows):
                 for cells in body:
                     def get(role: str, cells: list[str] = cells) -> str:
                         k = roles.get(role)
@@ -379,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         fragments[area] = text
-        found = parse_tables(text, area)
+        found = parse_tables(text, area, first_only=True)
         default_cmd = _fragment_command(text)
         for r in found:
             if not r.command and default_cmd:

@@ -141,3 +141,9 @@ def test_percent_targets_and_not_stated_is_not_a_miss(tmp_path: Path) -> None:
     missed = out.read_text().split("## Targets missed")[1].split("## Machine ceilings")[0]
     assert "slow one" in missed
     assert "fetch ratio" not in missed and "odd one" not in missed  # met, and not stated
+
+
+def test_only_the_first_figures_table_of_a_fragment() -> None:
+    text = FRAGMENT + "\nEarlier run:\n\n| figure | target | median | runs |\n|---|---|---|---|\n| append | >= 1 MB/s | 9 MB/s | 1, 2, 3 |\n"
+    assert len(parse_tables(text, "storage")) == 4
+    assert [r.figure for r in parse_tables(text, "storage", first_only=True)][-1] == "recovery of 1 GiB"
