@@ -45,7 +45,7 @@ from broker.storage._checkpoint import fsync_dir
 from broker.storage._handles import HandleCache
 from broker.storage._recovery import RecoveryReport, load_segments
 from broker.storage._segment import LogSegment, SegmentConfig, SegmentHandle
-from broker.storage.record_batch import BatchHeader, set_base_offset, validate_batch
+from broker.storage.record_batch import BatchHeader, check_records, set_base_offset, validate_batch
 
 __all__ = ["LogConfig", "PartitionLog", "LogReadResult", "ReadChunk"]
 
@@ -332,6 +332,10 @@ class PartitionLog:
         max_offsets = self.config.segment_index_bytes // 4
         while pos < len(view):
             hd = validate_batch(view, pos, max_bytes)
+            # Every record is walked too, as Kafka's LogValidator does: a batch with a valid
+            # CRC over malformed records would otherwise be stored and stop every consumer
+            # at its offset for good.
+            check_records(view, pos, hd)
             if hd.records_count > max_offsets:
                 raise MessageTooLargeError(
                     f"batch of {hd.records_count} records exceeds the {max_offsets} offsets a segment "
@@ -343,7 +347,8 @@ class PartitionLog:
 
     def append(self, batch: bytes | bytearray | memoryview) -> int:
         """Append one record batch; returns its base offset. The batch is fully validated
-        (``validate_batch`` with ``max_message_bytes``; exactly one batch) before anything is
+        (``validate_batch`` with ``max_message_bytes``, then every record with
+        ``check_records``; exactly one batch) before anything is
         written; on error nothing is. A writable buffer gets its baseOffset set in place; a
         read-only one is copied once."""
         buf, headers = self._validate(batch)

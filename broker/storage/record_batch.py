@@ -80,6 +80,7 @@ __all__ = [
     "iter_records",
     "decode_records_into",
     "validate_records",
+    "check_records",
     "compression_from_name",
     "encode_varint",
     "decode_varint",
@@ -1013,6 +1014,7 @@ def _decode_uniform(
     base_timestamp: int,
     out: list,
     cls: type[tuple],
+    build: bool = True,
 ) -> bool:
     """Decode ``data[pos:end]`` into ``out`` as ``_decode_general`` would, if its ``count``
     records are runs of the uniform shape; returns False (``out`` left as it was) otherwise.
@@ -1031,7 +1033,9 @@ def _decode_uniform(
     columns, read back from the bytes, never assumed); the header count byte is 0. Those are
     exactly the bytes ``_decode_general`` reads, each read the same way, so it would produce
     the same records; the records must then end exactly at ``end``. Any other shape, any
-    doubt, or any error the general decoder would raise returns False and the caller runs the general decoder, which decodes or raises as it always has."""
+    doubt, or any error the general decoder would raise returns False and the caller runs the general decoder, which decodes or raises as it always has.
+
+    With ``build=False`` every check runs but no record is made (``validate_records``)."""
     if type(data) is not bytes:  # the stepped-slice checks need bytes' methods
         return False
     start_len = len(out)
@@ -1121,6 +1125,10 @@ def _decode_uniform(
                     del out[start_len:]
                     return False
                 k >>= 1
+            if not build:
+                done += k
+                pos = stop
+                continue
             # --- the records of the run, built in C
             offsets = range(base_offset + done, base_offset + done + k)
             if tw == 1 and tsds.count(tsds[0]) == k:
@@ -1308,16 +1316,26 @@ def validate_records(buf: Buffer, pos: int = 0) -> int:
     every length already, and its inline varint reading is several times faster than a
     separate walk calling decode_varint per field."""
     h = validate_batch(buf, pos)
+    check_records(buf, pos, h)
+    return h.records_count
+
+
+def check_records(buf: Buffer, pos: int, h: BatchHeader) -> None:
+    """The record walk of ``validate_records`` for a batch whose header ``h`` was already
+    checked by ``validate_batch`` (the broker's append path: the CRC is not computed twice)."""
     data, pos = _batch_bytes(buf, pos, h)
     records, p, end = _records_of(data, pos, h)
     count = h.records_count
+    # The uniform shape is verified column by column without making a record; it checks
+    # the offset deltas 0..count-1 itself.
+    if _decode_uniform(records, p, end, count, 0, 0, [], tuple, build=False):
+        return
     decoded: list[tuple] = []
-    _decode_into(records, p, end, count, 0, 0, decoded, tuple)
+    _decode_general(records, p, end, count, 0, 0, decoded, tuple)
     deltas = [r[0] for r in decoded]
     if deltas != list(range(count)):
         bad = next(i for i, d in enumerate(deltas) if d != i)
         raise InvalidRecordError(
             f"record {bad} has offsetDelta {deltas[bad]}; deltas must be 0..count-1", position=pos
         )
-    return count
 

@@ -199,8 +199,8 @@ def scan_partition_dir(partition_dir: pathlib.Path, records: bool = False) -> Pa
     baseOffset following the previous batch (the first one equal to the file name's offset, each
     segment following the previous segment), and nothing but zeros after the last batch (the
     preallocated tail of a segment a crash left untrimmed). With ``records`` each batch is also
-    walked record by record (``validate_records``) and failures are counted, not reported as
-    problems: the broker checks batches at the header and CRC level only."""
+    walked record by record (``validate_records``) and failures are counted in
+    ``record_invalid_batches`` (the broker walks records on append, so callers assert it is 0)."""
     scan = PartitionScan(partition_dir)
     expected: int | None = None
     for log_path in segment_logs(partition_dir):

@@ -272,11 +272,11 @@ def run_fuzz(broker, inputs: int, name: str) -> dict[str, int]:
                "records_appended": sum((s.next_offset or 0) - (s.first_offset or 0) for s in scans.values()),
                "tracebacks_logged": tracebacks,
                # CRC-valid batches whose records do not parse (CRC fixed after garbling them):
-               # the broker validates batches at the header and CRC level only (see
-               # docs/reliability.md), so these are stored and served as sent.
+               # the broker walks every record on append, so none may be stored.
                "stored_batches_failing_record_check": sum(s.record_invalid_batches for s in scans.values())}
     print(f"[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
     print(f"[{name}] outcomes: " + ", ".join(f"{k}: {v}" for k, v in exchange.outcomes.most_common()))
+    assert figures["stored_batches_failing_record_check"] == 0, figures
     assert tracebacks == 0, "the broker logged unexpected exceptions:\n" + broker.log_text()[-8000:]
     return figures
 

@@ -109,7 +109,43 @@ def _bad_inputs() -> dict[str, tuple[bytes, type]]:
         "codec": (bytes(codec), UnsupportedCompressionTypeError),
         "trailing_garbage": (b + b"\x00" * 5, CorruptRecordError),
         "two_batches_to_append": (b + b, CorruptRecordError),
+        # A valid CRC over records that do not parse: the header alone looks right, so only
+        # the record walk (check_records) can refuse them.
+        "more_records_claimed_crc_fixed": (_with_crc(_set_count(batch(3, value=b"x" * 30), 4)), CorruptRecordError),
+        "record_length_lies_crc_fixed": (_with_crc(_patch(b, 61, 0x7E)), CorruptRecordError),
+        "offset_delta_repeated_crc_fixed": (_with_crc(_second_offset_delta(b, 0)), InvalidRecordError),
     }
+
+
+def _with_crc(b: bytes) -> bytes:
+    """The batch with its CRC-32C recomputed over attributes..end (a buggy but CRC-correct
+    producer)."""
+    from crc32c import crc32c
+
+    out = bytearray(b)
+    struct.pack_into(">I", out, 17, crc32c(bytes(out[21:])))
+    return bytes(out)
+
+
+def _set_count(b: bytes, n: int) -> bytes:
+    out = bytearray(b)
+    struct.pack_into(">i", out, 57, n)
+    struct.pack_into(">i", out, 23, n - 1)
+    return bytes(out)
+
+
+def _patch(b: bytes, pos: int, value: int) -> bytes:
+    out = bytearray(b)
+    out[pos] = value
+    return bytes(out)
+
+
+def _second_offset_delta(b: bytes, delta: int) -> bytes:
+    """Rewrite the second record's offsetDelta varint (one byte: zig-zag 2*delta)."""
+    first_len = b[61] >> 1  # one-byte zig-zag length of the first record
+    second = 61 + 1 + first_len
+    # length varint (1 byte), attributes (1), timestampDelta (1 byte), then offsetDelta
+    return _patch(b, second + 3, delta << 1)
 
 
 @pytest.mark.parametrize("name", list(_bad_inputs()))
