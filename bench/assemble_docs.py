@@ -357,13 +357,25 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
 
 
 def _fragment_command(text: str) -> str:
-    """A fragment-wide ``Command: `...` `` line, for tables without a command column."""
-    m = re.search(r"^\s*(?:[-*]\s+)?(?:\*\*)?Command(?:\*\*)?:\s*(?:\*\*)?\s*(.+?)\s*$", text, re.MULTILINE | re.IGNORECASE)
-    if not m:
-        return ""
-    line = m.group(1)
-    code = re.search(r"`[^`]+`", line)  # "Command: `...` — date: ..." -> just the command
-    return code.group(0) if code else line
+    """A fragment-wide ``Command: `...` `` line (a bullet, "Command (...):" and indented
+    continuation lines allowed), for tables without a command column: its backticked spans,
+    joined with "then"."""
+    lines = text.splitlines()
+    for k, line in enumerate(lines):
+        m = re.match(r"^\s*(?:[-*]\s+)?(?:\*\*)?Command[^:\n]*:\s*(?:\*\*)?\s*(.*)$", line, re.IGNORECASE)
+        if not m:
+            continue
+        body = [m.group(1)]
+        for cont in lines[k + 1 :]:
+            # only a continuation of the command itself ("then `...`", "`...`", "&& ...")
+            if cont.startswith((" ", "\t")) and cont.strip().startswith(("then ", "`", "&&")):
+                body.append(cont.strip())
+            else:
+                break
+        joined = " ".join(body).strip()
+        spans = re.findall(r"`[^`]+`", joined)
+        return " then ".join(spans) if spans else joined
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

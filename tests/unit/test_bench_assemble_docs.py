@@ -147,3 +147,14 @@ def test_only_the_first_figures_table_of_a_fragment() -> None:
     text = FRAGMENT + "\nEarlier run:\n\n| figure | target | median | runs |\n|---|---|---|---|\n| append | >= 1 MB/s | 9 MB/s | 1, 2, 3 |\n"
     assert len(parse_tables(text, "storage")) == 4
     assert [r.figure for r in parse_tables(text, "storage", first_only=True)][-1] == "recovery of 1 GiB"
+
+
+def test_fragment_command_forms() -> None:
+    from bench.assemble_docs import _fragment_command
+
+    assert _fragment_command("Command: `python -m bench.cluster` — date: x") == "`python -m bench.cluster`"
+    assert _fragment_command("- Command: `a b`\n- Date: y") == "`a b`"
+    assert _fragment_command("- Command (the figures below): `git show x > y`\n  then `python -m bench.codec --baseline y`.\n") == (
+        "`git show x > y` then `python -m bench.codec --baseline y`"
+    )
+    assert _fragment_command("no command here") == ""
