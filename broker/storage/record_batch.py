@@ -1015,6 +1015,7 @@ def _decode_uniform(
     out: list,
     cls: type[tuple],
     build: bool = True,
+    prefix: tuple = (),
 ) -> bool:
     """Decode ``data[pos:end]`` into ``out`` as ``_decode_general`` would, if its ``count``
     records are runs of the uniform shape; returns False (``out`` left as it was) otherwise.
@@ -1035,7 +1036,8 @@ def _decode_uniform(
     the same records; the records must then end exactly at ``end``. Any other shape, any
     doubt, or any error the general decoder would raise returns False and the caller runs the general decoder, which decodes or raises as it always has.
 
-    With ``build=False`` every check runs but no record is made (``validate_records``)."""
+    With ``build=False`` every check runs but no record is made (``validate_records``);
+    ``prefix`` fields (the consumer's topic and partition) go before each record's five."""
     if type(data) is not bytes:  # the stepped-slice checks need bytes' methods
         return False
     start_len = len(out)
@@ -1143,7 +1145,10 @@ def _decode_uniform(
                 )
             vstart = pos + voff
             values = map(getitem, map(slice, range(vstart, stop, stride), range(vstart + vlen, stop + vlen, stride)))
-            rows = zip(offsets, timestamps, _repeat(None), values, _repeat(()))
+            if prefix:
+                rows = zip(*map(_repeat, prefix), offsets, timestamps, _repeat(None), values, _repeat(()))
+            else:
+                rows = zip(offsets, timestamps, _repeat(None), values, _repeat(()))
             if cls is tuple:
                 out.extend(rows)
             else:
@@ -1167,11 +1172,19 @@ def _decode_into(
     base_timestamp: int,
     out: list,
     cls: type[tuple],
+    prefix: tuple = (),
 ) -> None:
-    """Append the ``count`` records of ``data[pos:end]`` to ``out`` as ``cls`` (Record or
-    tuple): the uniform fast path when the batch has that shape, else the general decoder."""
-    if not _decode_uniform(data, pos, end, count, base_offset, base_timestamp, out, cls):
+    """Append the ``count`` records of ``data[pos:end]`` to ``out`` as ``cls`` (Record,
+    tuple, or a NamedTuple whose fields are ``prefix``'s then the record's five): the uniform
+    fast path when the batch has that shape, else the general decoder."""
+    if _decode_uniform(data, pos, end, count, base_offset, base_timestamp, out, cls, True, prefix):
+        return
+    if not prefix:
         _decode_general(data, pos, end, count, base_offset, base_timestamp, out, cls)
+        return
+    rows: list = []
+    _decode_general(data, pos, end, count, base_offset, base_timestamp, rows, tuple)
+    out.extend(map(tuple.__new__, _repeat(cls), map(_add, _repeat(prefix), rows)))
 
 
 def _checked_header(buf: Buffer, pos: int, verify_crc: bool) -> BatchHeader:
@@ -1215,9 +1228,12 @@ def _as_bytes(buf: Buffer) -> bytes:
     return buf if type(buf) is bytes else bytes(buf)
 
 
-def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list, cls: type[tuple]) -> int:
+def _decode_buffer(
+    buf: Buffer, start_offset: int, verify_crc: bool, out: list, cls: type[tuple], prefix: tuple = ()
+) -> int:
     """Decode every whole batch of ``buf`` into ``out`` (tuples); returns the next offset
     after the last whole batch (``start_offset`` when there is none)."""
+    at = len(prefix)  # where the offset sits in a row
     data = _as_bytes(buf)
     n = len(data)
     pos = 0
@@ -1238,11 +1254,11 @@ def _decode_buffer(buf: Buffer, start_offset: int, verify_crc: bool, out: list, 
         if batch_next > start_offset:
             records, rpos, rend = _records_of(data, pos, h)
             if base_offset >= start_offset:
-                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out, cls)
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, out, cls, prefix)
             else:  # the fetch started inside this batch
                 batch: list = []
-                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch, cls)
-                out.extend([r for r in batch if r[0] >= start_offset])
+                _decode_into(records, rpos, rend, h.records_count, base_offset, h.base_timestamp, batch, cls, prefix)
+                out.extend([r for r in batch if r[at] >= start_offset])
         if batch_next > next_offset:
             next_offset = batch_next
         pos += size
@@ -1287,18 +1303,24 @@ def iter_records(buf: Buffer, start_offset: int = 0, verify_crc: bool = True) ->
 def decode_records_into(
     buf: Buffer,
     start_offset: int,
-    make: Callable[[int, int, bytes | None, bytes | None, tuple], T],
+    make: Callable[..., T],
     verify_crc: bool = True,
+    prefix: tuple = (),
 ) -> tuple[list[T], int]:
-    """The consumer's fast path: ``make(offset, timestamp, key, value, headers)`` for every
-    record with offset >= start_offset in the whole batches of ``buf``. Returns the list and
-    the offset after the last whole batch (``start_offset`` if ``buf`` holds none), which is
-    where the next fetch starts."""
+    """The consumer's fast path: ``make(*prefix, offset, timestamp, key, value, headers)``
+    for every record with offset >= start_offset in the whole batches of ``buf``. Returns the
+    list and the offset after the last whole batch (``start_offset`` if ``buf`` holds none),
+    which is where the next fetch starts.
+
+    When ``make`` is a NamedTuple class (Record, or the consumer's ConsumerRecord with
+    ``prefix=(topic, partition)``) each record is built in C, once, without calling its
+    Python ``__new__``; any other callable is called per record."""
     out: list = []
-    if make is Record:
-        next_offset = _decode_buffer(buf, start_offset, verify_crc, out, Record)
+    prefix = tuple(prefix)
+    if isinstance(make, type) and issubclass(make, tuple):
+        next_offset = _decode_buffer(buf, start_offset, verify_crc, out, make, prefix)
         return out, next_offset
-    next_offset = _decode_buffer(buf, start_offset, verify_crc, out, tuple)
+    next_offset = _decode_buffer(buf, start_offset, verify_crc, out, tuple, prefix)
     return list(_starmap(make, out)), next_offset
 
 

@@ -9,6 +9,7 @@ Bad input must raise the right class from broker/errors.py, never anything else.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import lz4.frame
 import pytest
@@ -800,3 +801,34 @@ def test_builder_refuses_a_wrong_value_type_at_append():
     mutable[:] = b"xyz"
     assert [r.value for r in decode_batch(builder.build())[1]] == [b"first", b"abc"]
     assert builder.size_in_bytes == len(builder.build())
+
+
+class _Prefixed(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [(1_000 + i // 7, None, b"v" * 100, None) for i in range(300)],  # uniform fast path
+        [(1_000, b"k%d" % i, b"x" * (i % 13), [("h", b"1")]) for i in range(50)],  # general path
+    ],
+    ids=["uniform", "general"],
+)
+@pytest.mark.parametrize("start_offset", [0, 5, 17])
+def test_decode_records_into_with_a_prefix_equals_plain_records(records, start_offset) -> None:
+    buf = encode_batch(records, base_offset=3) + encode_batch(records[:9], base_offset=3 + len(records))
+    plain, nxt = decode_records_into(buf, start_offset, Record)
+    got, nxt2 = decode_records_into(buf, start_offset, _Prefixed, True, ("t", 4))
+    assert nxt2 == nxt
+    assert all(type(r) is _Prefixed for r in got)
+    assert [tuple(r) for r in got] == [("t", 4) + tuple(r) for r in plain]
+    # Any other callable receives the prefix first too.
+    called, _ = decode_records_into(buf, start_offset, lambda *a: a, True, ("t", 4))
+    assert called == [tuple(r) for r in got]
