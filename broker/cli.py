@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("client.console.produce", "produce one record per stdin line"),
     "consume": ("client.console.consume", "print records to stdout"),
     "dump-log": ("broker.storage.dump_log", "print the batches of segment files"),
+    "health": ("broker.server.health", "ask a broker whether it serves (exit 0 when healthy)"),
 }
 
 
