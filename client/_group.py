@@ -605,7 +605,13 @@ class GroupMembership:
             except AnnalError as exc:
                 log.warning("group %s: auto-commit failed (%r); will retry", self.member.group_id, exc)
 
-    def _start_manual_at_committed(self) -> None:
+    def start_assigned_at_committed(self) -> None:
+        """Called by ``assign()``: read the group's committed offsets of the new partitions
+        now, before ``poll()`` can return a record of them from ``auto_offset_reset``'s
+        position. Raises ``NetworkError`` when ZooKeeper cannot be read."""
+        self._start_manual_at_committed(strict=True)
+
+    def _start_manual_at_committed(self, strict: bool = False) -> None:
         """Partitions given to ``assign()`` that have no position yet start at the group's
         committed offset when there is one (kafka-python does the same)."""
         c = self._hooks._consumer
@@ -618,6 +624,10 @@ class GroupMembership:
         try:
             starts = self.member._read_offsets(fresh)
         except (KazooException, KazooTimeoutError) as exc:
+            if strict:
+                raise NetworkError(
+                    f"group {self.member.group_id}: committed offsets could not be read from ZooKeeper: {exc!r}"
+                ) from exc
             log.info("group %s: committed offsets not read yet (%r)", self.member.group_id, exc)
             return
         self._manual_checked.update(fresh)

@@ -234,7 +234,9 @@ class Consumer:
                 pass
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
-        """Read exactly these partitions (replacing any assignment or topic list)."""
+        """Read exactly these partitions (replacing any assignment or topic list). With a
+        ``group_id`` they start at the group's committed offsets (read from ZooKeeper here;
+        ``NetworkError`` when it cannot be read), else at ``auto_offset_reset``."""
         self._ensure_open()
         if self._group is not None and self._group.subscribed:
             raise LocalUsageError("assign() cannot be mixed with a group subscription")
@@ -242,6 +244,10 @@ class Consumer:
         self._manual = True
         self._topics = set()
         self._set_assignment(tps)
+        if self._group is not None:
+            # With a group, the partitions start at its committed offsets: read them now so
+            # that no poll() can return records from auto_offset_reset's position first.
+            self._group.start_assigned_at_committed()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions currently assigned."""
