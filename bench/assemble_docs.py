@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.assemble_docs [--fragments docs/benchmarks] [--out docs/benchmarks.md]
 
 This script only copies: every number in the output comes from a fragment's table (written by
-the engineer who ran the measurement) or from ``docs/benchmarks/ceiling.json`` (written by
+the bench script that made the measurement) or from ``docs/benchmarks/ceiling.json`` (written by
 ``annal-bench ceiling``). It computes one thing, the fraction of a figure's ceiling, as the
 measured median divided by the ceiling it names, and prints which ceiling it used.
 
@@ -263,12 +263,12 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         "# Annal benchmarks",
         "",
         f"Assembled {now} by `.venv/bin/python -m bench.assemble_docs` from the fragments in "
-        "`docs/benchmarks/` (each written by the engineer who ran the measurement; this file only "
+        "`docs/benchmarks/` (each written with the measurement it reports; this file only "
         "copies their numbers).",
         "",
         f"Machine: {m['cpus']} cores (`nproc`), CPU model \"{m['cpu_model']}\", "
         f"{round((m['mem_total_bytes'] or 0) / 2**30)} GiB RAM, {m['platform']}, Python {m['python']}. "
-        "The machine was shared with other engineers' test and benchmark runs while these figures were "
+        "The machine was shared with other test and benchmark runs while these figures were "
         "taken, so they are noisy; each is the median of 3 runs.",
         "",
         "## Every figure",

@@ -94,7 +94,7 @@ NOTES = [
     "takes 15 %, the bench's own byte counting 6 %. Consume throughput is bounded by per-record decoding in "
     "Python, not by the broker (its sendfile fetch runs at a fraction of the ceiling, see `broker.md`).",
     "- The standalone broker, the producer or consumer process and the bench's parent share 2 cores, and "
-    "the machine was shared with other engineers' runs: the spread between runs is the noise, not the "
+    "the machine was shared with other runs: the spread between runs is the noise, not the "
     "code.",
     "",
 ]
