@@ -412,7 +412,9 @@ def test_read_survives_concurrent_roll_retention_and_eviction(tmp_path):
 
     def reader() -> None:
         try:
-            while not stop.is_set():
+            # A short wait per read: two readers spinning on the GIL would starve the writer
+            # (each of its syscalls gives the GIL away for a whole switch interval).
+            while not stop.wait(0.0005):
                 lso, leo = lg.log_start_offset, lg.log_end_offset
                 if leo == lso:
                     continue
