@@ -574,7 +574,6 @@ class GroupMembership:
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
         self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
-        self._manual_checked: set[TopicPartition] = set()
 
     @property
     def subscribed(self) -> bool:
@@ -592,12 +591,10 @@ class GroupMembership:
         self.member.leave(self._hooks, commit=self.enable_auto_commit)
 
     def poll(self) -> None:
-        """Rebalance if needed (or, with manually assigned partitions, start new ones at the
-        group's committed offsets), then auto-commit if due (errors are logged, not raised)."""
+        """Rebalance if needed, then auto-commit if due (errors are logged, not raised).
+        Manually assigned partitions got their committed offsets in ``assign()``."""
         if self.subscribed:
             self.member.poll_rebalance(self._hooks)
-        else:
-            self._start_manual_at_committed()
         if self.enable_auto_commit and time.monotonic() >= self._next_auto_commit:
             self._next_auto_commit = time.monotonic() + self.auto_commit_interval_ms / 1000.0
             try:
@@ -605,38 +602,16 @@ class GroupMembership:
             except AnnalError as exc:
                 log.warning("group %s: auto-commit failed (%r); will retry", self.member.group_id, exc)
 
-    def start_assigned_at_committed(self) -> None:
-        """Called by ``assign()``: read the group's committed offsets of the new partitions
-        now, before ``poll()`` can return a record of them from ``auto_offset_reset``'s
-        position. Raises ``NetworkError`` when ZooKeeper cannot be read."""
-        self._start_manual_at_committed(strict=True)
-
-    def _start_manual_at_committed(self, strict: bool = False) -> None:
-        """Partitions given to ``assign()`` that have no position yet start at the group's
-        committed offset when there is one (kafka-python does the same)."""
-        c = self._hooks._consumer
-        with c._cond:
-            # epoch 0: the application has not seek()ed it (resolving auto_offset_reset does
-            # not bump the epoch, and seek() below drops anything fetched meanwhile).
-            fresh = [tp for tp, st in c._states.items() if st.epoch == 0 and tp not in self._manual_checked]
-        if not fresh:
-            return
+    def committed_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``partitions`` (None where nothing is committed),
+        read from ZooKeeper now. ``assign()`` starts new partitions there. Raises
+        ``NetworkError`` when ZooKeeper cannot be read."""
         try:
-            starts = self.member._read_offsets(fresh)
+            return dict(self.member._read_offsets(partitions))
         except (KazooException, KazooTimeoutError) as exc:
-            if strict:
-                raise NetworkError(
-                    f"group {self.member.group_id}: committed offsets could not be read from ZooKeeper: {exc!r}"
-                ) from exc
-            log.info("group %s: committed offsets not read yet (%r)", self.member.group_id, exc)
-            return
-        self._manual_checked.update(fresh)
-        with c._cond:
-            for tp, offset in starts.items():
-                st = c._states.get(tp)
-                if st is not None and st.epoch == 0 and offset is not None:
-                    st.seek(offset)
-        c._fetcher.wakeup()
+            raise NetworkError(
+                f"group {self.member.group_id}: committed offsets could not be read from ZooKeeper: {exc!r}"
+            ) from exc
 
     def _commit_positions(self) -> None:
         positions = self._hooks.positions()

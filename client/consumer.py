@@ -241,13 +241,22 @@ class Consumer:
         if self._group is not None and self._group.subscribed:
             raise LocalUsageError("assign() cannot be mixed with a group subscription")
         tps = [_check_tp(tp) for tp in partitions]
+        starts: dict[TopicPartition, int | None] = {}
+        if self._group is not None:
+            # New partitions start at the group's committed offsets, read before they are
+            # assigned and set right after (a seek drops whatever the fetch thread got from
+            # auto_offset_reset's position meanwhile), so poll() never returns those records.
+            starts = self._group.committed_offsets([tp for tp in tps if tp not in self._states])
         self._manual = True
         self._topics = set()
         self._set_assignment(tps)
-        if self._group is not None:
-            # With a group, the partitions start at its committed offsets: read them now so
-            # that no poll() can return records from auto_offset_reset's position first.
-            self._group.start_assigned_at_committed()
+        if starts:
+            with self._cond:
+                for tp, offset in starts.items():
+                    st = self._states.get(tp)
+                    if st is not None and offset is not None:
+                        st.seek(offset)
+            self._fetcher.wakeup()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions currently assigned."""
