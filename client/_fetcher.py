@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
 import struct
 import threading
 import time
@@ -56,6 +55,7 @@ from broker.storage.record_batch import HEADER_SIZE, LOG_OVERHEAD
 from client._connection import DataConnection, InFlight
 from client._metadata import ClusterMetadata
 from client._rpc import RpcClient
+from client._waker import Waker
 from client.structs import TopicPartition
 
 __all__ = ["PartitionState", "CompletedFetch", "Fetcher", "EARLIEST", "LATEST"]
@@ -193,22 +193,14 @@ class Fetcher(threading.Thread):
         self._conns: dict[int, DataConnection] = {}
         self._node_backoff_until: dict[int, float] = {}
         self._running = True
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._woken = False
+        self._waker = Waker()
         self.fatal_error: BaseException | None = None
 
     # -- control (application threads) --------------------------------------------------------
 
     def wakeup(self) -> None:
         """Make the thread look at the partitions again (assignment, seek, resume, poll)."""
-        if not self._woken:
-            self._woken = True
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
+        self._waker.wakeup()
 
     def close(self) -> None:
         """Stop the thread and close its connections."""
@@ -331,8 +323,7 @@ class Fetcher(threading.Thread):
             for conn in self._conns.values():
                 conn.close()
             self._conns.clear()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _run_once(self) -> None:
         self._resolve_resets()
@@ -389,20 +380,13 @@ class Fetcher(threading.Thread):
 
     def _poll(self, timeout: float) -> None:
         conns = [c for c in self._conns.values() if c.in_flight and not c.closed]
-        rlist: list[Any] = [self._wake_r, *conns]
+        rlist: list[Any] = [self._waker, *conns]
         try:
             readable, _, _ = select.select(rlist, [], [], max(0.0, timeout))
         except (OSError, ValueError):
             readable = []
-        if self._wake_r in readable:
-            try:
-                while self._wake_r.recv(4096):
-                    pass
-            except OSError:
-                pass
-            # Only after draining: a wakeup() between the drain and this line leaves its byte
-            # in the pipe (a spurious wake), while clearing first could swallow one for good.
-            self._woken = False
+        if self._waker in readable:
+            self._waker.drain()
         for conn in conns:
             if conn in readable:
                 try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
 import threading
 import time
 from typing import Any
@@ -53,6 +52,7 @@ from broker.protocol.framing import (
 from client._accumulator import ProducerBatch, RecordAccumulator
 from client._connection import DataConnection, InFlight
 from client._metadata import ClusterMetadata
+from client._waker import Waker
 from client.structs import TopicPartition
 
 __all__ = ["Sender"]
@@ -98,10 +98,7 @@ class Sender(threading.Thread):
         self._node_backoff_until: dict[int, float] = {}
         self._running = True
         self._forced = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._woken = False
+        self._waker = Waker()
         self._next_expiry_check = 0.0
         self.fatal_error: BaseException | None = None
 
@@ -109,12 +106,7 @@ class Sender(threading.Thread):
 
     def wakeup(self) -> None:
         """Interrupt the sender's wait (new batch, flush, close, memory pressure)."""
-        if not self._woken:
-            self._woken = True
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
+        self._waker.wakeup()
 
     def initiate_close(self) -> None:
         """Stop after everything accumulated has been sent and answered."""
@@ -149,8 +141,7 @@ class Sender(threading.Thread):
             for conn in self._conns.values():
                 conn.close()
             self._conns.clear()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _in_flight_count(self) -> int:
         return sum(len(c.in_flight) for c in self._conns.values())
@@ -205,18 +196,13 @@ class Sender(threading.Thread):
         if not self._running:
             timeout_ms = min(timeout_ms, 50.0)
         timeout = None if timeout_ms == float("inf") else max(0.0, timeout_ms / 1000.0)
-        rlist: list[Any] = [self._wake_r, *conns]
+        rlist: list[Any] = [self._waker, *conns]
         try:
             readable, _, _ = select.select(rlist, [], [], timeout)
         except (OSError, ValueError):
             readable = []
-        if self._wake_r in readable:
-            try:
-                while self._wake_r.recv(4096):
-                    pass
-            except OSError:
-                pass
-            self._woken = False
+        if self._waker in readable:
+            self._waker.drain()
         for conn in conns:
             if conn in readable:
                 try:

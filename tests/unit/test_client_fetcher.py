@@ -58,8 +58,8 @@ def _wakeup_invariant_holds(owner) -> bool:
     waiting: a wakeup can never be swallowed."""
     import select
 
-    pending = select.select([owner._wake_r.real], [], [], 0)[0]
-    return not owner._woken or bool(pending)
+    pending = select.select([owner._waker._r.real], [], [], 0)[0]
+    return not owner._waker._woken or bool(pending)
 
 
 def test_fetcher_wakeup_during_drain_is_not_lost():
@@ -68,7 +68,7 @@ def test_fetcher_wakeup_during_drain_is_not_lost():
     f = Fetcher(None, None, auto_offset_reset="earliest", fetch_min_bytes=1, fetch_max_wait_ms=500,  # type: ignore[arg-type]
                 fetch_max_bytes=1 << 20, max_partition_fetch_bytes=1 << 20, retry_backoff_ms=10,
                 request_timeout_ms=1000)
-    f._wake_r = _DrainSpy(f._wake_r, f.wakeup)  # type: ignore[assignment]
+    f._waker._r = _DrainSpy(f._waker._r, f.wakeup)  # type: ignore[assignment]
     f.wakeup()
     f._poll(0)
     assert _wakeup_invariant_holds(f)
@@ -81,7 +81,7 @@ def test_sender_wakeup_during_drain_is_not_lost():
 
     acc = RecordAccumulator(1024, CODEC_NONE, 5, 1 << 20, 1000, 10)
     s = Sender(acc, None, 1, 0, 10, 1000, 5, 1 << 20)  # type: ignore[arg-type]
-    s._wake_r = _DrainSpy(s._wake_r, s.wakeup)  # type: ignore[assignment]
+    s._waker._r = _DrainSpy(s._waker._r, s.wakeup)  # type: ignore[assignment]
     s.wakeup()
     s._poll(0.0, 0.0)
     assert _wakeup_invariant_holds(s)
