@@ -45,7 +45,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
@@ -54,6 +54,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import ChildrenWatch
 
 from broker.coordination import zk_paths as paths
+from broker.coordination.zk_reads import read_children_data
 from broker.errors import AnnalError, GroupError, LocalUsageError, NetworkError
 
 from client.structs import TopicPartition
@@ -284,18 +285,7 @@ class GroupMember:
         log.info("group %s: member %s registered for %s", self.group_id, self.member_id, self._topics)
 
     def _read_children_data(self, parent: str) -> dict[str, bytes | None]:
-        try:
-            children = self.client.get_children(parent)
-        except NoNodeError:
-            return {}
-        pending = [(c, self.client.get_async(f"{parent}/{c}")) for c in children]
-        out: dict[str, bytes | None] = {}
-        for child, result in pending:
-            try:
-                out[child] = result.get(timeout=10.0)[0]
-            except NoNodeError:
-                pass
-        return out
+        return read_children_data(self.client, parent, missing_parent_ok=True)
 
     def _target(self) -> set[TopicPartition]:
         subscriptions: dict[str, list[str]] = {}

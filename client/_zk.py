@@ -30,7 +30,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
@@ -38,6 +38,7 @@ from kazoo.retry import KazooRetry
 
 from broker.coordination import zk_paths as paths
 from broker.coordination.base import TopicPlacement
+from broker.coordination.zk_reads import read_children_data
 from broker.errors import LeaderNotAvailableError, NetworkError
 
 from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
@@ -253,15 +254,7 @@ class ZooKeeperMetadataSource:
                     log.exception("metadata listener failed")
 
     def _read_all(self, parent: str) -> dict[str, bytes | None]:
-        children = self.client.get_children(parent)
-        pending = [(c, self.client.get_async(f"{parent}/{c}")) for c in children]
-        out: dict[str, bytes | None] = {}
-        for child, result in pending:
-            try:
-                out[child] = result.get(timeout=10.0)[0]
-            except NoNodeError:
-                pass
-        return out
+        return read_children_data(self.client, parent)
 
     def _read(self, *, brokers: bool, topics: bool) -> None:
         fresh_brokers: dict[int, BrokerMetadata] | None = None

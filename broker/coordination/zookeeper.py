@@ -56,6 +56,7 @@ from kazoo.retry import KazooRetry
 
 from broker.coordination import zk_paths as paths
 from broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
+from broker.coordination.zk_reads import read_children_data
 from broker.errors import (
     AnnalError,
     BrokerNotAvailableError,
@@ -488,15 +489,7 @@ class ZooKeeperCoordinator(Coordinator):
                 log.exception("refresh of cluster state failed")
 
     def _read_all(self, parent: str) -> dict[str, bytes | None]:
-        children = self._zk.get_children(parent)
-        pending = [(c, self._zk.get_async(f"{parent}/{c}")) for c in children]
-        out: dict[str, bytes | None] = {}
-        for child, result in pending:
-            try:
-                out[child] = result.get(timeout=self.session_timeout_ms / 1000.0)[0]
-            except NoNodeError:
-                pass
-        return out
+        return read_children_data(self._zk, parent, self.session_timeout_ms / 1000.0)
 
     def _refresh(self, *, brokers: bool, topics: bool) -> None:
         """Re-read registrations and/or placements; call listeners when placements changed.
