@@ -81,6 +81,7 @@ class ProducerBatch:
         "tp",
         "builder",
         "append",
+        "append_value",
         "result",
         "created_ms",
         "deadline_ms",
@@ -97,6 +98,7 @@ class ProducerBatch:
         self.tp = tp
         self.builder: BatchBuilder | None = builder
         self.append: Callable[..., int] = builder.append
+        self.append_value: Callable[[int, bytes], int] = builder.append_value
         self.result = ProduceRequestResult()
         self.created_ms = now_ms
         self.deadline_ms = now_ms + delivery_timeout_ms
@@ -104,7 +106,7 @@ class ProducerBatch:
         self.attempts = 0
         self.closed = False
         self.reserved = reserved
-        self.buffer: bytes | None = None
+        self.buffer: tuple[bytes, bytes | bytearray] | None = None
         self.last_error: BaseException | None = None
         self.count = 0
 
@@ -114,12 +116,13 @@ class ProducerBatch:
         builder = self.builder
         return builder.records_count if builder is not None else self.count
 
-    def close(self) -> bytes:
-        """Stop appends and build the batch bytes (base offset 0: the broker assigns it)."""
+    def close(self) -> tuple[bytes, bytes | bytearray]:
+        """Stop appends and build the batch (base offset 0: the broker assigns it), as its
+        header and records area (``BatchBuilder.build_parts``); kept for retries."""
         self.closed = True
         if self.buffer is None:
             assert self.builder is not None, "a completed batch is never sent again"
-            self.buffer = self.builder.build(0)
+            self.buffer = self.builder.build_parts(0)
         return self.buffer
 
     def complete(self, base_offset: int, error: BaseException | None) -> None:
@@ -133,6 +136,7 @@ class ProducerBatch:
             self.count = builder.records_count
             self.builder = None
             self.append = _refuse_append
+            self.append_value = _refuse_append
         self.buffer = None
         r = self.result
         with _callback_lock:

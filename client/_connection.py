@@ -39,6 +39,9 @@ class InFlight:
         self.expects_response = expects_response
 
 
+_IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
+
+
 class DataConnection:
     """A connection to broker ``node_id`` at ``host:port`` (its data port)."""
 
@@ -92,19 +95,27 @@ class DataConnection:
         sock = self.sock
         if sock is None:
             raise NetworkError(f"connection to broker {self.node_id} is closed")
-        data = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        # Gathered by the kernel (sendmsg): the record bytes are not joined into one buffer.
+        pending = [memoryview(p) for p in parts if len(p)]
         deadline = time.monotonic() + self.request_timeout_ms / 1000.0
         try:
-            while data:
+            while pending:
                 try:
-                    n = sock.send(data)
+                    n = sock.sendmsg(pending[:_IOV_MAX])
                 except (BlockingIOError, InterruptedError):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise TimeoutError(f"request not written within {self.request_timeout_ms} ms")
                     select.select([], [sock], [], left)
                     continue
-                data = data[n:]
+                # Drop what was written: whole buffers, then the front of a partly sent one.
+                i = 0
+                while i < len(pending) and n >= len(pending[i]):
+                    n -= len(pending[i])
+                    i += 1
+                del pending[:i]
+                if n:
+                    pending[0] = pending[0][n:]
         except OSError as exc:
             self.close()
             raise NetworkError(f"send to broker {self.node_id} failed: {exc}") from None

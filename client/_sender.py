@@ -269,10 +269,8 @@ class Sender(threading.Thread):
     def _send_produce(self, conn: DataConnection, drained: dict[TopicPartition, list[ProducerBatch]]) -> None:
         parts = []
         for tp, batches in drained.items():
-            if len(batches) == 1:
-                records: bytes = batches[0].close()
-            else:
-                records = b"".join([b.close() for b in batches])
+            # One copy of the partition's batches, header and records area side by side.
+            records = b"".join([part for b in batches for part in b.close()])
             parts.append(ProducePartition(tp.topic, tp.partition, records))
             self.muted.add(tp)
         cid = conn.next_correlation_id()

@@ -17,6 +17,7 @@ Thread-safety: kafka-python's rule applies — one application thread uses a con
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -53,6 +54,27 @@ def _check_tp(tp: Any) -> TopicPartition:
     if isinstance(tp, tuple) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int):
         return TopicPartition(tp[0], tp[1])
     raise TypeError(f"expected a TopicPartition(topic, partition), not {tp!r}")
+
+
+def _decode_gc_paused(
+    records: Any, start_offset: int, prefix: tuple[str, int], check_crcs: bool
+) -> tuple[list[ConsumerRecord], int]:
+    """``decode_records_into`` with the cyclic garbage collector paused while it runs.
+
+    A fetch of 1 MiB builds about 10,000 ConsumerRecords, all reachable and none part of a
+    cycle; left running, the collector would start a pass every 700 of them and walk the
+    growing list each time (about 30 % of the decode in instruction counts). Paused, it makes
+    one pass over them at its next trigger after ``gc.enable()``. Nothing is skipped: the
+    collector's counts keep growing while paused. If the application disabled the collector
+    itself, it is left disabled.
+    """
+    if not gc.isenabled():
+        return decode_records_into(records, start_offset, ConsumerRecord, check_crcs, prefix)
+    gc.disable()
+    try:
+        return decode_records_into(records, start_offset, ConsumerRecord, check_crcs, prefix)
+    finally:
+        gc.enable()
 
 
 class Consumer:
@@ -437,8 +459,9 @@ class Consumer:
         kd, vd = self._key_deserializer, self._value_deserializer
         if kd is None and vd is None:
             # The codec builds each ConsumerRecord in C, once, with (topic, partition) in
-            # front: several times cheaper than a Python call per record.
-            return decode_records_into(records, start_offset, ConsumerRecord, self._check_crcs, tuple(tp))
+            # front: several times cheaper than a Python call per record. The cyclic GC is
+            # paused meanwhile (see _decode_gc_paused).
+            return _decode_gc_paused(records, start_offset, (tp.topic, tp.partition), self._check_crcs)
         topic, part = tp
 
         def make_deser(o: int, t: int, k: Any, v: Any, h: Any) -> ConsumerRecord:

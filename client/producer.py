@@ -139,6 +139,8 @@ class Producer:
         self._value_serializer = value_serializer
         self._max_block_ms = max_block_ms
         self._closed = False
+        # send()'s fast path is open while this is True: not closed, no value serializer.
+        self._plain = value_serializer is None
         self._rpc = RpcClient(request_timeout_ms)
         self._metadata = self._make_metadata(bootstrap_servers, zookeeper, retry_backoff_ms, request_timeout_ms)
         self._partitioner = StickyPartitionCache()
@@ -209,6 +211,27 @@ class Producer:
         ``TypeError`` for values of the wrong type, ``UnknownTopicOrPartitionError`` for a
         topic or partition that does not exist.
         """
+        if (
+            type(value) is bytes
+            and key is None
+            and partition is None
+            and headers is None
+            and timestamp_ms is None
+            and self._plain
+        ):
+            # The hot path: plain bytes, no key, partition, headers or timestamp. Written out
+            # here rather than in a helper, since a Python call costs as much as this body.
+            ts = _time_ns() // 1000000
+            lock = self._lock
+            lock.acquire()
+            batch = self._sticky.get(topic)
+            if batch is not None:
+                delta = batch.append_value(ts, value)
+                if delta >= 0:
+                    lock.release()
+                    return _FRM((batch, delta, ts))
+            lock.release()
+            return self._send_slow(topic, value, None, None, None, ts)
         if self._closed:
             raise ProducerClosedError("send() on a closed producer")
         if self._value_serializer is not None:
@@ -218,7 +241,8 @@ class Producer:
         elif isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int) or timestamp_ms < 0:
             raise TypeError(f"timestamp_ms must be a non-negative int (ms since the epoch), not {timestamp_ms!r}")
         if key is None and partition is None and headers is None and type(value) is bytes:
-            # Fast path: a keyless record appended to the topic's sticky batch.
+            # A keyless record appended to the topic's sticky batch (serialized values and
+            # explicit timestamps come here; plain bytes take the path above).
             lock = self._lock
             lock.acquire()
             batch = self._sticky.get(topic)
@@ -302,6 +326,7 @@ class Producer:
         if self._closed and not self._sender.is_alive():
             return
         self._closed = True
+        self._plain = False
         self._accumulator.closing = True
         if timeout is not None and timeout <= 0:
             self._sender.force_close()

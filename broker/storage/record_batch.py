@@ -443,6 +443,34 @@ def _pack_batch(
     partition_leader_epoch: int,
 ) -> bytes:
     """Header + (compressed) records, CRC-32C filled in."""
+    header, payload = _pack_batch_parts(
+        records,
+        compression,
+        base_offset,
+        count,
+        base_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        partition_leader_epoch,
+    )
+    return header + payload
+
+
+def _pack_batch_parts(
+    records: bytes | bytearray,
+    compression: int,
+    base_offset: int,
+    count: int,
+    base_timestamp: int,
+    max_timestamp: int,
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+    partition_leader_epoch: int,
+) -> tuple[bytes, bytes | bytearray]:
+    """The batch as (header with CRC-32C, (compressed) records), not concatenated."""
     payload = _compress(records, compression)
     fields = [
         base_offset,
@@ -461,7 +489,7 @@ def _pack_batch(
     ]
     header = HEADER_STRUCT.pack(*fields)
     fields[4] = crc32c(payload, crc32c(header[CRC_START:]))
-    return HEADER_STRUCT.pack(*fields) + payload
+    return HEADER_STRUCT.pack(*fields), payload
 
 
 # --------------------------------------------- encoding: records without key or headers
@@ -525,9 +553,12 @@ def _encode_nokey_run(
             lw = len(lenv)
             stride = lw + body
             pre = lenv + b"\x00\x00" + b"\x00" * ow + b"\x01" + vhead
-            seg = bytearray(pre)
-            seg += (b"\x00" + pre).join(values[i : i + k] if i or k < n else values)
-            seg.append(0)
+            # sep.join over ["", values..., ""] is pre + v0 + sep + ... + v(k-1) + sep with
+            # one extra header-count byte in front and one extra record head at the end;
+            # both are cut off in place (bytearray deletes at either end without a copy).
+            seg = bytearray(b"\x00" + pre).join([b"", *(values[i : i + k] if i or k < n else values), b""])
+            del seg[:1]
+            del seg[len(seg) - len(pre) :]
             seg[lw + 1 :: stride] = tsd_col[i : i + k]
             if ow == 1:
                 seg[lw + 2 :: stride] = _OD1[od : od + k]
@@ -662,10 +693,43 @@ class BatchBuilder:
             self.max_timestamp = timestamp_ms
         return count
 
+    def append_value(self, timestamp_ms: int, value: bytes) -> int:
+        """``append(timestamp_ms, None, value)`` for a ``bytes`` value, no key and no headers:
+        the producer's hot path, with only the checks that case needs.
+
+        Same answer as ``append``: the record's offset delta, or -1 when it would take a
+        non-empty batch past ``batch_size``. Anything the deferred path cannot take (a
+        timestamp before the batch's first or 16 s after it, a value of 16,000 bytes or more,
+        16,384 records) goes through ``append``. ``max_timestamp`` of these records is taken
+        in ``build`` from the largest pending timestamp delta.
+        """
+        count = self.records_count
+        try:
+            tsd = timestamp_ms - self.base_timestamp  # type: ignore[operator]  # TypeError if unset
+            # The exact encoded size: three table lookups, IndexError past the tables.
+            size = self.size_in_bytes + _SZ[_NKB[len(value)] + _W[tsd] + _W[count]]
+        except (IndexError, TypeError):
+            return self.append(timestamp_ms, None, value, None)
+        # A negative delta would have read the tables from the end; only immutable bytes may
+        # wait for build().
+        if tsd < 0 or type(value) is not bytes:
+            return self.append(timestamp_ms, None, value, None)
+        if size > self.batch_size and count:
+            return -1
+        self._values.append(value)
+        self._tsds.append(tsd)
+        self.size_in_bytes = size
+        self.records_count = count + 1
+        return count
+
     def _encode_pending(self) -> None:
         """Encode the deferred records into _parts (they are the last ones appended)."""
         values = self._values
-        self._parts.append(_encode_nokey_run(self.records_count - len(values), self._tsds, values))
+        tsds = self._tsds
+        top = self.base_timestamp + max(tsds)  # type: ignore[operator]  # set with the first record
+        if top > self.max_timestamp:
+            self.max_timestamp = top
+        self._parts.append(_encode_nokey_run(self.records_count - len(values), tsds, values))
         self._values = []
         self._tsds = []
 
@@ -683,6 +747,27 @@ class BatchBuilder:
         May be called more than once (for example again with another base offset); the
         records are joined only once per set of records. Raises ValueError on an empty
         builder."""
+        header, payload = self.build_parts(
+            base_offset,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            base_sequence=base_sequence,
+            partition_leader_epoch=partition_leader_epoch,
+        )
+        return header + payload
+
+    def build_parts(
+        self,
+        base_offset: int = 0,
+        *,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+        base_sequence: int = -1,
+        partition_leader_epoch: int = -1,
+    ) -> tuple[bytes, bytes | bytearray]:
+        """``build`` as two buffers, the 61-byte header and the records area, for a writer
+        that sends a list of buffers (the producer joins many batches into one request and
+        would otherwise copy every batch twice). The records area is not to be modified."""
         count = self.records_count
         if not count:
             raise ValueError("a record batch needs at least one record")
@@ -690,8 +775,9 @@ class BatchBuilder:
         if joined is None or joined[0] != count:
             if self._values:
                 self._encode_pending()
-            joined = self._joined = (count, b"".join(self._parts))
-        return _pack_batch(
+            parts = self._parts
+            joined = self._joined = (count, parts[0] if len(parts) == 1 else b"".join(parts))
+        return _pack_batch_parts(
             joined[1],
             self.compression,
             base_offset,
@@ -1005,6 +1091,10 @@ def _uniform_run_ok(
     return True
 
 
+_VALUE_STRUCTS: dict[tuple[int, int], struct.Struct] = {}  # (value offset, length) -> its record's struct
+_FIRST = _itemgetter(0)
+
+
 def _decode_uniform(
     data: bytes,
     pos: int,
@@ -1136,15 +1226,24 @@ def _decode_uniform(
             if tw == 1 and tsds.count(tsds[0]) == k:
                 timestamps: Iterable[int] = _repeat(base_timestamp + zz[tsds[0]], k)
             elif tw == 1:
-                timestamps = map(_add, _repeat(base_timestamp), map(zz.__getitem__, tsds))
+                # A batch holds few distinct one-byte deltas: one int per distinct delta, shared
+                # by the records that carry it (no new int per record).
+                table: list[int | None] = [None] * 128
+                for b in set(tsds):
+                    table[b] = base_timestamp + zz[b]
+                timestamps = map(table.__getitem__, tsds)  # type: ignore[arg-type]
             else:
                 timestamps = map(
                     _add,
                     map(_add, _repeat(base_timestamp), map(h.__getitem__, tsds)),
                     map(_SHL6.__getitem__, tsd_hi),
                 )
-            vstart = pos + voff
-            values = map(getitem, map(slice, range(vstart, stop, stride), range(vstart + vlen, stop + vlen, stride)))
+            # One struct that skips the record's head, takes the value and skips the header
+            # count: iter_unpack cuts the run into values in C, faster than a slice per record.
+            unpacker = _VALUE_STRUCTS.get((voff, vlen))
+            if unpacker is None:
+                unpacker = _VALUE_STRUCTS[(voff, vlen)] = struct.Struct(f"{voff}x{vlen}s1x")
+            values = map(_FIRST, unpacker.iter_unpack(memoryview(data)[pos:stop]))
             if prefix:
                 rows = zip(*map(_repeat, prefix), offsets, timestamps, _repeat(None), values, _repeat(()))
             else:

@@ -38,7 +38,7 @@ def test_records_fill_batches_in_order_and_build_valid_bytes():
     assert drained == batches and not acc.batches[TP0]
     values = []
     for b in drained:
-        header, recs = decode_batch(b.close())
+        header, recs = decode_batch(b"".join(b.close()))
         values += [r.value for r in recs]
         assert header.records_count == b.records_count
     assert values == [b"v%03d" % i for i in range(100)]
@@ -142,7 +142,7 @@ def test_lz4_batches_decode():
     for i in range(500):
         acc.append("t", 0, 3, 1, None, b"log line %d: all is well" % i, None, 1000)
     (b,) = acc.drain([TP0], 1 << 20)[TP0]
-    buf = b.close()
+    buf = b"".join(b.close())
     assert len(buf) < b.builder.size_in_bytes / 3
     assert [r.value for r in decode_batch(buf)[1]][-1] == b"log line 499: all is well"
 

@@ -36,7 +36,7 @@ def test_per_partition_order_and_exactly_once(script):
 
     def ack(p: int) -> None:
         for b in in_flight.pop(p):
-            _h, recs = decode_batch(b.close())
+            _h, recs = decode_batch(b"".join(b.close()))
             stored[p] += [r.value for r in recs]
             acc.complete(b, log_end[p], None)
             log_end[p] += len(recs)
