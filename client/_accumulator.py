@@ -416,6 +416,10 @@ class RecordAccumulator:
             n = self._partition_counts.get(tp.topic)
             self.partitioner.next_partition(tp.topic, n if n else tp.partition + 1, tp.partition)
 
+    def topics(self) -> list[str]:
+        """The topics records were sent to (whose partition count is known)."""
+        return list(self._partition_counts)
+
     def set_partition_count(self, topic: str, n: int) -> None:
         """Tell the sticky partitioner how many partitions ``topic`` has."""
         self._partition_counts[topic] = n

@@ -82,6 +82,7 @@ class Sender(threading.Thread):
         max_in_flight: int,
         max_request_size: int,
         connect_timeout_ms: int = 10000,
+        metadata_max_age_ms: int = 300000,
     ) -> None:
         super().__init__(name="annal-producer-sender", daemon=True)
         self.acc = accumulator
@@ -100,6 +101,8 @@ class Sender(threading.Thread):
         self._forced = False
         self._waker = Waker()
         self._next_expiry_check = 0.0
+        self.metadata_max_age_ms = metadata_max_age_ms
+        self._next_metadata_refresh = time.monotonic() + metadata_max_age_ms / 1000.0
         self.fatal_error: BaseException | None = None
 
     # -- control (any thread) ------------------------------------------------------------------
@@ -156,6 +159,14 @@ class Sender(threading.Thread):
             self._next_expiry_check = now + 0.1
             for batch in acc.expired(now_ms, self.muted):
                 self._fail_batch(batch, self._timeout_error(batch))
+        if now >= self._next_metadata_refresh:
+            # Kafka's metadata.max.age.ms: re-read the topics sent to even when nothing
+            # failed, so new brokers, leaders and partition counts are picked up.
+            self._next_metadata_refresh = now + self.metadata_max_age_ms / 1000.0
+            topics = acc.topics()
+            if topics:
+                self.metadata.request_update()
+                self.metadata.maybe_refresh(topics)
         tps, next_ms = acc.ready(now_ms, self.muted)
         by_node: dict[int, list[TopicPartition]] = {}
         wait_for_metadata = False
@@ -183,7 +194,7 @@ class Sender(threading.Thread):
                 if conn.closed:
                     break
                 node_tps = [tp for tp in node_tps if tp not in drained and tp not in self.muted]
-        timeout_ms = next_ms
+        timeout_ms = min(next_ms, max(0.0, (self._next_metadata_refresh - now) * 1000.0))
         if wait_for_metadata:
             timeout_ms = min(timeout_ms, self.retry_backoff_ms)
         self._poll(now, timeout_ms)

@@ -76,6 +76,8 @@ class Producer:
         max_block_ms: how long ``send`` may block (buffer full, metadata not yet known) before
             raising ``BufferExhaustedError`` / ``KafkaTimeoutError``.
         key_serializer, value_serializer: callables turning keys/values into bytes.
+        metadata_max_age_ms: how often the metadata of the topics sent to is re-read even
+            when no error asked for it (new partitions, brokers and leaders are picked up).
         zookeeper: ZooKeeper connect string for cluster mode (brokers and leaders are then
             watched in ZooKeeper instead of asked from ``bootstrap_servers``).
 
@@ -100,6 +102,7 @@ class Producer:
         max_block_ms: int = 60000,
         key_serializer: Callable[[Any], bytes] | None = None,
         value_serializer: Callable[[Any], bytes] | None = None,
+        metadata_max_age_ms: int = 300000,
         zookeeper: str | None = None,
         client_id: str = "annal-producer",
     ) -> None:
@@ -120,6 +123,7 @@ class Producer:
         _check_positive("max_request_size", max_request_size, allow_zero=False)
         _check_positive("buffer_memory", buffer_memory, allow_zero=False)
         _check_positive("max_block_ms", max_block_ms)
+        _check_positive("metadata_max_age_ms", metadata_max_age_ms, allow_zero=False)
         if key_serializer is not None and not callable(key_serializer):
             raise LocalUsageError("key_serializer must be callable")
         if value_serializer is not None and not callable(value_serializer):
@@ -133,7 +137,8 @@ class Producer:
             retry_backoff_ms=retry_backoff_ms, delivery_timeout_ms=delivery_timeout_ms,
             request_timeout_ms=request_timeout_ms, max_in_flight=max_in_flight,
             max_request_size=max_request_size, buffer_memory=buffer_memory,
-            max_block_ms=max_block_ms, zookeeper=zookeeper, client_id=client_id,
+            max_block_ms=max_block_ms, metadata_max_age_ms=metadata_max_age_ms,
+            zookeeper=zookeeper, client_id=client_id,
         )
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
@@ -162,6 +167,7 @@ class Producer:
             request_timeout_ms=request_timeout_ms,
             max_in_flight=max_in_flight,
             max_request_size=max_request_size,
+            metadata_max_age_ms=metadata_max_age_ms,
         )
         self._accumulator._wakeup = self._sender.wakeup
         self._metadata.add_listener(self._on_metadata)

@@ -342,3 +342,24 @@ def test_one_producer_shared_by_threads(broker):
     assert len(positions) == 12000  # every record has its own place
     got = read_all(broker, topic, 12000)
     assert sum(len(v) for v in got.values()) == 12000
+
+
+@pytest.mark.timeout(60)
+def test_metadata_is_re_read_every_metadata_max_age_ms(broker):
+    # Nothing fails here, so only the periodic refresh can tell the producer that the topic
+    # was re-created with three partitions.
+    topic = new_topic(broker, 1)
+    with Producer(broker.bootstrap, metadata_max_age_ms=300) as p:
+        assert p.send(topic, b"before").get(timeout=30).partition == 0
+        assert p.partitions_for(topic) == {0}
+        with Admin(broker.bootstrap) as admin:
+            admin.delete_topics([topic])
+            admin.create_topics([NewTopic(topic, 3)])
+        deadline = time.monotonic() + 20
+        while p.partitions_for(topic) != {0, 1, 2} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.partitions_for(topic) == {0, 1, 2}
+        metas = [p.send(topic, b"k%d" % i, key=b"k%d" % i).get(timeout=30) for i in range(30)]
+        assert {m.partition for m in metas} == {0, 1, 2}
+    with pytest.raises(LocalUsageError):
+        Producer(broker.bootstrap, metadata_max_age_ms=0)
