@@ -553,12 +553,9 @@ def _encode_nokey_run(
             lw = len(lenv)
             stride = lw + body
             pre = lenv + b"\x00\x00" + b"\x00" * ow + b"\x01" + vhead
-            # sep.join over ["", values..., ""] is pre + v0 + sep + ... + v(k-1) + sep with
-            # one extra header-count byte in front and one extra record head at the end;
-            # both are cut off in place (bytearray deletes at either end without a copy).
-            seg = bytearray(b"\x00" + pre).join([b"", *(values[i : i + k] if i or k < n else values), b""])
-            del seg[:1]
-            del seg[len(seg) - len(pre) :]
+            seg = bytearray(pre)
+            seg += (b"\x00" + pre).join(values[i : i + k] if i or k < n else values)
+            seg.append(0)
             seg[lw + 1 :: stride] = tsd_col[i : i + k]
             if ow == 1:
                 seg[lw + 2 :: stride] = _OD1[od : od + k]
