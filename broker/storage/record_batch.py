@@ -441,36 +441,9 @@ def _pack_batch(
     producer_epoch: int,
     base_sequence: int,
     partition_leader_epoch: int,
-) -> bytes:
-    """Header + (compressed) records, CRC-32C filled in."""
-    header, payload = _pack_batch_parts(
-        records,
-        compression,
-        base_offset,
-        count,
-        base_timestamp,
-        max_timestamp,
-        producer_id,
-        producer_epoch,
-        base_sequence,
-        partition_leader_epoch,
-    )
-    return header + payload
-
-
-def _pack_batch_parts(
-    records: bytes | bytearray,
-    compression: int,
-    base_offset: int,
-    count: int,
-    base_timestamp: int,
-    max_timestamp: int,
-    producer_id: int,
-    producer_epoch: int,
-    base_sequence: int,
-    partition_leader_epoch: int,
 ) -> tuple[bytes, bytes | bytearray]:
-    """The batch as (header with CRC-32C, (compressed) records), not concatenated."""
+    """The batch as (header with CRC-32C filled in, (compressed) records), not concatenated:
+    a writer that sends a list of buffers needs no copy of the records."""
     payload = _compress(records, compression)
     fields = [
         base_offset,
@@ -602,7 +575,7 @@ class BatchBuilder:
         "compression",
         "batch_size",
         "base_timestamp",
-        "max_timestamp",
+        "_max_ts",
         "records_count",
         "size_in_bytes",
         "_parts",
@@ -621,7 +594,7 @@ class BatchBuilder:
         self.compression = compression
         self.batch_size = batch_size
         self.base_timestamp: int | None = base_timestamp_ms
-        self.max_timestamp: int = -1
+        self._max_ts = -1  # of the encoded records; the pending ones are folded in on read
         self.records_count: int = 0
         self.size_in_bytes: int = HEADER_SIZE
         self._parts: list[bytes | bytearray] = []  # encoded records, in order
@@ -645,22 +618,19 @@ class BatchBuilder:
         if base is None:
             base = self.base_timestamp = timestamp_ms
         tsd = timestamp_ms - base
-        if key is None and not headers and type(value) is bytes and 0 <= tsd < 16384 and count < 16384:
-            vlen = len(value)
-            if vlen < _NKB_LIMIT:
-                # Deferred: the exact size now, the bytes in build() (_encode_nokey_run). Only
-                # for bytes: immutable, so the record cannot change before build(), and any
-                # other type is refused here, by the encoder below, not later in build().
-                size = self.size_in_bytes + _SZ[_NKB[vlen] + _W[tsd] + _W[count]]
-                if size > self.batch_size and count:
-                    return -1
-                self._values.append(value)
-                self._tsds.append(tsd)
-                self.size_in_bytes = size
-                self.records_count = count + 1
-                if timestamp_ms > self.max_timestamp:
-                    self.max_timestamp = timestamp_ms
-                return count
+        if (
+            key is None
+            and not headers
+            and type(value) is bytes
+            and 0 <= tsd < 16384
+            and count < 16384
+            and len(value) < _NKB_LIMIT
+        ):
+            # Deferred: the exact size now, the bytes in build() (_encode_nokey_run). Only for
+            # bytes: immutable, so the record cannot change before build(), and any other type
+            # is refused here, by the encoder below, not later in build(). Within these bounds
+            # append_value takes the record itself (it never hands it back here).
+            return self.append_value(timestamp_ms, value)
         if self._values:
             self._encode_pending()
         if not headers and value is not None and key is not None and 0 <= tsd < 16384 and count < 16384:
@@ -676,8 +646,8 @@ class BatchBuilder:
                 self._parts.extend((head, p, value, b"\x00"))
                 self.size_in_bytes = size
                 self.records_count = count + 1
-                if timestamp_ms > self.max_timestamp:
-                    self.max_timestamp = timestamp_ms
+                if timestamp_ms > self._max_ts:
+                    self._max_ts = timestamp_ms
                 return count
         rec = _encode_record(count, tsd, key, value, headers)
         size = self.size_in_bytes + len(rec)
@@ -686,8 +656,8 @@ class BatchBuilder:
         self._parts.append(rec)
         self.size_in_bytes = size
         self.records_count = count + 1
-        if timestamp_ms > self.max_timestamp:
-            self.max_timestamp = timestamp_ms
+        if timestamp_ms > self._max_ts:
+            self._max_ts = timestamp_ms
         return count
 
     def append_value(self, timestamp_ms: int, value: bytes) -> int:
@@ -697,8 +667,8 @@ class BatchBuilder:
         Same answer as ``append``: the record's offset delta, or -1 when it would take a
         non-empty batch past ``batch_size``. Anything the deferred path cannot take (a
         timestamp before the batch's first or 16 s after it, a value of 16,000 bytes or more,
-        16,384 records) goes through ``append``. ``max_timestamp`` of these records is taken
-        in ``build`` from the largest pending timestamp delta.
+        16,384 records) goes through ``append``. The records' largest timestamp is found
+        when ``max_timestamp`` is read, from the largest pending delta, not tracked here.
         """
         count = self.records_count
         try:
@@ -719,13 +689,21 @@ class BatchBuilder:
         self.records_count = count + 1
         return count
 
+    @property
+    def max_timestamp(self) -> int:
+        """The largest record timestamp so far (-1 while empty)."""
+        tsds = self._tsds
+        if tsds:
+            return max(self._max_ts, self.base_timestamp + max(tsds))  # type: ignore[operator]
+        return self._max_ts
+
     def _encode_pending(self) -> None:
         """Encode the deferred records into _parts (they are the last ones appended)."""
         values = self._values
         tsds = self._tsds
         top = self.base_timestamp + max(tsds)  # type: ignore[operator]  # set with the first record
-        if top > self.max_timestamp:
-            self.max_timestamp = top
+        if top > self._max_ts:
+            self._max_ts = top
         self._parts.append(_encode_nokey_run(self.records_count - len(values), tsds, values))
         self._values = []
         self._tsds = []
@@ -744,27 +722,23 @@ class BatchBuilder:
         May be called more than once (for example again with another base offset); the
         records are joined only once per set of records. Raises ValueError on an empty
         builder."""
-        header, payload = self.build_parts(
-            base_offset,
-            producer_id=producer_id,
-            producer_epoch=producer_epoch,
-            base_sequence=base_sequence,
-            partition_leader_epoch=partition_leader_epoch,
-        )
-        return header + payload
+        return b"".join(self._pack(base_offset, producer_id, producer_epoch, base_sequence, partition_leader_epoch))
 
-    def build_parts(
+    def build_parts(self, base_offset: int = 0) -> tuple[bytes, bytes | bytearray]:
+        """``build(base_offset)`` as two buffers, the 61-byte header and the records area, for
+        a writer that sends a list of buffers (the producer joins many batches into one
+        request and would otherwise copy every batch twice). The records area is not to be
+        modified."""
+        return self._pack(base_offset, -1, -1, -1, -1)
+
+    def _pack(
         self,
-        base_offset: int = 0,
-        *,
-        producer_id: int = -1,
-        producer_epoch: int = -1,
-        base_sequence: int = -1,
-        partition_leader_epoch: int = -1,
+        base_offset: int,
+        producer_id: int,
+        producer_epoch: int,
+        base_sequence: int,
+        partition_leader_epoch: int,
     ) -> tuple[bytes, bytes | bytearray]:
-        """``build`` as two buffers, the 61-byte header and the records area, for a writer
-        that sends a list of buffers (the producer joins many batches into one request and
-        would otherwise copy every batch twice). The records area is not to be modified."""
         count = self.records_count
         if not count:
             raise ValueError("a record batch needs at least one record")
@@ -774,7 +748,7 @@ class BatchBuilder:
                 self._encode_pending()
             parts = self._parts
             joined = self._joined = (count, parts[0] if len(parts) == 1 else b"".join(parts))
-        return _pack_batch_parts(
+        return _pack_batch(
             joined[1],
             self.compression,
             base_offset,
@@ -838,7 +812,7 @@ def encode_batch(
             tsds = list(map(_sub, timestamps, _repeat(base)))
             max_ts = max(timestamps)
         records_area = _encode_nokey_run(0, tsds, list(map(_FIELD2, recs)), lens)
-        return _pack_batch(records_area, compression, base_offset, n, base, max(max_ts, -1), -1, -1, -1, -1)
+        return b"".join(_pack_batch(records_area, compression, base_offset, n, base, max(max_ts, -1), -1, -1, -1, -1))
     parts: list[bytes] = []
     extend = parts.extend
     zv = _ZV
@@ -872,7 +846,7 @@ def encode_batch(
         count += 1
     if not count:
         raise ValueError("a record batch needs at least one record")
-    return _pack_batch(b"".join(parts), compression, base_offset, count, base, max_ts, -1, -1, -1, -1)
+    return b"".join(_pack_batch(b"".join(parts), compression, base_offset, count, base, max_ts, -1, -1, -1, -1))
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -721,7 +721,7 @@ def reference_batch(records, compression=CODEC_NONE, base_offset=0):
     base = records[0][0]
     area = b"".join(rb._encode_record(i, ts - base, k, v, h) for i, (ts, k, v, h) in enumerate(records))
     max_ts = max([-1] + [r[0] for r in records])
-    return rb._pack_batch(area, compression, base_offset, len(records), base, max_ts, -1, -1, -1, -1)
+    return b"".join(rb._pack_batch(area, compression, base_offset, len(records), base, max_ts, -1, -1, -1, -1))
 
 
 producer_record = st.one_of(
