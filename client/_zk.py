@@ -39,6 +39,7 @@ from kazoo.retry import KazooRetry
 from broker.coordination import zk_paths as paths
 from broker.coordination.base import TopicPlacement
 from broker.coordination.zk_reads import read_children_data
+from broker.coordination.zk_refresh import WatchRefresher
 from broker.errors import LeaderNotAvailableError, NetworkError
 
 from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
@@ -105,10 +106,10 @@ class ZooKeeperMetadataSource:
         self._placements: dict[str, TopicPlacement] = {}
         self._controller_id = -1
         self._metadata: ClusterMetadata | None = None
-        self._dirty = threading.Event()
-        self._dirty_brokers = True
-        self._dirty_topics = True
         self._closed = threading.Event()
+        self._refresher = WatchRefresher(
+            self._read_and_push, self._closed, lambda: self._closed.wait(0.2), log, "cluster metadata", logging.DEBUG
+        )
         self.version = 0  # bumped after every applied re-read
         self._applied = threading.Condition(self._lock)
         client.add_listener(self._on_state)
@@ -118,7 +119,7 @@ class ZooKeeperMetadataSource:
         ChildrenWatch(client, paths.BROKER_IDS, self._on_brokers)
         ChildrenWatch(client, paths.BROKER_TOPICS, self._on_topics)
         DataWatch(client, paths.CONTROLLER, self._on_controller)
-        self._thread = threading.Thread(target=self._loop, name="annal-zk-metadata", daemon=True)
+        self._thread = threading.Thread(target=self._refresher.run, name="annal-zk-metadata", daemon=True)
         self._thread.start()
 
     # -- MetadataSource ------------------------------------------------------------------
@@ -145,7 +146,7 @@ class ZooKeeperMetadataSource:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._dirty.set()
+        self._refresher.wake()
         self.client.remove_listener(self._on_state)
         if self._owns_client:
             try:
@@ -202,22 +203,16 @@ class ZooKeeperMetadataSource:
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
-            self._mark(brokers=True, topics=True)
+            self._refresher.mark(brokers=True, topics=True)
         elif state == KazooState.LOST:
             log.warning("ZooKeeper session of the client expired; metadata will be re-read")
 
-    def _mark(self, *, brokers: bool = False, topics: bool = False) -> None:
-        with self._lock:
-            self._dirty_brokers |= brokers
-            self._dirty_topics |= topics
-        self._dirty.set()
-
     def _on_brokers(self, _children: list[str]) -> bool | None:
-        self._mark(brokers=True)
+        self._refresher.mark(brokers=True)
         return False if self._closed.is_set() else None
 
     def _on_topics(self, _children: list[str]) -> bool | None:
-        self._mark(topics=True)
+        self._refresher.mark(topics=True)
         return False if self._closed.is_set() else None
 
     def _on_controller(self, data: bytes | None, _stat: object) -> bool | None:
@@ -225,33 +220,15 @@ class ZooKeeperMetadataSource:
             self._controller_id = paths.decode_controller(data) if data is not None else -1
         return False if self._closed.is_set() else None
 
-    def _loop(self) -> None:
-        while not self._closed.is_set():
-            self._dirty.wait(1.0)
-            if self._closed.is_set():
-                return
-            with self._lock:
-                brokers, topics = self._dirty_brokers, self._dirty_topics
-                self._dirty_brokers = self._dirty_topics = False
-                self._dirty.clear()
-            if not (brokers or topics):
-                continue
+    def _read_and_push(self, *, brokers: bool, topics: bool) -> None:
+        """The refresher's read: re-read, then hand the new state to the attached metadata."""
+        self._read(brokers=brokers, topics=topics)
+        md = self._metadata
+        if md is not None:
             try:
-                self._read(brokers=brokers, topics=topics)
-            except (KazooException, KazooTimeoutError) as exc:
-                log.debug("metadata re-read deferred: %r", exc)
-                self._mark(brokers=brokers, topics=topics)
-                self._closed.wait(0.2)
-                continue
+                md.update(self.snapshot())
             except Exception:
-                log.exception("metadata re-read failed")
-                continue
-            md = self._metadata
-            if md is not None:
-                try:
-                    md.update(self.snapshot())
-                except Exception:
-                    log.exception("metadata listener failed")
+                log.exception("metadata listener failed")
 
     def _read_all(self, parent: str) -> dict[str, bytes | None]:
         return read_children_data(self.client, parent)

@@ -57,6 +57,7 @@ from kazoo.retry import KazooRetry
 from broker.coordination import zk_paths as paths
 from broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
 from broker.coordination.zk_reads import read_children_data
+from broker.coordination.zk_refresh import WatchRefresher
 from broker.errors import (
     AnnalError,
     BrokerNotAvailableError,
@@ -136,9 +137,9 @@ class ZooKeeperCoordinator(Coordinator):
         self._last_session_id: int | None = None
         self._registered = threading.Event()
 
-        self._dirty = threading.Event()
-        self._dirty_brokers = True
-        self._dirty_topics = True
+        self._refresher = WatchRefresher(
+            self._refresh, self._stopping, lambda: self._connected.wait(1.0), log, "cluster state"
+        )
         self._session_kick = threading.Event()
         self._deletions_kick = threading.Event()
         self._is_controller = False
@@ -198,7 +199,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._close_client()
             raise
         for name, target in (
-            ("annal-zk-refresh", self._refresh_loop),
+            ("annal-zk-refresh", self._refresher.run),
             ("annal-zk-session", self._session_loop),
             ("annal-zk-controller", self._controller_loop),
         ):
@@ -214,7 +215,7 @@ class ZooKeeperCoordinator(Coordinator):
         election = self._election
         if election is not None:
             election.cancel()
-        self._dirty.set()
+        self._refresher.wake()
         self._session_kick.set()
         self._deletions_kick.set()
         for t in self._threads:
@@ -280,7 +281,7 @@ class ZooKeeperCoordinator(Coordinator):
         except (KazooException, KazooTimeoutError) as exc:
             raise NetworkError(f"ZooKeeper unavailable while creating topic {name!r}: {exc!r}") from exc
         log.info("created topic %s with placement %s", name, dict(placement.partitions))
-        self._mark_dirty(topics=True)
+        self._refresher.mark(topics=True)
         self._wait_for(lambda: name in self._topics, 5.0)
         return placement
 
@@ -312,7 +313,7 @@ class ZooKeeperCoordinator(Coordinator):
             raise
         except (KazooException, KazooTimeoutError) as exc:
             raise NetworkError(f"ZooKeeper unavailable while deleting topic {name!r}: {exc!r}") from exc
-        self._mark_dirty(topics=True)
+        self._refresher.mark(topics=True)
         self._wait_for(lambda: name not in self._topics, 5.0)
 
     # -- registration -------------------------------------------------------------------
@@ -413,7 +414,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._last_session_id = self.session_id
             log.info("ZooKeeper connected (session %s)", _hex(self._last_session_id))
             self._session_kick.set()
-            self._mark_dirty(brokers=True, topics=True)
+            self._refresher.mark(brokers=True, topics=True)
             self._deletions_kick.set()
 
     def _session_loop(self) -> None:
@@ -438,18 +439,12 @@ class ZooKeeperCoordinator(Coordinator):
 
     # -- watches and refresh ------------------------------------------------------------
 
-    def _mark_dirty(self, *, brokers: bool = False, topics: bool = False) -> None:
-        with self._lock:
-            self._dirty_brokers |= brokers
-            self._dirty_topics |= topics
-        self._dirty.set()
-
     def _on_brokers_changed(self, _children: list[str]) -> bool | None:
-        self._mark_dirty(brokers=True)
+        self._refresher.mark(brokers=True)
         return False if self._stopping.is_set() else None
 
     def _on_topics_changed(self, _children: list[str]) -> bool | None:
-        self._mark_dirty(topics=True)
+        self._refresher.mark(topics=True)
         return False if self._stopping.is_set() else None
 
     def _on_delete_requests(self, children: list[str]) -> bool | None:
@@ -464,29 +459,6 @@ class ZooKeeperCoordinator(Coordinator):
                 log.info("controller is now broker %d", cid)
             self._controller_id = cid
         return False if self._stopping.is_set() else None
-
-    def _refresh_loop(self) -> None:
-        while not self._stopping.is_set():
-            self._dirty.wait(1.0)
-            if self._stopping.is_set():
-                return
-            with self._lock:
-                brokers, topics = self._dirty_brokers, self._dirty_topics
-                self._dirty_brokers = self._dirty_topics = False
-                self._dirty.clear()
-            if not (brokers or topics):
-                continue
-            try:
-                self._refresh(brokers=brokers, topics=topics)
-            except (KazooException, KazooTimeoutError) as exc:
-                log.info("refresh of cluster state deferred (%r)", exc)
-                with self._lock:
-                    self._dirty_brokers |= brokers
-                    self._dirty_topics |= topics
-                self._connected.wait(1.0)
-                self._dirty.set()
-            except Exception:
-                log.exception("refresh of cluster state failed")
 
     def _read_all(self, parent: str) -> dict[str, bytes | None]:
         return read_children_data(self._zk, parent, self.session_timeout_ms / 1000.0)
