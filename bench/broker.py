@@ -47,6 +47,7 @@ from broker.protocol import annal_pb2 as pb
 from broker.protocol import annal_pb2_grpc
 from broker.protocol import framing as fr
 from broker.storage.record_batch import encode_batch, iter_batch_positions, parse_header
+from client._connection import send_parts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # the harness lives under tests/
@@ -110,19 +111,6 @@ def _recv_frame(sock: socket.socket, buf: bytearray) -> memoryview:
     return view
 
 
-def _sendmsg_all(sock: socket.socket, parts: list[Any]) -> None:
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        sent = sock.sendmsg(views)
-        while sent:
-            if sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][sent:]
-                sent = 0
-
-
 def produce_data_port(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int, acks: int = 1) -> float:
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -132,7 +120,7 @@ def produce_data_port(b: BrokerProcess, topic: str, batch: bytes, count: int, wi
     while received < count:
         while sent < count and sent - received < window:
             parts = fr.produce_request_parts(fr.ProduceRequest(sent, acks, 30000, [fr.ProducePartition(topic, 0, batch)]))
-            _sendmsg_all(sock, parts)
+            send_parts(sock, parts)
             sent += 1
         resp = fr.decode_produce_response(_recv_frame(sock, buf))
         if resp.error_code or resp.partitions[0].error_code:

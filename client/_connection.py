@@ -18,12 +18,12 @@ import select
 import socket
 import time
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from broker.errors import NetworkError
 from broker.protocol.framing import RESPONSE_HEADER_SIZE, FrameReader, decode_response_header
 
-__all__ = ["DataConnection", "InFlight"]
+__all__ = ["DataConnection", "InFlight", "send_parts"]
 
 
 class InFlight:
@@ -40,6 +40,33 @@ class InFlight:
 
 
 _IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
+
+
+def send_parts(
+    sock: socket.socket,
+    parts: Sequence[bytes | bytearray | memoryview],
+    wait_writable: Callable[[], None] | None = None,
+) -> None:
+    """Write every byte of ``parts`` to ``sock`` with ``sendmsg``: the kernel gathers the
+    buffers, so a request made of a header and the record bytes is never joined into one
+    buffer. On a non-blocking socket that is full, ``wait_writable`` is called (it waits, or
+    raises to give up) and the write goes on. Raises OSError as the socket does."""
+    pending = [memoryview(p).cast("B") for p in parts if len(p)]
+    while pending:
+        try:
+            n = sock.sendmsg(pending[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            if wait_writable is not None:
+                wait_writable()
+            continue
+        # Drop what was written: whole buffers, then the front of a partly written one.
+        i = 0
+        while i < len(pending) and n >= len(pending[i]):
+            n -= len(pending[i])
+            i += 1
+        del pending[:i]
+        if n:
+            pending[0] = pending[0][n:]
 
 
 class DataConnection:
@@ -95,27 +122,16 @@ class DataConnection:
         sock = self.sock
         if sock is None:
             raise NetworkError(f"connection to broker {self.node_id} is closed")
-        # Gathered by the kernel (sendmsg): the record bytes are not joined into one buffer.
-        pending = [memoryview(p) for p in parts if len(p)]
         deadline = time.monotonic() + self.request_timeout_ms / 1000.0
+
+        def wait_writable() -> None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"request not written within {self.request_timeout_ms} ms")
+            select.select([], [sock], [], left)
+
         try:
-            while pending:
-                try:
-                    n = sock.sendmsg(pending[:_IOV_MAX])
-                except (BlockingIOError, InterruptedError):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"request not written within {self.request_timeout_ms} ms")
-                    select.select([], [sock], [], left)
-                    continue
-                # Drop what was written: whole buffers, then the front of a partly sent one.
-                i = 0
-                while i < len(pending) and n >= len(pending[i]):
-                    n -= len(pending[i])
-                    i += 1
-                del pending[:i]
-                if n:
-                    pending[0] = pending[0][n:]
+            send_parts(sock, parts, wait_writable)
         except OSError as exc:
             self.close()
             raise NetworkError(f"send to broker {self.node_id} failed: {exc}") from None

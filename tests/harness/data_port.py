@@ -13,6 +13,7 @@ import socket
 from typing import Sequence
 
 from broker.protocol import framing as fr
+from client._connection import send_parts
 
 __all__ = ["DataPortClient"]
 
@@ -95,20 +96,8 @@ class DataPortClient:
                      timeout_ms: int = 30000, correlation_id: int | None = None) -> int:
         cid = self.next_id() if correlation_id is None else correlation_id
         req = fr.ProduceRequest(cid, acks, timeout_ms, [fr.ProducePartition(*p) for p in partitions])
-        self._sendmsg_all(fr.produce_request_parts(req))
+        send_parts(self.sock, fr.produce_request_parts(req))
         return cid
-
-    def _sendmsg_all(self, parts: list) -> None:
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
-        while views:
-            sent = self.sock.sendmsg(views[:512])
-            while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
 
     def produce(self, partitions: Sequence[tuple[str, int, bytes | memoryview]], acks: int = 1,
                 timeout_ms: int = 30000) -> fr.ProduceResponse:
