@@ -230,13 +230,16 @@ class Producer:
             ts = _time_ns() // 1000000
             lock = self._lock
             lock.acquire()
-            batch = self._sticky.get(topic)
-            if batch is not None:
-                delta = batch.append_value(ts, value)
-                if delta >= 0:
-                    lock.release()
-                    return _FRM((batch, delta, ts))
-            lock.release()
+            try:  # released even if topic is unhashable (the slow path then explains)
+                batch = self._sticky.get(topic)
+                if batch is not None:
+                    delta = batch.append_value(ts, value)
+                    if delta >= 0:
+                        return _FRM((batch, delta, ts))
+            except TypeError:
+                pass
+            finally:
+                lock.release()
             return self._send_slow(topic, value, None, None, None, ts)
         if self._closed:
             raise ProducerClosedError("send() on a closed producer")
@@ -251,13 +254,16 @@ class Producer:
             # explicit timestamps come here; plain bytes take the path above).
             lock = self._lock
             lock.acquire()
-            batch = self._sticky.get(topic)
-            if batch is not None:
-                delta = batch.append(timestamp_ms, None, value, None)
-                if delta >= 0:
-                    lock.release()
-                    return _FRM((batch, delta, timestamp_ms))
-            lock.release()
+            try:
+                batch = self._sticky.get(topic)
+                if batch is not None:
+                    delta = batch.append(timestamp_ms, None, value, None)
+                    if delta >= 0:
+                        return _FRM((batch, delta, timestamp_ms))
+            except TypeError:
+                pass  # an unhashable topic: _send_slow says what is wrong with it
+            finally:
+                lock.release()
         return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
 
     def _send_slow(

@@ -160,6 +160,13 @@ def test_bad_arguments_give_clear_errors(broker):
             p.send(topic, b"v", timestamp_ms="now")
         with pytest.raises(TypeError, match="topic"):
             p.send(None, b"v")
+        for unhashable in (["a", "list"], {"a": "dict"}):
+            # Both sticky-batch paths look the topic up under the accumulator's lock; a bad
+            # topic must not leave it held (the sends below would hang).
+            with pytest.raises(TypeError, match="topic"):
+                p.send(unhashable, b"v")
+            with pytest.raises(TypeError, match="topic"):
+                p.send(unhashable, b"v", timestamp_ms=1)
         with pytest.raises(UnknownTopicOrPartitionError, match="no partition 5"):
             p.send(topic, b"v", partition=5)
         with pytest.raises(UnknownTopicOrPartitionError, match="does not exist"):
