@@ -19,7 +19,10 @@ sender thread; the bench drains on the same thread or under its own lock).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from itertools import repeat
+from operator import floordiv, sub
 from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram
@@ -167,15 +170,15 @@ class LatencyHistogram:
 class LatencyRecorder:
     """The cheap hot-path front of a ``LatencyHistogram``, with window statistics.
 
-    ``record_us`` costs one dict update; ``drain_into`` moves the pending counts into the
-    histogram. It also keeps the per-window count, sum and max that Kafka's progress line
+    ``record_us`` costs one dict update, ``record_sends_us`` a few C passes over a batch's send
+    times; ``drain_into`` moves the pending counts into the histogram. It also keeps the per-window count, sum and max that Kafka's progress line
     prints (``take_window``). Not thread-safe.
     """
 
     __slots__ = ("_pending", "window_count", "window_sum_us", "window_max_us")
 
     def __init__(self) -> None:
-        self._pending: dict[int, int] = {}
+        self._pending: Counter[int] = Counter()
         self.window_count = 0
         self.window_sum_us = 0
         self.window_max_us = 0
@@ -199,8 +202,22 @@ class LatencyRecorder:
         if value_us > self.window_max_us:
             self.window_max_us = value_us
 
+    def record_sends_us(self, ack_ns: int, send_ns: list[int]) -> None:
+        """One sample per send time: ``(ack_ns - s) // 1000`` microseconds, for the records of
+        one acknowledged batch. The same samples as ``record_us`` for each, counted in C
+        (``Counter.update``), so the bench's own cost per record stays small."""
+        if not send_ns:
+            return
+        lat = list(map(floordiv, map(sub, repeat(ack_ns), send_ns), repeat(1000)))
+        self._pending.update(lat)
+        self.window_count += len(lat)
+        self.window_sum_us += sum(lat)
+        top = max(lat)
+        if top > self.window_max_us:
+            self.window_max_us = top
+
     def drain_into(self, histogram: LatencyHistogram) -> None:
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, Counter()
         for value, count in pending.items():
             histogram.record_us(value, count)
 

@@ -202,7 +202,7 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
     def drain_completed() -> None:
         nonlocal done_records, errors, first_error
         popleft = completed.popleft
-        record = rec.record_us
+        record_sends = rec.record_sends_us
         while completed:
             ack_ns, sends, exc, batch = popleft()
             if isinstance(sends, int):
@@ -216,8 +216,7 @@ def _produce(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop
                 if not first_error:
                     first_error = repr(exc)
                 continue
-            for s in sends:
-                record((ack_ns - s) // 1000)
+            record_sends(ack_ns, sends)
             done_records += len(sends)
 
     last_tick = [0]  # records acknowledged at the previous tick

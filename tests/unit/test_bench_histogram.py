@@ -98,3 +98,20 @@ def test_distribution_is_monotonic_and_ends_at_100() -> None:
     vals = [v for _, v in d]
     assert pcts == sorted(pcts) and vals == sorted(vals)
     assert pcts[-1] == 100.0
+
+
+def test_record_sends_equals_recording_each_latency() -> None:
+    rng = random.Random(11)
+    one, bulk = LatencyRecorder(), LatencyRecorder()
+    h_one, h_bulk = LatencyHistogram(), LatencyHistogram()
+    for _ in range(50):
+        ack = rng.randrange(10**12, 2 * 10**12)
+        sends = [ack - rng.randrange(0, 60_000_000) for _ in range(rng.randrange(0, 300))]
+        for s in sends:
+            one.record_us((ack - s) // 1000)
+        bulk.record_sends_us(ack, sends)
+        assert one.take_window() == bulk.take_window()
+    one.drain_into(h_one)
+    bulk.drain_into(h_bulk)
+    assert h_one.encode() == h_bulk.encode()
+    assert h_one.summary() == h_bulk.summary()
