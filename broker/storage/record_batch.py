@@ -1062,7 +1062,6 @@ def _uniform_run_ok(
     return True
 
 
-_VALUE_STRUCTS: dict[tuple[int, int], struct.Struct] = {}  # (value offset, length) -> its record's struct
 _FIRST = _itemgetter(0)
 
 
@@ -1105,7 +1104,6 @@ def _decode_uniform(
     zz = _ZZ
     h = _H
     tnew = tuple.__new__
-    getitem = data.__getitem__
     done = 0
     try:
         while done < count:
@@ -1209,12 +1207,10 @@ def _decode_uniform(
                     map(_add, _repeat(base_timestamp), map(h.__getitem__, tsds)),
                     map(_SHL6.__getitem__, tsd_hi),
                 )
-            # One struct that skips the record's head, takes the value and skips the header
-            # count: iter_unpack cuts the run into values in C, faster than a slice per record.
-            unpacker = _VALUE_STRUCTS.get((voff, vlen))
-            if unpacker is None:
-                unpacker = _VALUE_STRUCTS[(voff, vlen)] = struct.Struct(f"{voff}x{vlen}s1x")
-            values = map(_FIRST, unpacker.iter_unpack(memoryview(data)[pos:stop]))
+            # One struct per record that skips its head, takes the value and skips the header
+            # count: iter_unpack cuts the run into values in C, faster than a slice per record
+            # (the struct module caches the compiled format).
+            values = map(_FIRST, struct.iter_unpack(f"{voff}x{vlen}s1x", memoryview(data)[pos:stop]))
             if prefix:
                 rows = zip(*map(_repeat, prefix), offsets, timestamps, _repeat(None), values, _repeat(()))
             else:
