@@ -518,14 +518,7 @@ class _ConsumerHooks:
             }
 
     def set_assignment(self, partitions: set[TopicPartition], start_offsets: Mapping[TopicPartition, int | None]) -> None:
-        c = self._consumer
-        c._set_assignment(partitions)
-        with c._cond:
-            for tp, offset in start_offsets.items():
-                st = c._states.get(tp)
-                if st is not None and offset is not None:
-                    st.seek(offset)
-        c._fetcher.wakeup()
+        self._consumer._set_assignment(partitions, start_offsets)
 
 
 class GroupMembership:

@@ -63,8 +63,9 @@ def _decode_gc_paused(
 
     A fetch of 1 MiB builds about 10,000 ConsumerRecords, all reachable and none part of a
     cycle; left running, the collector would start a pass every 700 of them and walk the
-    growing list each time (about 30 % of the decode in instruction counts). Paused, it makes
-    one pass over them at its next trigger after ``gc.enable()``. Nothing is skipped: the
+    growing list each time (about 30 % of the build's instructions). Paused, it makes one pass
+    over them at its next trigger after ``gc.enable()`` (timed with that pass, the build is
+    3-42 % faster: ``python -m bench.sdk_costs``). Nothing is skipped: the
     collector's counts keep growing while paused. If the application disabled the collector
     itself, it is left disabled.
     """
@@ -224,11 +225,22 @@ class Consumer:
         if self._fetcher.fatal_error is not None:
             raise AnnalError(f"the consumer's fetch thread failed: {self._fetcher.fatal_error!r}")
 
-    def _set_assignment(self, partitions: Iterable[TopicPartition]) -> None:
-        """Replace the assigned partitions (kept ones keep their positions). The hook the
-        group membership calls after a rebalance."""
+    def _set_assignment(
+        self, partitions: Iterable[TopicPartition], start_offsets: Mapping[TopicPartition, int | None] | None = None
+    ) -> None:
+        """Replace the assigned partitions (kept ones keep their positions), then seek those in
+        ``start_offsets`` that have an offset (a group's committed ones). The hook the group
+        membership calls after a rebalance, and what ``assign`` does."""
         self._fetcher.set_assignment({_check_tp(tp) for tp in partitions})
         self._iter = None
+        if start_offsets is None:
+            return
+        with self._cond:
+            for tp, offset in start_offsets.items():
+                st = self._states.get(tp)
+                if st is not None and offset is not None:
+                    st.seek(offset)
+        self._fetcher.wakeup()
 
     def _update_topic_assignment(self) -> None:
         if not self._topics or self._manual or self._closed:
@@ -263,7 +275,7 @@ class Consumer:
         if self._group is not None and self._group.subscribed:
             raise LocalUsageError("assign() cannot be mixed with a group subscription")
         tps = [_check_tp(tp) for tp in partitions]
-        starts: dict[TopicPartition, int | None] = {}
+        starts: dict[TopicPartition, int | None] | None = None
         if self._group is not None:
             # New partitions start at the group's committed offsets, read before they are
             # assigned and set right after (a seek drops whatever the fetch thread got from
@@ -271,14 +283,7 @@ class Consumer:
             starts = self._group.committed_offsets([tp for tp in tps if tp not in self._states])
         self._manual = True
         self._topics = set()
-        self._set_assignment(tps)
-        if starts:
-            with self._cond:
-                for tp, offset in starts.items():
-                    st = self._states.get(tp)
-                    if st is not None and offset is not None:
-                        st.seek(offset)
-            self._fetcher.wakeup()
+        self._set_assignment(tps, starts)
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions currently assigned."""

@@ -401,6 +401,13 @@ class DataPortServer:
         if self._closing and not self._conns and self._all_closed is not None:
             self._all_closed.set()
 
+    def _request_done(self, conn: _Connection) -> None:
+        """The answer task of ``conn`` ended (answered, failed or cancelled): the connection
+        is free again, so answer its next complete frame, if any."""
+        conn.task = None
+        conn.busy = False
+        self._pump(conn)
+
     def _pump(self, conn: _Connection) -> None:
         """Answer complete frames in order while the connection is free. Re-entrant calls
         (an answer finishing synchronously inside the loop below) return at once: the outer
@@ -584,9 +591,7 @@ class DataPortServer:
             for _, r, _ in results:
                 release_read(r)
             self._observe_fetch(outcome, time.perf_counter() - started)
-            conn.task = None
-            conn.busy = False
-            self._pump(conn)
+            self._request_done(conn)
 
     async def _sendfile(self, conn: _Connection, fd: int, offset: int, count: int) -> None:
         """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (asyncio's
@@ -681,6 +686,4 @@ class DataPortServer:
             conn.close()
         finally:
             self._observe_produce(outcome, time.perf_counter() - started)
-            conn.task = None
-            conn.busy = False
-            self._pump(conn)
+            self._request_done(conn)
