@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from bench._local_broker import LocalBroker
-from bench._report import build_summary, write_json
+from annal.bench._local_broker import LocalBroker
+from annal.bench._report import build_summary, write_json
 
 __all__ = [
     "add_connection_args",
@@ -104,7 +104,7 @@ def connection(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 def _bootstrap_from_zookeeper(zookeeper: str) -> str:
     """The live brokers' gRPC addresses, read from ZooKeeper (the Admin client speaks gRPC)."""
-    from client._zk import ZooKeeperMetadataSource
+    from annal.client._zk import ZooKeeperMetadataSource
 
     source = ZooKeeperMetadataSource(zookeeper)
     try:
@@ -117,7 +117,7 @@ def _bootstrap_from_zookeeper(zookeeper: str) -> str:
 
 
 def _admin(conn: dict[str, Any]) -> Any:
-    from client import Admin
+    from annal.client import Admin
 
     if not conn.get("bootstrap_servers") and conn.get("zookeeper"):
         conn["bootstrap_servers"] = _bootstrap_from_zookeeper(conn["zookeeper"])
@@ -126,8 +126,8 @@ def _admin(conn: dict[str, Any]) -> Any:
 
 def ensure_topic(conn: dict[str, Any], topic: str, partitions: int, timeout_s: float = 30.0) -> int:
     """Create ``topic`` with ``partitions`` partitions unless it exists; return its partition count."""
-    from broker.errors import TopicAlreadyExistsError
-    from client.structs import NewTopic
+    from annal.errors import TopicAlreadyExistsError
+    from annal.client.structs import NewTopic
 
     admin = _admin(conn)
     try:
@@ -148,7 +148,7 @@ def ensure_topic(conn: dict[str, Any], topic: str, partitions: int, timeout_s: f
 
 
 def _describe(admin: Any, topic: str) -> list[Any]:
-    from broker.errors import UnknownTopicOrPartitionError
+    from annal.errors import UnknownTopicOrPartitionError
 
     try:
         descs = admin.describe_topics([topic])
@@ -167,8 +167,8 @@ def describe_partitions(conn: dict[str, Any], topic: str) -> dict[int, tuple[int
     Asked through a Consumer, which asks each partition's leader: in cluster mode one broker's
     metadata knows only the offsets of the partitions it leads.
     """
-    from client import Consumer
-    from client.structs import TopicPartition
+    from annal.client import Consumer
+    from annal.client.structs import TopicPartition
 
     kwargs: dict[str, Any] = {"zookeeper": conn["zookeeper"]} if conn.get("zookeeper") else {"bootstrap_servers": conn["bootstrap_servers"]}
     consumer = Consumer(**kwargs)
@@ -242,7 +242,7 @@ def finish(
             ),
         )  # fmt: skip
     if args.plot_path:
-        from bench._plot import plot_run
+        from annal.bench._plot import plot_run
 
         plot_run(args.plot_path, title=title or f"annal-bench {tool}", timeseries=timeseries,
                  latency_distribution=latency_distribution, latency_label=latency_label,

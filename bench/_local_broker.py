@@ -1,6 +1,6 @@
 """A throwaway standalone broker for ``annal-bench`` runs given no ``--bootstrap-server``.
 
-``LocalBroker`` makes a temporary data directory and starts ``python -m broker broker start
+``LocalBroker`` makes a temporary data directory (or uses the one it is given) and starts ``python -m annal.broker broker start
 --standalone --data-dir <tmp> --host 127.0.0.1 --port 0 --fetch-port 0 --metrics-port 0`` as a
 child process in its own session, so a Ctrl-C at the terminal reaches the bench, not the broker,
 and the bench stops the broker cleanly. The broker's stdout and stderr go to ``broker.log`` in a second
@@ -62,7 +62,12 @@ class LocalBroker:
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 15.0,
         python: str = sys.executable,
+        data_dir: str | None = None,
     ) -> None:
+        """``extra_args`` go after the defaults, so they override them (argparse keeps the last
+        value): ``["--metrics-port", "-1", "--log-level", "WARNING"]``, say. A ``data_dir``
+        given here is used as it is and kept on ``stop()``; by default a temporary one is made
+        and removed."""
         self.host = host
         self.extra_args = list(extra_args or [])
         self.start_timeout_s = start_timeout_s
@@ -70,6 +75,7 @@ class LocalBroker:
         self.python = python
         self.port = 0
         self.fetch_port = 0
+        self._given_data_dir = data_dir
         self.data_dir = ""
         self._log_dir = ""
         self._log_file: object | None = None
@@ -79,13 +85,15 @@ class LocalBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    bootstrap = bootstrap_servers
+
     @property
     def log_path(self) -> str:
         return os.path.join(self._log_dir, "broker.log")
 
     def command(self) -> list[str]:
         return [
-            self.python, "-m", "broker", "broker", "start", "--standalone",
+            self.python, "-m", "annal.broker", "broker", "start", "--standalone",
             "--data-dir", self.data_dir,
             "--host", self.host,
             "--port", "0",
@@ -121,7 +129,11 @@ class LocalBroker:
 
     def start(self) -> LocalBroker:
         """Start the broker and wait until it serves; raises ``LocalBrokerError`` otherwise."""
-        self.data_dir = tempfile.mkdtemp(prefix="annal-bench-data-")
+        if self._given_data_dir is not None:
+            os.makedirs(self._given_data_dir, exist_ok=True)
+            self.data_dir = self._given_data_dir
+        else:
+            self.data_dir = tempfile.mkdtemp(prefix="annal-bench-data-")
         self._log_dir = tempfile.mkdtemp(prefix="annal-bench-log-")
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log_file = log
@@ -161,7 +173,8 @@ class LocalBroker:
         return proc.returncode
 
     def _remove_dirs(self) -> None:
-        for d in (self.data_dir, self._log_dir):
+        dirs = [self._log_dir] if self._given_data_dir is not None else [self.data_dir, self._log_dir]
+        for d in dirs:
             if d:
                 shutil.rmtree(d, ignore_errors=True)
         self.data_dir = ""

@@ -2,7 +2,7 @@
 
 matplotlib is imported lazily, inside each function, with the non-interactive Agg backend, so
 the bench runs (and imports fast) on a machine without matplotlib or a display; only ``--plot``
-needs it (``pip install annal[plot]``).
+needs it (``pip install annal[bench]``).
 
 The latency plot is HdrHistogram's percentile plot: the x axis is ``1 / (1 - percentile)`` on a
 log scale, so p50, p90, p99, p99.9 and p99.99 are evenly spaced and the tail is visible.
@@ -20,7 +20,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError("--plot needs matplotlib: pip install 'annal[plot]'") from e
+        raise RuntimeError("--plot needs matplotlib: pip install 'annal[bench]'") from e
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

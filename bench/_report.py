@@ -27,7 +27,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench._histogram import LatencySummary
+from annal.bench._histogram import LatencySummary
 
 __all__ = [
     "SCHEMA",

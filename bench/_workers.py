@@ -40,8 +40,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bench._histogram import LatencyHistogram, LatencyRecorder
-from bench._throttle import ThroughputThrottler
+from annal.bench._histogram import LatencyHistogram, LatencyRecorder
+from annal.bench._throttle import ThroughputThrottler
 
 __all__ = [
     "TICK_NS",
@@ -133,12 +133,12 @@ def client_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _producer(cfg: Mapping[str, Any]) -> Any:
-    from client import Producer
+    from annal.client import Producer
 
     kwargs: dict[str, Any] = client_kwargs(cfg)
     acks = cfg.get("acks", "1")
     kwargs["acks"] = acks if acks == "all" else int(acks)
-    for name in ("linger_ms", "batch_size", "compression_type", "buffer_memory", "max_in_flight"):
+    for name in ("linger_ms", "batch_size", "compression_type", "buffer_memory", "max_in_flight_requests_per_connection"):
         if cfg.get(name) is not None:
             kwargs[name] = cfg[name]
     kwargs.update(cfg.get("producer_props") or {})
@@ -313,8 +313,8 @@ def _has_batch(fut: Any) -> bool:
 def _consumer(cfg: Mapping[str, Any], index: int) -> tuple[Any, bool]:
     """A consumer on ``cfg["topic"]``: subscribed in ``cfg["group"]``, or assigned this
     worker's share of the partitions (``cfg["assignments"][index]``). Returns (consumer, grouped)."""
-    from client import Consumer
-    from client.structs import TopicPartition
+    from annal.client import Consumer
+    from annal.client.structs import TopicPartition
 
     kwargs: dict[str, Any] = client_kwargs(cfg)
     kwargs["auto_offset_reset"] = "earliest"

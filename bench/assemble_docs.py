@@ -1,6 +1,6 @@
 """Assemble docs/benchmarks.md from the fragments docs/benchmarks/*.md and the ceiling JSON.
 
-    .venv/bin/python -m bench.assemble_docs [--fragments docs/benchmarks] [--out docs/benchmarks.md]
+    .venv/bin/python -m annal.bench.assemble_docs [--fragments docs/benchmarks] [--out docs/benchmarks.md]
 
 This script only copies: every number in the output comes from a fragment's table (written by
 the bench script that made the measurement) or from ``docs/benchmarks/ceiling.json`` (written by
@@ -254,7 +254,7 @@ def _not_measured(row: Row) -> bool:
 
 
 def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: dict[str, str]) -> str:
-    from bench._report import machine_info
+    from annal.bench._report import machine_info
 
     m = machine_info()
     ceiling = {k: v["median"] for k, v in (ceiling_summary or {}).get("result", {}).items()}
@@ -262,7 +262,7 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
     out = [
         "# Annal benchmarks",
         "",
-        f"Assembled {now} by `.venv/bin/python -m bench.assemble_docs` from the fragments in "
+        f"Assembled {now} by `.venv/bin/python -m annal.bench.assemble_docs` from the fragments in "
         "`docs/benchmarks/` (each written with the measurement it reports; this file only "
         "copies their numbers).",
         "",
@@ -320,7 +320,7 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         out.append("None of the figures with a target missed it (as stated or compared above).")
     out += ["", "## Machine ceilings", ""]
     if ceiling_summary:
-        from bench.ceiling import FIGURES
+        from annal.bench.ceiling import FIGURES
 
         argv = list(ceiling_summary.get("command_line", ["annal-bench", "ceiling"]))
         for opt in ("--json", "--plot"):  # where the summary was written is not part of the measurement
@@ -379,7 +379,7 @@ def _fragment_command(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.assemble_docs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m annal.bench.assemble_docs", description=__doc__.split("\n\n")[0])
     p.add_argument("--fragments", default="docs/benchmarks")
     p.add_argument("--ceiling-json", default="docs/benchmarks/ceiling.json")
     p.add_argument("--out", default="docs/benchmarks.md")

@@ -1,11 +1,11 @@
 """Broker benchmarks: the three produce paths, data port fetch against a bare ``sendfile`` loop,
 and the CPU cost of idle long-polls. Each figure is measured ``--runs`` times (median reported)
-against a real broker process (``tests.harness.broker.BrokerProcess``) on 127.0.0.1.
+against a real broker process (``annal.bench._local_broker.LocalBroker``) on 127.0.0.1.
 
-    .venv/bin/python -m bench.broker all --runs 3            # everything
-    .venv/bin/python -m bench.broker produce --runs 3        # gRPC unary, gRPC stream, data port
-    .venv/bin/python -m bench.broker fetch --runs 3          # data port vs bare os.sendfile
-    .venv/bin/python -m bench.broker idle --runs 3           # 200 idle long-polling clients
+    .venv/bin/python -m annal.bench.broker all --runs 3            # everything
+    .venv/bin/python -m annal.bench.broker produce --runs 3        # gRPC unary, gRPC stream, data port
+    .venv/bin/python -m annal.bench.broker fetch --runs 3          # data port vs bare os.sendfile
+    .venv/bin/python -m annal.bench.broker idle --runs 3           # 200 idle long-polling clients
 
 produce: already-encoded ~1 MiB batches (one batch per request), acks=1, one partition,
 ``--window`` requests in flight on one connection, ``--produce-mib`` MiB per run; MB/s = record
@@ -43,17 +43,14 @@ from typing import Any, Callable
 
 import grpc
 
-from broker.protocol import annal_pb2 as pb
-from broker.protocol import annal_pb2_grpc
-from broker.protocol import framing as fr
-from broker.storage.record_batch import encode_batch, iter_batch_positions, parse_header
-from client._connection import send_parts
+from annal.protocol import annal_pb2 as pb
+from annal.protocol import annal_pb2_grpc
+from annal.protocol import framing as fr
+from annal.record import encode_batch, iter_batch_positions, parse_header
+from annal.client._connection import send_parts
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # the harness lives under tests/
-    sys.path.insert(0, str(REPO_ROOT))
+from annal.bench._local_broker import LocalBroker
 
-from tests.harness.broker import BrokerProcess  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -71,20 +68,20 @@ def one_mib_batch() -> bytes:
         n -= 1
 
 
-def _stub(b: BrokerProcess) -> annal_pb2_grpc.AnnalStub:
+def _stub(b: LocalBroker) -> annal_pb2_grpc.AnnalStub:
     ch = grpc.insecure_channel(b.bootstrap, options=[("grpc.max_send_message_length", 64 * MiB),
                                                       ("grpc.max_receive_message_length", 64 * MiB)])
     return annal_pb2_grpc.AnnalStub(ch)
 
 
-def create_topic(b: BrokerProcess, name: str, partitions: int = 1, **config: int) -> None:
+def create_topic(b: LocalBroker, name: str, partitions: int = 1, **config: int) -> None:
     r = _stub(b).CreateTopics(pb.CreateTopicsRequest(
         topics=[pb.NewTopic(name=name, partitions=partitions, config=pb.TopicConfig(**config))]))
     if r.results[0].error_code:
         raise RuntimeError(r.results[0].error_message)
 
 
-def delete_topic(b: BrokerProcess, name: str) -> None:
+def delete_topic(b: LocalBroker, name: str) -> None:
     _stub(b).DeleteTopics(pb.DeleteTopicsRequest(names=[name]))
 
 
@@ -111,7 +108,7 @@ def _recv_frame(sock: socket.socket, buf: bytearray) -> memoryview:
     return view
 
 
-def produce_data_port(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int, acks: int = 1) -> float:
+def produce_data_port(b: LocalBroker, topic: str, batch: bytes, count: int, window: int, acks: int = 1) -> float:
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(4096)
@@ -131,7 +128,7 @@ def produce_data_port(b: BrokerProcess, topic: str, batch: bytes, count: int, wi
     return elapsed
 
 
-def produce_grpc_unary(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int) -> float:
+def produce_grpc_unary(b: LocalBroker, topic: str, batch: bytes, count: int, window: int) -> float:
     stub = _stub(b)
     req = pb.ProduceRequest(acks=1, partitions=[pb.ProducePartition(topic=topic, partition=0, batches=[batch])])
     pending: list[Any] = []
@@ -148,7 +145,7 @@ def produce_grpc_unary(b: BrokerProcess, topic: str, batch: bytes, count: int, w
     return time.perf_counter() - started
 
 
-def produce_grpc_stream(b: BrokerProcess, topic: str, batch: bytes, count: int, window: int) -> float:
+def produce_grpc_stream(b: LocalBroker, topic: str, batch: bytes, count: int, window: int) -> float:
     stub = _stub(b)
     slots = threading.Semaphore(window)
 
@@ -185,7 +182,7 @@ def write_ceiling(directory: pathlib.Path, batch: bytes, count: int) -> float:
         os.unlink(path)
 
 
-def bench_produce(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
+def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
     batch = one_mib_batch()
     count = args.produce_mib
     paths: dict[str, Callable[..., float]] = {
@@ -207,7 +204,7 @@ def bench_produce(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any
             print(f"produce {name:<13} run {run + 1}: {count} x {len(batch)} B in {elapsed:.2f} s = {rate:.0f} MB/s",
                   flush=True)
             delete_topic(b, topic)
-        elapsed = write_ceiling(b.data_dir.parent, batch, count)
+        elapsed = write_ceiling(pathlib.Path(b.data_dir).parent, batch, count)
         rate = count * len(batch) / elapsed / MB
         runs["write_ceiling"].append(rate)
         print(f"produce write_ceiling run {run + 1}: os.write of {count} x {len(batch)} B into a new file = "
@@ -219,7 +216,7 @@ def bench_produce(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any
 # ---------------------------------------------------------------------- fetch
 
 
-def fetch_data_port(b: BrokerProcess, topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
+def fetch_data_port(b: LocalBroker, topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -288,14 +285,14 @@ def fetch_bare_sendfile(files: list[str], chunk: int) -> tuple[float, int]:
     return elapsed, total
 
 
-def bench_fetch(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
+def bench_fetch(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
     topic = "fetch-1gib"
     create_topic(b, topic, max_message_bytes=2 * MiB)
     batch = one_mib_batch()
     count = (args.fetch_gib * 1024 * MiB) // len(batch)
     produce_data_port(b, topic, batch, count, 8)
     end_offset = count * (parse_header(batch).last_offset_delta + 1)
-    log_dir = b.data_dir / f"{topic}-0"
+    log_dir = pathlib.Path(b.data_dir) / f"{topic}-0"
     files = sorted(str(p) for p in log_dir.glob("*.log"))
     max_bytes = args.fetch_max_mib * MiB
     fetch_data_port(b, topic, end_offset, max_bytes)  # warm: every page in the cache
@@ -332,7 +329,7 @@ def _cpu_seconds(pid: int) -> float:
 class _IdlePollers:
     """``n`` sockets, each long-polling one partition; answers are read and the fetch re-sent."""
 
-    def __init__(self, b: BrokerProcess, topic: str, n: int, max_wait_ms: int) -> None:
+    def __init__(self, b: LocalBroker, topic: str, n: int, max_wait_ms: int) -> None:
         self.sel = selectors.DefaultSelector()
         self.answers = 0
         self.socks = []
@@ -370,9 +367,8 @@ class _IdlePollers:
 # The floor for the idle figure: an asyncio server that does nothing but arm a 500 ms timer per
 # request and then answer with a fixed, valid, empty FETCH response. Same clients, same rate.
 _FLOOR_SERVER = r"""
-import asyncio, sys
-sys.path.insert(0, sys.argv[1])
-from broker.protocol import framing as fr
+import asyncio
+from annal.protocol import framing as fr
 ANSWER = fr.encode_fetch_response(fr.FetchResponse(0, 0, [fr.FetchPartitionResult("idle", 0, 0, "", 0, 0, b"")]))
 class P(asyncio.Protocol):
     def connection_made(self, t):
@@ -389,7 +385,7 @@ asyncio.run(main())
 
 class _FloorServer:
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER, str(REPO_ROOT)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.fetch_port = int(self.proc.stdout.readline())
         self.pid = self.proc.pid
@@ -411,7 +407,7 @@ def _measure_idle(target: Any, topic: str, clients: int, window_s: float) -> tup
     return (cpu1 - cpu0) / (t1 - t0) * 100, (answers1 - answers0) / (t1 - t0)
 
 
-def bench_idle(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) -> None:
+def bench_idle(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
     topic = "idle"
     create_topic(b, topic, partitions=args.clients)
     runs, rates, floors = [], [], []
@@ -438,7 +434,7 @@ def bench_idle(args: argparse.Namespace, b: BrokerProcess, out: dict[str, Any]) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.broker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m annal.bench.broker", description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["all", "produce", "fetch", "idle"], nargs="?", default="all")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--produce-mib", type=int, default=1024, help="MiB produced per run and path")
@@ -460,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = pathlib.Path(tmp) / "data"
     else:
         data_dir = pathlib.Path(args.data_dir)
-    b = BrokerProcess(data_dir, log_level="WARNING", metrics_port=-1)
+    b = LocalBroker(data_dir=str(data_dir), extra_args=["--log-level", "WARNING", "--metrics-port", "-1"])
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count()}
     try:
         b.start()
@@ -473,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         rc = b.stop()
         if rc != 0:
-            print(f"broker exited with {rc}:\n{b.log_text()}", file=sys.stderr)
+            print(f"broker exited with {rc}:\n{b.log_tail()}", file=sys.stderr)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=1))

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench._report import build_summary, write_json
+from annal.bench._report import build_summary, write_json
 
 __all__ = [
     "build_parser",
@@ -275,7 +275,7 @@ def run_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         )  # fmt: skip
         write_json(args.json_path, summary)
     if args.plot_path:
-        from bench._plot import plot_ceiling
+        from annal.bench._plot import plot_ceiling
 
         plot_ceiling(args.plot_path, {k: v["median"] for k, v in figures.items()})
     return 0

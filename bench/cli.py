@@ -12,7 +12,9 @@ ceiling    this machine's disk, loopback and          (none)
 =========  =========================================  ==========================================
 
 Each tool lives in its own module with ``build_parser()`` and ``main(argv=None) -> int``;
-this module only dispatches, importing the tool lazily. See docs/bench.md.
+this module only dispatches, importing the tool lazily. The tools need the ``bench`` extra
+(``pip install 'annal[bench]'``: HdrHistogram, tqdm, matplotlib); without it ``annal-bench
+--help`` still answers and a tool says what to install. See docs/bench.md.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ __all__ = ["main", "COMMANDS"]
 
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "produce": ("bench.producer_performance", "producer throughput and latency (like kafka-producer-perf-test)"),
-    "consume": ("bench.consumer_performance", "consumer throughput (like kafka-consumer-perf-test)"),
-    "e2e": ("bench.end_to_end_latency", "end-to-end latency at a fixed rate"),
-    "ceiling": ("bench.ceiling", "this machine's disk, loopback and pure-Python limits"),
+    "produce": ("annal.bench.producer_performance", "producer throughput and latency (like kafka-producer-perf-test)"),
+    "consume": ("annal.bench.consumer_performance", "consumer throughput (like kafka-consumer-perf-test)"),
+    "e2e": ("annal.bench.end_to_end_latency", "end-to-end latency at a fixed rate"),
+    "ceiling": ("annal.bench.ceiling", "this machine's disk, loopback and pure-Python limits"),
 }
+
+
+# What `pip install 'annal[bench]'` adds (pyproject.toml); the SDK and the broker need none of it.
+_EXTRA_MODULES = frozenset({"hdrh", "tqdm", "matplotlib"})
 
 
 def _usage() -> str:
@@ -47,7 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"annal-bench: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        if exc.name not in _EXTRA_MODULES:
+            raise
+        print(
+            f"annal-bench {name} needs the bench extra ({exc.name} is not installed): "
+            "pip install 'annal[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:

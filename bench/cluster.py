@@ -1,9 +1,9 @@
 """Cluster-mode figures: failover, group rebalance and scale-out throughput.
 
-    .venv/bin/python -m bench.cluster [--runs 3] [--session-timeout-ms 6000] [--seconds 10]
+    .venv/bin/python -m annal.bench.cluster [--runs 3] [--session-timeout-ms 6000] [--seconds 10]
                                       [--only failover,rebalance,throughput] [--out FILE]
 
-Each run starts a fresh local cluster (``broker.coordination.local_cluster.LocalCluster``:
+Each run starts a fresh local cluster (``annal.broker.coordination.local_cluster.LocalCluster``:
 the Debian ZooKeeper server and broker processes, ZooKeeper session timeout 6 s) and measures:
 
 * **failover**: a producer (``Producer(zookeeper=...)``, keyless 100-byte records, ~1000/s)
@@ -41,7 +41,6 @@ from typing import Any, Callable
 
 __all__ = ["main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TOPIC_PARTITIONS = 6
 VALUE = b"v" * 100
 
@@ -54,7 +53,7 @@ class _Cluster:
     """A LocalCluster in a temporary directory, stopped and removed on exit."""
 
     def __init__(self, brokers: int, session_timeout_ms: int) -> None:
-        from broker.coordination.local_cluster import LocalCluster
+        from annal.broker.coordination.local_cluster import LocalCluster
 
         self._tmp = tempfile.TemporaryDirectory(prefix="annal-bench-cluster-")
         self.cluster = LocalCluster(
@@ -80,10 +79,10 @@ class _Cluster:
         return self.cluster.zookeeper
 
     def create_topic(self, name: str, partitions: int) -> dict[int, int]:
-        from broker.coordination import zk_paths
-        from client._zk import connect
-        from client.admin import Admin
-        from client.structs import NewTopic
+        from annal.zookeeper import paths as zk_paths
+        from annal.client._zk import connect
+        from annal.client.admin import Admin
+        from annal.client.structs import NewTopic
 
         with Admin(bootstrap_servers=self.cluster.bootstrap_servers) as admin:
             admin.create_topics([NewTopic(name, partitions)])
@@ -119,7 +118,7 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 def run_failover(session_timeout_ms: int) -> dict[str, float]:
-    from client.producer import Producer
+    from annal.client.producer import Producer
 
     with _Cluster(3, session_timeout_ms) as c:
         placement = c.create_topic("failover", TOPIC_PARTITIONS)
@@ -155,7 +154,7 @@ def run_failover(session_timeout_ms: int) -> dict[str, float]:
 
 _MEMBER = """
 import sys, time
-from client.consumer import Consumer
+from annal.client.consumer import Consumer
 c = Consumer(sys.argv[2], group_id="bench", zookeeper=sys.argv[1], auto_offset_reset="latest")
 last = None
 while True:
@@ -171,7 +170,7 @@ def run_rebalance(session_timeout_ms: int) -> dict[str, float]:
     with _Cluster(3, session_timeout_ms) as c:
         c.create_topic("group", TOPIC_PARTITIONS)
         tmp = Path(tempfile.mkdtemp(prefix="annal-bench-members-"))
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         members = []
         outs = []
         try:
@@ -214,7 +213,7 @@ def run_rebalance(session_timeout_ms: int) -> dict[str, float]:
 
 _PRODUCER = """
 import sys, time
-from client.producer import Producer
+from annal.client.producer import Producer
 zk, topic, seconds, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 value = b"v" * 100
 p = Producer(zookeeper=zk, linger_ms=5, batch_size=65536, acks=1)
@@ -249,7 +248,7 @@ def _cpu_s(pid: int) -> float:
 
 def _produce_with(c: _Cluster, topic: str, producers: int, seconds: float) -> tuple[float, float]:
     """(records/s over all producers, CPU cores busy: brokers + producers CPU s / wall s)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     start_at = time.time() + 4.0  # every process has connected and fetched metadata by then
     procs = [
         subprocess.Popen([sys.executable, "-c", _PRODUCER, c.zookeeper, topic, str(seconds), str(start_at)],
@@ -376,18 +375,22 @@ def write_report(path: Path, figures: dict[str, dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m annal.bench.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--session-timeout-ms", type=int, default=6000)
     parser.add_argument("--seconds", type=float, default=10.0, help="producer run length for the throughput figure")
     parser.add_argument("--only", default="failover,rebalance,throughput")
-    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks" / "cluster.md"))
+    parser.add_argument(
+        "--out", default="cluster.md",
+        help="Markdown table to write (its runs are kept beside it as .json); the repository's is "
+        "docs/benchmarks/cluster.md",
+    )
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     out = Path(args.out)
     store = out.with_suffix(".json")  # every figure's runs; --only re-measures some, keeps the rest
     figures: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
-    command = ("python -m bench.cluster " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = ("python -m annal.bench.cluster " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     for name in wanted:
         if name not in ("failover", "rebalance", "throughput"):
             parser.error(f"unknown figure {name!r}")

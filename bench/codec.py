@@ -1,10 +1,12 @@
-"""Benchmark of the RecordBatch v2 codec (broker/storage/record_batch.py), the SDK's hot path.
+"""Benchmark of the RecordBatch v2 codec (annal/record/), the SDK's hot path.
 
-Run: ``.venv/bin/python -m bench.codec`` (``--records``, ``--runs``, ``--json``). Every figure is
+Run: ``.venv/bin/python -m annal.bench.codec`` (``--records``, ``--runs``, ``--json``). Every figure is
 the median of ``--runs`` independent runs (3 by default) and the runs themselves are printed.
-``--baseline FILE`` compares another version of ``record_batch.py`` (for example
-``git show 50c1851:broker/storage/record_batch.py > /tmp/rb_before.py``) with the current one in
-the same process, interleaved: each run measures the baseline, then the current codec, so load
+``--baseline FILE`` compares another codec kept in one module with the current ``annal.record``
+in the same process (for example the single-module codec from before the split into
+``annal/record/``: ``git show 312db59:broker/storage/record_batch.py | sed -e
+'s/broker.errors/annal.errors/' -e 's/MessageTooLargeError/MessageSizeTooLargeError/g' >
+/tmp/rb_before.py``), interleaved: each run measures the baseline, then the current codec, so load
 changes on a shared machine hit both sides alike; it prints both medians and their ratio.
 Times are CPU time of this single-threaded process (``time.process_time``), so a shared
 machine's other load inflates them less than wall time would; one core, pure Python.
@@ -40,9 +42,9 @@ import time
 import types
 from collections.abc import Callable
 
-import broker.storage.record_batch as current_codec
+import annal.record as current_codec
 
-from broker.storage.record_batch import (
+from annal.record import (
     CODEC_LZ4,
     CODEC_NONE,
     BatchBuilder,
@@ -130,7 +132,7 @@ def log_lines(n: int, seed: int = 7) -> list[bytes]:
 
 
 def load_codec(path: str) -> types.ModuleType:
-    """A record_batch.py from ``path`` as a module of its own (for --baseline)."""
+    """A one-module codec from ``path`` as a module of its own (for --baseline)."""
     spec = importlib.util.spec_from_file_location("annal_baseline_record_batch", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
@@ -292,14 +294,14 @@ def fmt(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.codec", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m annal.bench.codec", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=300_000, help="records per measurement")
     parser.add_argument("--runs", type=int, default=3, help="independent runs; the median is reported")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument(
         "--baseline",
         metavar="FILE",
-        help="another record_batch.py to measure in the same runs, interleaved, for an A/B",
+        help="a one-module codec (the API of annal.record) to measure in the same runs, interleaved, for an A/B",
     )
     args = parser.parse_args(argv)
 
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     except OSError:
         pass
-    command = f".venv/bin/python -m bench.codec --records {args.records} --runs {args.runs}"
+    command = f".venv/bin/python -m annal.bench.codec --records {args.records} --runs {args.runs}"
     print(f"command: {command}" + (f" --baseline {args.baseline}" if args.baseline else ""))
     print()
     result = {}

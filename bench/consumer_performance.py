@@ -23,12 +23,12 @@ import sys
 import time
 from typing import Any
 
-from bench._common import (
+from annal.bench._common import (
     Progress, add_connection_args, add_output_args, connection, describe_partitions, ensure_topic, finish, log,
     terminate_as_interrupt,
 )  # fmt: skip
-from bench._report import CONSUMER_HEADER, MIB, consumer_line
-from bench._workers import Collector, Window, WorkerError, consume_worker, parse_prop
+from annal.bench._report import CONSUMER_HEADER, MIB, consumer_line
+from annal.bench._workers import Collector, Window, WorkerError, consume_worker, parse_prop
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fill(args: argparse.Namespace, conn: dict[str, Any], missing: int) -> None:
-    from bench.producer_performance import run_producers
+    from annal.bench.producer_performance import run_producers
 
     log(f"the topic holds too few records: producing {missing} records of {args.record_size} bytes first (not timed)")
     cfg = {

@@ -22,14 +22,14 @@ import sys
 import time
 from typing import Any
 
-from bench._common import (
+from annal.bench._common import (
     Progress, add_connection_args, add_output_args, connection, describe_partitions, ensure_topic, finish, log,
     terminate_as_interrupt,
 )  # fmt: skip
-from bench._histogram import LatencyHistogram
-from bench._report import e2e_line
-from bench._workers import E2E_STAMP, Collector, Window, WorkerError, consume_worker, produce_worker
-from bench.producer_performance import _acks
+from annal.bench._histogram import LatencyHistogram
+from annal.bench._report import e2e_line
+from annal.bench._workers import E2E_STAMP, Collector, Window, WorkerError, consume_worker, produce_worker
+from annal.bench.producer_performance import _acks
 
 __all__ = ["build_parser", "main", "run"]
 

@@ -1,12 +1,12 @@
 """Run annal-bench's own headline figures 3 times and write docs/benchmarks/bench.md.
 
-    .venv/bin/python -m bench.headline [--runs 3] [--out docs/benchmarks/bench.md]
+    .venv/bin/python -m annal.bench.headline [--runs 3] [--out docs/benchmarks/bench.md]
 
 Each command below runs as a subprocess (exactly the command printed in the table) with
 ``--json``; the fragment reports the median of the runs and every run, the date, the machine
 (``nproc``, CPU model) and the load average before and after, since the machine may be shared.
 The ceiling run measures each of its figures 3 times itself (interleaved) and is run once; its
-JSON is kept next to the fragment as ``docs/benchmarks/ceiling.json`` for ``bench.assemble_docs``.
+JSON is kept next to the fragment as ``docs/benchmarks/ceiling.json`` for ``annal.bench.assemble_docs``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from bench._report import machine_info
+from annal.bench._report import machine_info
 
 __all__ = ["main"]
 
@@ -80,7 +80,7 @@ NOTES = [
     "per-record row above shows the difference.",
     "- Finding, fixed (end-to-end latency): a FETCH answer reached the client in two steps. Measured at "
     "15:29 UTC with a raw FETCH on the data port sent right after an acknowledged 100-byte produce (30 "
-    "requests, `broker.protocol.framing`, client socket with TCP_NODELAY): the 45-byte response head arrived "
+    "requests, `annal.protocol.framing`, client socket with TCP_NODELAY): the 45-byte response head arrived "
     "after a median 0.39 ms, the sendfile'd batch after 42.76 ms. `strace -f -e trace=setsockopt,accept4` of "
     "the broker showed only `SO_SNDBUF` set on the accepted data-port socket: Nagle held the sendfile'd bytes "
     "until the head was acknowledged, and the client's delayed ACK took ~40 ms. End-to-end p50 was 71-73 ms "
@@ -110,7 +110,7 @@ def _loadavg() -> str:
 
 def _run(cmd: list[str], json_path: str, plot_path: str | None = None) -> dict[str, Any]:
     exe = shutil.which("annal-bench", path=os.path.dirname(sys.executable)) or ""
-    argv = [exe] if exe else [sys.executable, "-m", "bench.cli"]
+    argv = [exe] if exe else [sys.executable, "-m", "annal.bench.cli"]
     extra = ["--plot", plot_path] if plot_path else []
     proc = subprocess.run([*argv, *cmd, "--json", json_path, *extra], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -121,7 +121,7 @@ def _run(cmd: list[str], json_path: str, plot_path: str | None = None) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.headline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m annal.bench.headline", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out", default="docs/benchmarks/bench.md")
     p.add_argument("--ceiling-json", default="docs/benchmarks/ceiling.json")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average before/after: {load_before} / {_loadavg()} (the machine was shared with other "
         "test and benchmark runs; figures are noisy).",
         "",
-        f"Written by `.venv/bin/python -m bench.headline` (median of {args.runs} runs, each run a separate "
+        f"Written by `.venv/bin/python -m annal.bench.headline` (median of {args.runs} runs, each run a separate "
         "command; every run listed). Each command starts its own standalone broker on a temporary data "
         "directory (no `--bootstrap-server`), so the broker and the bench share the machine's cores. "
         "Latency is recorded per batch callback (see docs/bench.md); the per-record row shows what a "
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "| ceiling | median | runs |",
         "|---|---|---|",
     ]
-    from bench.ceiling import FIGURES
+    from annal.bench.ceiling import FIGURES
 
     for key, label, unit, fmt in FIGURES:
         v = ceiling["result"][key]

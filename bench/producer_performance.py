@@ -21,12 +21,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from bench._common import (
+from annal.bench._common import (
     Progress, add_connection_args, add_output_args, connection, ensure_topic, finish, log, terminate_as_interrupt,
 )  # fmt: skip
-from bench._histogram import LatencyHistogram
-from bench._report import MIB, producer_total_line, producer_window_line
-from bench._workers import Collector, Window, WorkerError, produce_worker, parse_prop
+from annal.bench._histogram import LatencyHistogram
+from annal.bench._report import MIB, producer_total_line, producer_window_line
+from annal.bench._workers import Collector, Window, WorkerError, produce_worker, parse_prop
 
 __all__ = ["build_parser", "main", "run", "run_producers"]
 
@@ -66,7 +66,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="one ack callback per batch (default, cheap) or per record")
     p.add_argument("--reporting-interval-ms", type=int, default=5000, help="progress line interval (default 5000)")
     p.add_argument("--producer-prop", dest="producer_props", action="append", default=[], type=_prop, metavar="NAME=VALUE",
-                   help="any other Producer() option, e.g. max_in_flight=10 (repeatable)")
+                   help="any other Producer() option, e.g. max_in_flight_requests_per_connection=10 (repeatable)")
     add_connection_args(p)
     add_output_args(p)
     return p

@@ -1,7 +1,7 @@
 """Client SDK benchmarks: Producer and Consumer against a real standalone broker on 127.0.0.1
 (broker and client side by side on this machine), plus ``Producer.send`` alone.
 
-    .venv/bin/python -m bench.sdk --runs 3 --records 10000000 --write docs/benchmarks/sdk.md
+    .venv/bin/python -m annal.bench.sdk --runs 3 --records 10000000 --write docs/benchmarks/sdk.md
 
 Figures (each measured ``--runs`` times; the median is reported with every run):
 
@@ -13,7 +13,7 @@ Figures (each measured ``--runs`` times; the median is reported with every run):
 - ``consume``: one Consumer reading those records back from offset 0 (``poll`` with
   ``max_records=--poll-records``): records/s until the last one is returned.
 - ``lz4`` / ``plain_log``: the same producer sending ``--log-records`` access-log-like lines
-  (``bench.codec.log_lines``, ~120 B) with lz4 and without; the lz4 rate as a % of the
+  (``annal.bench.codec.log_lines``, ~120 B) with lz4 and without; the lz4 rate as a % of the
   uncompressed one, and the compression ratio (partition bytes on the broker without / with
   lz4).
 
@@ -37,14 +37,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # the broker harness lives under tests/
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.codec import log_lines  # noqa: E402
-from client import Admin, Consumer, NewTopic, Producer  # noqa: E402
-import client.producer as producer_module  # noqa: E402
-from tests.harness.broker import BrokerProcess  # noqa: E402
+import annal.client.producer as producer_module
+from annal.bench._local_broker import LocalBroker
+from annal.bench.codec import log_lines
+from annal.client import Admin, Consumer, NewTopic, Producer
 
 VALUE = b"v" * 100
 
@@ -131,7 +127,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes] | None, n: int, comp
 
 
 def consume(bootstrap: str, topic: str, n: int, poll_records: int) -> float:
-    with Consumer(topic, bootstrap_servers=bootstrap, max_poll_records=poll_records) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=bootstrap, max_poll_records=poll_records) as c:
         got = 0
         t0 = time.perf_counter()
         deadline = t0 + 600
@@ -229,7 +225,7 @@ def markdown(results: list[dict[str, float]], command: str, started: str, load: 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the SDK benchmarks; prints per-run lines and a JSON summary."""
-    parser = argparse.ArgumentParser(prog="python -m bench.sdk", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m annal.bench.sdk", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--records", type=int, default=10_000_000, help="records for produce/consume")
     parser.add_argument("--send-records", type=int, default=500_000, help="records for send_ns")
@@ -242,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the broker started below is stopped and its data removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.only = set(args.only.split(","))
-    command = ".venv/bin/python -m bench.sdk " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = ".venv/bin/python -m annal.bench.sdk " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
     load_s = " ".join(load)
@@ -255,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = None
         bootstrap = args.bootstrap_server
         if bootstrap is None:
-            broker = BrokerProcess(pathlib.Path(tmp) / "data", log_level="WARNING")
+            broker = LocalBroker(data_dir=str(pathlib.Path(tmp) / "data"), extra_args=["--log-level", "WARNING"])
             broker.start()
             bootstrap = broker.bootstrap
         try:

@@ -2,7 +2,7 @@
 ``Producer.send`` timed alone, and the consumer's record building with and without the cyclic
 GC paused. No broker: this times only Python-level work in one process.
 
-    .venv/bin/python -m bench.sdk_costs [--loops 1000000] [--repeats 7]
+    .venv/bin/python -m annal.bench.sdk_costs [--loops 1000000] [--repeats 7]
 
 Each figure is the minimum over ``--repeats`` timed loops of ``--loops`` iterations, minus the
 empty loop (the least disturbed run: this measures costs, not throughput). The consumer part
@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Callable
 
-from broker.storage.record_batch import BatchBuilder, decode_records_into
-from client._accumulator import FutureRecordMetadata
-from client.consumer import _decode_gc_paused
-from client.structs import ConsumerRecord
+from annal.record import BatchBuilder, decode_records_into
+from annal.client._accumulator import FutureRecordMetadata
+from annal.client.consumer import _decode_gc_paused
+from annal.client.structs import ConsumerRecord
 
 VALUE = b"v" * 100
 TS = 1_764_000_000_000
@@ -148,7 +148,7 @@ def consumer_building(records: int, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the per-record costs as a markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m bench.sdk_costs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m annal.bench.sdk_costs", description=__doc__.split("\n")[0])
     parser.add_argument("--loops", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--records", type=int, default=200_000, help="records decoded per consumer repeat")

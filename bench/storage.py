@@ -1,7 +1,7 @@
 """Storage engine figures: append and read speed of a ``PartitionLog`` against the ceiling of
 this machine's page cache and disk.
 
-    .venv/bin/python -m bench.storage [--dir DIR] [--runs 3] [--write docs/benchmarks/storage.md]
+    .venv/bin/python -m annal.bench.storage [--dir DIR] [--runs 3] [--write docs/benchmarks/storage.md]
 
 Figures (each the median of ``--runs`` runs, every run printed):
 
@@ -27,8 +27,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from broker.storage import PartitionLog
-from broker.storage.record_batch import encode_batch
+from annal.broker.storage import PartitionLog
+from annal.record import encode_batch
 
 MiB = 1 << 20
 
@@ -144,7 +144,7 @@ def cpu_model() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.storage", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="annal.bench.storage", description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", default=None, help="where to write (default: a temp dir under /tmp)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--append-mib", type=int, default=512, help="MiB appended per append run")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    cmd = ".venv/bin/python -m bench.storage " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = ".venv/bin/python -m annal.bench.storage " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "| figure | target | median | runs |",
         "|---|---|---|---|",

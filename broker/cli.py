@@ -15,13 +15,13 @@ __all__ = ["build_parser", "main"]
 
 # name -> (module, help)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "broker": ("broker.server.main", "run a broker (standalone or in a ZooKeeper cluster)"),
-    "cluster": ("broker.coordination.local_cluster", "run a local ZooKeeper + N-broker cluster"),
-    "topics": ("client.console.topics", "create, list, describe and delete topics"),
-    "produce": ("client.console.produce", "produce one record per stdin line"),
-    "consume": ("client.console.consume", "print records to stdout"),
-    "dump-log": ("broker.storage.dump_log", "print the batches of segment files"),
-    "health": ("broker.server.health", "ask a broker whether it serves (exit 0 when healthy)"),
+    "broker": ("annal.broker.server.main", "run a broker (standalone or in a ZooKeeper cluster)"),
+    "cluster": ("annal.broker.coordination.local_cluster", "run a local ZooKeeper + N-broker cluster"),
+    "topics": ("annal.client.console.topics", "create, list, describe and delete topics"),
+    "produce": ("annal.client.console.produce", "produce one record per stdin line"),
+    "consume": ("annal.client.console.consume", "print records to stdout"),
+    "dump-log": ("annal.broker.storage.dump_log", "print the batches of segment files"),
+    "health": ("annal.broker.server.health", "ask a broker whether it serves (exit 0 when healthy)"),
 }
 
 

@@ -1,21 +1,21 @@
 """Annal's Python client SDK: Producer, Consumer and Admin (kafka-python's names).
 
-    from client import Producer, Consumer, Admin, NewTopic, TopicPartition
+    from annal.client import Producer, Consumer, Admin, NewTopic, TopicPartition
 
 Producer and Consumer talk to brokers' binary data ports for records and to their gRPC ports
-for metadata and offsets; Admin uses gRPC only. Errors are ``client.errors`` (the one Annal
+for metadata and offsets; Admin uses gRPC only. Errors are ``annal.errors`` (the one Annal
 hierarchy, with ``retriable`` flags).
 """
 
 from __future__ import annotations
 
-from client import errors
-from client._accumulator import FutureRecordMetadata
-from client._group import ConsumerRebalanceListener
-from client.admin import EARLIEST, LATEST, Admin
-from client.consumer import Consumer
-from client.producer import Producer
-from client.structs import (
+from annal import errors
+from annal.client._accumulator import FutureRecordMetadata
+from annal.client._group import ConsumerRebalanceListener
+from annal.client.admin import EARLIEST, LATEST, Admin
+from annal.client.consumer import Consumer
+from annal.client.producer import Producer
+from annal.client.structs import (
     BrokerMetadata,
     ClusterDescription,
     ConsumerRecord,

@@ -1,7 +1,7 @@
 """The producer's record accumulator: one deque of batches per partition.
 
 ``Producer.send`` appends each record to the open (last) batch of its partition's deque, built
-incrementally as RecordBatch v2 bytes by ``broker.storage.record_batch.BatchBuilder``; when a
+incrementally as RecordBatch v2 bytes by ``annal.record.BatchBuilder``; when a
 record does not fit, that batch is closed and a new one opened. The sender thread drains the
 first batch of each deque once it is full, older than ``linger_ms``, or a flush/close is under
 way, and gives it back with ``reenqueue`` (at the front, so order holds) when a retriable error
@@ -29,15 +29,15 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     BufferExhaustedError,
     KafkaTimeoutError,
 )
-from broker.storage.record_batch import HEADER_SIZE, BatchBuilder
+from annal.record import HEADER_SIZE, BatchBuilder
 
-from client._partitioner import StickyPartitionCache
-from client.structs import RecordMetadata, TopicPartition
+from annal.client._partitioner import StickyPartitionCache
+from annal.client.structs import RecordMetadata, TopicPartition
 
 __all__ = [
     "ProduceRequestResult",
@@ -172,7 +172,7 @@ def _run_callback(
     except Exception:  # a user callback must not kill the sender thread
         import logging
 
-        logging.getLogger("client.producer").exception("producer callback raised")
+        logging.getLogger("annal.client.producer").exception("producer callback raised")
 
 
 class FutureRecordMetadata(tuple):  # type: ignore[type-arg]

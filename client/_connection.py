@@ -1,6 +1,6 @@
 """One TCP connection to a broker's binary data port (FETCH and PRODUCE frames).
 
-The bytes on the wire are built and parsed by ``broker.protocol.framing`` (sans-I/O); this
+The bytes on the wire are built and parsed by ``annal.protocol.framing`` (sans-I/O); this
 module only moves them. The socket is non-blocking: a request is written whole
 before ``send`` returns (waiting for the socket to drain, at most ``request_timeout_ms``); answers
 are read (``recv_into`` straight into the
@@ -20,8 +20,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from broker.errors import NetworkError
-from broker.protocol.framing import RESPONSE_HEADER_SIZE, FrameReader, decode_response_header
+from annal.errors import NetworkError, RemoteProtocolError
+from annal.protocol.framing import RESPONSE_HEADER_SIZE, FrameReader, decode_response_header
 
 __all__ = ["DataConnection", "InFlight", "send_parts"]
 
@@ -88,7 +88,9 @@ class DataConnection:
         self.request_timeout_ms = request_timeout_ms
         self.in_flight: deque[InFlight] = deque()
         self._next_cid = 0
-        self._reader = FrameReader(max_frame_bytes, RESPONSE_HEADER_SIZE, scratch_bytes=256 * 1024)
+        self._reader = FrameReader(
+            max_frame_bytes, RESPONSE_HEADER_SIZE, scratch_bytes=256 * 1024, error_cls=RemoteProtocolError
+        )
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout_ms / 1000.0)
         except OSError as exc:
@@ -165,19 +167,22 @@ class DataConnection:
         while True:
             try:
                 frame = reader.next_frame()
-            except Exception as exc:
+            except RemoteProtocolError as exc:
                 self.close()
-                raise NetworkError(f"bad answer from broker {self.node_id}: {exc}") from None
+                raise RemoteProtocolError(f"bad answer from broker {self.node_id}: {exc}") from None
+            except NetworkError as exc:
+                self.close()
+                raise NetworkError(f"connection to broker {self.node_id} broke mid-answer: {exc}") from None
             if frame is None:
                 break
             cid, _code = decode_response_header(frame)
             if not self.in_flight:
                 self.close()
-                raise NetworkError(f"broker {self.node_id} answered a request never sent (cid {cid})")
+                raise RemoteProtocolError(f"broker {self.node_id} answered a request never sent (cid {cid})")
             req = self.in_flight.popleft()
             if cid != req.correlation_id:
                 self.close()
-                raise NetworkError(
+                raise RemoteProtocolError(
                     f"broker {self.node_id} answered correlation id {cid}, expected {req.correlation_id}"
                 )
             out.append((req, frame))

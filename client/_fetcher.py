@@ -32,35 +32,35 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     LeaderNotAvailableError,
     NetworkError,
-    NotLeaderError,
+    NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     StorageError,
     UnknownTopicOrPartitionError,
     for_code,
 )
-from broker.protocol import annal_pb2
-from broker.protocol.framing import (
+from annal.protocol import annal_pb2
+from annal.protocol.framing import (
     FetchPartition,
     FetchRequest,
     decode_fetch_response,
     encode_fetch_request,
 )
-from broker.storage.record_batch import HEADER_SIZE, LOG_OVERHEAD
+from annal.record import HEADER_SIZE, LOG_OVERHEAD
 
-from client._connection import DataConnection, InFlight
-from client._metadata import ClusterMetadata
-from client._rpc import RpcClient
-from client._waker import Waker
-from client.structs import TopicPartition
+from annal.client._connection import DataConnection, InFlight
+from annal.client._metadata import ClusterMetadata
+from annal.client._rpc import RpcClient
+from annal.client._waker import Waker
+from annal.client.structs import TopicPartition
 
 __all__ = ["PartitionState", "CompletedFetch", "Fetcher", "EARLIEST", "LATEST"]
 
-log = logging.getLogger("client.consumer")
+log = logging.getLogger("annal.client.consumer")
 
 EARLIEST = -2
 LATEST = -1
@@ -69,7 +69,7 @@ _OFFSET_LEN = struct.Struct(">qi")
 _LAST_DELTA = struct.Struct(">i")
 
 _RETRY_ERRORS = (
-    NotLeaderError,
+    NotLeaderForPartitionError,
     LeaderNotAvailableError,
     UnknownTopicOrPartitionError,
     BrokerNotAvailableError,

@@ -1,6 +1,6 @@
 """Consumer groups kept in ZooKeeper (Kafka 0.7's ZookeeperConsumerConnector, cooperatively).
 
-Znodes (all under the cluster's chroot; see ``broker.coordination.zk_paths``)::
+Znodes (all under the cluster's chroot; see ``annal.zookeeper.paths``)::
 
     /consumers/<group>/ids/<member_id>            ephemeral  {"member_id", "topics", "host",
                                                               "pid", "timestamp_ms"}
@@ -53,11 +53,11 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import ChildrenWatch
 
-from broker.coordination import zk_paths as paths
-from broker.coordination.zk_reads import read_children_data
-from broker.errors import AnnalError, GroupError, LocalUsageError, NetworkError
+from annal.zookeeper import paths
+from annal.zookeeper.reads import read_children_data
+from annal.errors import AnnalError, GroupError, LocalUsageError, NetworkError
 
-from client.structs import TopicPartition
+from annal.client.structs import TopicPartition
 
 __all__ = ["ConsumerRebalanceListener", "GroupHooks", "GroupMember", "GroupMembership", "range_assign"]
 
@@ -503,7 +503,7 @@ class GroupMember:
 
 
 class _ConsumerHooks:
-    """``GroupHooks`` over a ``client.consumer.Consumer`` (its fetcher's partition states)."""
+    """``GroupHooks`` over a ``annal.client.consumer.Consumer`` (its fetcher's partition states)."""
 
     def __init__(self, consumer: Any) -> None:
         self._consumer = consumer
@@ -539,7 +539,7 @@ class GroupMembership:
         enable_auto_commit: bool = True,
         auto_commit_interval_ms: int = 5000,
     ) -> None:
-        from client._zk import ZooKeeperMetadataSource, connect
+        from annal.client._zk import ZooKeeperMetadataSource, connect
 
         try:
             paths.group_path(group_id)

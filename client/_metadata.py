@@ -21,17 +21,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     KafkaTimeoutError,
     LocalUsageError,
     UnknownTopicOrPartitionError,
 )
-from broker.protocol import annal_pb2
+from annal.protocol import annal_pb2
 
-from client._rpc import RpcClient
-from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+from annal.client._rpc import RpcClient
+from annal.client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
 
 __all__ = [
     "MetadataSnapshot",
@@ -334,11 +334,11 @@ class ClusterMetadata:
 
 
 def zookeeper_metadata(zookeeper: str, retry_backoff_ms: int) -> ClusterMetadata:
-    """ClusterMetadata fed from ZooKeeper watches (cluster mode), from ``client._zk``.
+    """ClusterMetadata fed from ZooKeeper watches (cluster mode), from ``annal.client._zk``.
 
     Raises ``LocalUsageError`` when this installation has no ZooKeeper support."""
     try:
-        from client._zk import ZooKeeperMetadataSource
+        from annal.client._zk import ZooKeeperMetadataSource
     except ImportError as exc:
         raise LocalUsageError(
             f"zookeeper= cluster mode is not available: {exc}; use bootstrap_servers="

@@ -2,7 +2,7 @@
 
 A broker reports a whole-call failure as a gRPC status plus the trailing metadata
 ``annal-error-code`` / ``annal-error-reason``; ``call`` turns it back into the
-``broker.errors`` class for that code. Failures to reach the broker become
+``annal.errors`` class for that code. Failures to reach the broker become
 ``BrokerNotAvailableError`` (retriable), an expired deadline ``RequestTimedOutError``.
 
 Thread-safe: gRPC channels are; the channel map is guarded by a lock.
@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import grpc
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     LocalUsageError,
@@ -24,7 +24,7 @@ from broker.errors import (
     for_code,
     for_reason,
 )
-from broker.protocol import annal_pb2_grpc
+from annal.protocol import annal_pb2_grpc
 
 __all__ = ["RpcClient", "parse_bootstrap", "map_rpc_error"]
 

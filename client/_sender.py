@@ -30,37 +30,37 @@ import threading
 import time
 from typing import Any
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     KafkaTimeoutError,
     LeaderNotAvailableError,
     NetworkError,
-    NotLeaderError,
+    NotLeaderForPartitionError,
     ProducerClosedError,
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
     for_code,
 )
-from broker.protocol.framing import (
+from annal.protocol.framing import (
     ProducePartition,
     ProduceRequest,
     decode_produce_response,
     produce_request_parts,
 )
 
-from client._accumulator import ProducerBatch, RecordAccumulator
-from client._connection import DataConnection, InFlight
-from client._metadata import ClusterMetadata
-from client._waker import Waker
-from client.structs import TopicPartition
+from annal.client._accumulator import ProducerBatch, RecordAccumulator
+from annal.client._connection import DataConnection, InFlight
+from annal.client._metadata import ClusterMetadata
+from annal.client._waker import Waker
+from annal.client.structs import TopicPartition
 
 __all__ = ["Sender"]
 
-log = logging.getLogger("client.producer")
+log = logging.getLogger("annal.client.producer")
 
 _METADATA_ERRORS = (
-    NotLeaderError,
+    NotLeaderForPartitionError,
     LeaderNotAvailableError,
     UnknownTopicOrPartitionError,
     BrokerNotAvailableError,

@@ -2,7 +2,7 @@
 
 A producer or consumer created with ``zookeeper="127.0.0.1:2181/annal"`` does not ask brokers
 where partitions live: it watches the same znodes the brokers write (layout in
-``broker.coordination.zk_paths``)::
+``annal.zookeeper.paths``)::
 
     /brokers/ids/<id>        -> live brokers (ephemeral; gone when a broker dies)
     /brokers/topics/<topic>  -> partition -> broker id, and topic config
@@ -36,16 +36,16 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
 
-from broker.coordination import zk_paths as paths
-from broker.coordination.base import TopicPlacement
-from broker.coordination.zk_reads import read_children_data
-from broker.coordination.zk_refresh import WatchRefresher
-from broker.errors import LeaderNotAvailableError, NetworkError
+from annal.zookeeper import paths
+from annal.cluster import TopicPlacement
+from annal.zookeeper.reads import read_children_data
+from annal.zookeeper.refresh import WatchRefresher
+from annal.errors import LeaderNotAvailableError, NetworkError
 
-from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+from annal.client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
 
 if TYPE_CHECKING:
-    from client._metadata import ClusterMetadata, MetadataSnapshot
+    from annal.client._metadata import ClusterMetadata, MetadataSnapshot
 
 __all__ = ["ZooKeeperMetadataSource", "connect"]
 
@@ -158,7 +158,7 @@ class ZooKeeperMetadataSource:
     # -- state ------------------------------------------------------------------------------
 
     def snapshot(self, topics: list[str] | None = None) -> "MetadataSnapshot":
-        from client._metadata import MetadataSnapshot
+        from annal.client._metadata import MetadataSnapshot
 
         with self._lock:
             brokers = dict(self._brokers)

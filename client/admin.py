@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     InvalidPartitionsError,
@@ -20,11 +20,11 @@ from broker.errors import (
     UnknownTopicOrPartitionError,
     for_code,
 )
-from broker.protocol import annal_pb2
+from annal.protocol import annal_pb2
 
-from client._metadata import _CONFIG_KEYS, GrpcMetadataSource, snapshot_from_response
-from client._rpc import RpcClient, parse_bootstrap
-from client.structs import (
+from annal.client._metadata import _CONFIG_KEYS, GrpcMetadataSource, snapshot_from_response
+from annal.client._rpc import RpcClient, parse_bootstrap
+from annal.client.structs import (
     BrokerMetadata,
     ClusterDescription,
     NewTopic,

@@ -3,12 +3,12 @@
 Fetching happens in a background thread (``_fetcher.py``) over each leader's binary data port,
 one request in flight per broker and the next one sent while the application works on the
 last; ``poll`` decodes the prefetched batches (CRC-checked, lz4 decompressed) with
-``broker.storage.record_batch.decode_records_into`` and advances the positions.
+``annal.record.decode_records_into`` and advances the positions.
 
 Assignment: ``Consumer(*topics)`` without a group assigns itself every partition of those
 topics (and picks up partitions added later); ``assign([...])`` assigns explicitly. Group
 consumption (``subscribe``, ``commit``, ``committed``, a ``group_id`` with topics) needs
-``zookeeper=``: the group membership plugs in through ``client._group`` and calls
+``zookeeper=``: the group membership plugs in through ``annal.client._group`` and calls
 ``_set_assignment`` when partitions are handed over.
 
 Thread-safety: kafka-python's rule applies — one application thread uses a consumer at a time
@@ -21,19 +21,19 @@ import gc
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     ConsumerClosedError,
     KafkaTimeoutError,
     LocalUsageError,
     UnknownTopicOrPartitionError,
 )
-from broker.storage.record_batch import decode_records_into
+from annal.record import decode_records_into
 
-from client._fetcher import EARLIEST, LATEST, CompletedFetch, Fetcher, PartitionState
-from client._metadata import ClusterMetadata, GrpcMetadataSource, zookeeper_metadata
-from client._rpc import RpcClient, parse_bootstrap
-from client.structs import ConsumerRecord, OffsetAndTimestamp, TopicPartition
+from annal.client._fetcher import EARLIEST, LATEST, CompletedFetch, Fetcher, PartitionState
+from annal.client._metadata import ClusterMetadata, GrpcMetadataSource, zookeeper_metadata
+from annal.client._rpc import RpcClient, parse_bootstrap
+from annal.client.structs import ConsumerRecord, OffsetAndTimestamp, TopicPartition
 
 __all__ = ["Consumer"]
 
@@ -65,7 +65,7 @@ def _decode_gc_paused(
     cycle; left running, the collector would start a pass every 700 of them and walk the
     growing list each time (about 30 % of the build's instructions). Paused, it makes one pass
     over them at its next trigger after ``gc.enable()`` (timed with that pass, the build is
-    3-42 % faster: ``python -m bench.sdk_costs``). Nothing is skipped: the
+    3-42 % faster: ``python -m annal.bench.sdk_costs``). Nothing is skipped: the
     collector's counts keep growing while paused. If the application disabled the collector
     itself, it is left disabled.
     """
@@ -98,7 +98,7 @@ class Consumer:
         consumer_timeout_ms: iteration stops after this long without a record (default: never).
         metadata_max_age_ms: how often the partitions of consumed topics are re-read.
         zookeeper, enable_auto_commit, auto_commit_interval_ms: group consumption in cluster
-            mode (see ``client._group``).
+            mode (see ``annal.client._group``).
 
     Not thread-safe for concurrent application calls (see the module docstring).
     """
@@ -108,7 +108,7 @@ class Consumer:
         *topics: str,
         bootstrap_servers: str | Sequence[str] = "127.0.0.1:9092",
         group_id: str | None = None,
-        auto_offset_reset: str = "earliest",
+        auto_offset_reset: str = "latest",
         fetch_min_bytes: int = 1,
         fetch_max_wait_ms: int = 500,
         fetch_max_bytes: int = 52428800,
@@ -204,9 +204,9 @@ class Consumer:
                 pass  # retried from poll()
 
     def _make_group(self, zookeeper: str, group_id: str, enable_auto_commit: bool, auto_commit_interval_ms: int) -> Any:
-        """The group-membership seam (``client._group``)."""
+        """The group-membership seam (``annal.client._group``)."""
         try:
-            from client._group import GroupMembership  # type: ignore[import-not-found,unused-ignore]
+            from annal.client._group import GroupMembership  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise LocalUsageError(f"consumer groups are not available: {exc}") from None
         return GroupMembership(

@@ -13,20 +13,20 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from broker.errors import (
+from annal.errors import (
     InvalidRequiredAcksError,
     KafkaTimeoutError,
     LocalUsageError,
     ProducerClosedError,
     UnknownTopicOrPartitionError,
 )
-from broker.storage.record_batch import compression_from_name
+from annal.record import compression_from_name
 
-from client._accumulator import FutureRecordMetadata, RecordAccumulator
-from client._metadata import ClusterMetadata, GrpcMetadataSource, zookeeper_metadata
-from client._partitioner import StickyPartitionCache, partition_for_key
-from client._rpc import RpcClient, parse_bootstrap
-from client._sender import Sender
+from annal.client._accumulator import FutureRecordMetadata, RecordAccumulator
+from annal.client._metadata import ClusterMetadata, GrpcMetadataSource, zookeeper_metadata
+from annal.client._partitioner import StickyPartitionCache, partition_for_key
+from annal.client._rpc import RpcClient, parse_bootstrap
+from annal.client._sender import Sender
 
 __all__ = ["Producer"]
 
@@ -69,7 +69,7 @@ class Producer:
             ``KafkaTimeoutError``.
         request_timeout_ms: how long to wait for a broker's answer before giving up on the
             connection (and retrying).
-        max_in_flight: requests in flight per broker connection (one per partition at most,
+        max_in_flight_requests_per_connection: requests in flight per broker connection (one per partition at most,
             which keeps each partition's order across retries).
         max_request_size: bytes of batches per request.
         buffer_memory: bytes of records waiting to be sent; ``send`` blocks when it is full.
@@ -96,7 +96,7 @@ class Producer:
         retry_backoff_ms: int = 100,
         delivery_timeout_ms: int = 120000,
         request_timeout_ms: int = 30000,
-        max_in_flight: int = 5,
+        max_in_flight_requests_per_connection: int = 5,
         max_request_size: int = 1048576,
         buffer_memory: int = 33554432,
         max_block_ms: int = 60000,
@@ -119,7 +119,9 @@ class Producer:
         _check_positive("retry_backoff_ms", retry_backoff_ms)
         _check_positive("delivery_timeout_ms", delivery_timeout_ms, allow_zero=False)
         _check_positive("request_timeout_ms", request_timeout_ms, allow_zero=False)
-        _check_positive("max_in_flight", max_in_flight, allow_zero=False)
+        _check_positive(
+            "max_in_flight_requests_per_connection", max_in_flight_requests_per_connection, allow_zero=False
+        )
         _check_positive("max_request_size", max_request_size, allow_zero=False)
         _check_positive("buffer_memory", buffer_memory, allow_zero=False)
         _check_positive("max_block_ms", max_block_ms)
@@ -135,7 +137,8 @@ class Producer:
             bootstrap_servers=bootstrap_servers, acks=acks_value, linger_ms=linger_ms,
             batch_size=batch_size, compression_type=compression_type, retries=retries,
             retry_backoff_ms=retry_backoff_ms, delivery_timeout_ms=delivery_timeout_ms,
-            request_timeout_ms=request_timeout_ms, max_in_flight=max_in_flight,
+            request_timeout_ms=request_timeout_ms,
+            max_in_flight_requests_per_connection=max_in_flight_requests_per_connection,
             max_request_size=max_request_size, buffer_memory=buffer_memory,
             max_block_ms=max_block_ms, metadata_max_age_ms=metadata_max_age_ms,
             zookeeper=zookeeper, client_id=client_id,
@@ -165,7 +168,7 @@ class Producer:
             retries=retries,
             retry_backoff_ms=retry_backoff_ms,
             request_timeout_ms=request_timeout_ms,
-            max_in_flight=max_in_flight,
+            max_in_flight=max_in_flight_requests_per_connection,
             max_request_size=max_request_size,
             metadata_max_age_ms=metadata_max_age_ms,
         )

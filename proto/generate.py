@@ -1,11 +1,11 @@
-"""Generate the Python gRPC modules from proto/annal/v1/annal.proto into broker/protocol/.
+"""Generate the Python gRPC modules from proto/annal/v1/annal.proto into annal/protocol/.
 
     python proto/generate.py            # regenerate in place
     python proto/generate.py --out DIR  # write elsewhere (the freshness test does this)
 
 The generated modules are committed; tests/unit/test_proto_fresh.py fails when they are out of
 date with the .proto. protoc writes ``from annal.v1 import annal_pb2``; the import is rewritten
-to ``broker.protocol`` so that nothing claims a top-level ``annal`` or ``proto`` package.
+to ``annal.protocol``, where the modules live (there is no ``annal.v1`` package).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("annal_pb2.py", "annal_pb2.pyi", "annal_pb2_grpc.py"):
             text = (pathlib.Path(tmp) / "annal" / "v1" / name).read_text()
-            text = text.replace("from annal.v1 import annal_pb2", "from broker.protocol import annal_pb2")
+            text = text.replace("from annal.v1 import annal_pb2", "from annal.protocol import annal_pb2")
             (out / name).write_text(text)
             written.append(out / name)
     return written
@@ -43,7 +43,7 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "broker" / "protocol")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "annal" / "protocol")
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(path)

@@ -101,7 +101,7 @@ def _annal_command(python: str, tool: str) -> list[str]:
     script = Path(python).parent / tool
     if script.exists():
         return [str(script)]
-    module = "broker.cli" if tool == "annal" else "bench.cli"
+    module = "annal.broker.cli" if tool == "annal" else "annal.bench.cli"
     return [python, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
@@ -141,7 +141,7 @@ class LocalCluster:
     def command(self) -> list[str]:
         annal = _annal_command(self.python, "annal")
         if self.standalone:
-            from broker.coordination.zk_server import find_free_port
+            from annal.broker.coordination.zk_server import find_free_port
 
             self.bootstrap_servers = f"127.0.0.1:{find_free_port()}"
             fetch, metrics = find_free_port(), find_free_port()
@@ -174,7 +174,7 @@ class LocalCluster:
 
     def _ready(self) -> bool:
         if self.standalone:
-            from broker.server.health import UnhealthyError, check
+            from annal.broker.server.health import UnhealthyError, check
 
             try:
                 check(self.bootstrap_servers, timeout_ms=1000)
@@ -250,8 +250,8 @@ def _value(i: int, size: int) -> bytes:
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    from broker.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
-    from client import Admin, NewTopic
+    from annal.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+    from annal.client import Admin, NewTopic
 
     admin = Admin(bootstrap_servers=bootstrap)
     try:
@@ -280,7 +280,7 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 
 def produce(bootstrap: str, records: int, record_size: int, summary: Summary) -> None:
-    from client import Producer
+    from annal.client import Producer
 
     producer = Producer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
     futures = []
@@ -310,7 +310,7 @@ def consume(bootstrap: str, zookeeper: str, records: int, summary: Summary, idle
     """Read the topic back and check every record. With ``zookeeper`` (cluster mode) as a
     member of group ``quickstart``, committing at the end; standalone, with every partition
     assigned and no group (groups live in ZooKeeper)."""
-    from client import Consumer, TopicPartition
+    from annal.client import Consumer, TopicPartition
 
     if zookeeper:
         consumer = Consumer(TOPIC, bootstrap_servers=bootstrap, group_id=GROUP, zookeeper=zookeeper,

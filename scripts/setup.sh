@@ -39,12 +39,16 @@ ensure_venv() {
     echo "== creating $VENV"
     "$PY" -m venv "$VENV"
   fi
-  # Re-install only when pyproject.toml changed since the last install.
+  # Dependencies: re-installed only when pyproject.toml changed since the last install.
   local stamp="$VENV/.annal-installed"
   if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-    echo "== installing Annal into $VENV"
+    echo "== installing Annal's dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test,plot]"
+    "$VENV/bin/python" -m pip install -q "$ROOT[test]"
     touch "$stamp"
   fi
+  # Annal itself: a regular (non-editable) install of this tree every time, so the tests and
+  # the quickstart run what a user's `pip install` gets, never the source tree on sys.path.
+  echo "== installing Annal from $ROOT into $VENV"
+  "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$ROOT"
 }

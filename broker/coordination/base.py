@@ -12,42 +12,11 @@ own thread (kazoo's event thread for ZooKeeper) and must not block.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from annal.cluster import BrokerInfo, TopicPlacement
+
 __all__ = ["BrokerInfo", "TopicPlacement", "Coordinator", "PlacementListener"]
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerInfo:
-    """How to reach one broker: gRPC on ``port``, the binary data port on ``fetch_port``."""
-
-    broker_id: int
-    host: str
-    port: int
-    fetch_port: int
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class TopicPlacement:
-    """Where each partition of a topic lives, and the topic's config overrides.
-
-    ``partitions`` maps partition number to the id of the broker that leads it. ``config``
-    holds only the keys set for this topic (segment_bytes, retention_ms, ...); the broker
-    fills the rest from its defaults.
-    """
-
-    name: str
-    partitions: Mapping[int, int]
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def partition_count(self) -> int:
-        return len(self.partitions)
 
 
 PlacementListener = Callable[[Mapping[str, TopicPlacement]], None]
@@ -60,7 +29,7 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     def start(self, me: BrokerInfo) -> None:
         """Join: register this broker (refusing if its id is held by a live broker) and load
-        placements. Raises ``broker.errors.AnnalError`` subclasses on failure."""
+        placements. Raises ``annal.errors.AnnalError`` subclasses on failure."""
 
     @abc.abstractmethod
     def stop(self) -> None:

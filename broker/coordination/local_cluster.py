@@ -3,7 +3,7 @@
     annal cluster up [--brokers 3] [--data-dir DIR] [--zookeeper HOST:PORT[/chroot]] [--base-port P]
 
 Starts the Debian ZooKeeper server on a free loopback port (unless ``--zookeeper`` names an
-ensemble), then brokers 1..N as child processes (``python -m broker broker start
+ensemble), then brokers 1..N as child processes (``python -m annal.broker broker start
 --zookeeper ... --broker-id i``), waits until each logs its ready line, and prints
 machine-parsable lines::
 
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from broker.coordination import zk_paths as paths
-from broker.coordination.zk_server import ZooKeeperNotInstalledError, ZooKeeperServer, die_with_parent
+from annal.zookeeper import paths
+from annal.broker.coordination.zk_server import ZooKeeperNotInstalledError, ZooKeeperServer, die_with_parent
 
 __all__ = ["configure_parser", "run", "LocalCluster"]
 
@@ -51,7 +51,6 @@ _READY = re.compile(
     r"annal broker (?P<id>\d+) ready: grpc=(?P<host>\S+):(?P<port>\d+) data=\S+:(?P<fetch>\d+) "
     r"metrics=(?:\S+:(?P<metrics>\d+)|off)"
 )
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +124,7 @@ class LocalCluster:
             grpc = data = metrics = 0
         log_path = self.data_dir / f"broker-{broker_id}.log"
         cmd = [
-            sys.executable, "-m", "broker", "broker", "start",
+            sys.executable, "-m", "annal.broker", "broker", "start",
             "--zookeeper", self.zookeeper,
             "--broker-id", str(broker_id),
             "--data-dir", str(self.data_dir / f"broker-{broker_id}"),
@@ -136,7 +135,6 @@ class LocalCluster:
         ]
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(_REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,

@@ -23,15 +23,15 @@ import threading
 import uuid
 from typing import Any, Mapping
 
-from broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
-from broker.errors import (
+from annal.broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
+from annal.errors import (
     InvalidConfigError,
     InvalidPartitionsError,
     StorageError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from broker.topic_names import validate_topic_name
+from annal.topic_names import validate_topic_name
 
 __all__ = ["StandaloneCoordinator", "TOPICS_FILE_NAME"]
 

@@ -54,11 +54,11 @@ from kazoo.recipe.election import Election
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
 
-from broker.coordination import zk_paths as paths
-from broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
-from broker.coordination.zk_reads import read_children_data
-from broker.coordination.zk_refresh import WatchRefresher
-from broker.errors import (
+from annal.zookeeper import paths
+from annal.broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
+from annal.zookeeper.reads import read_children_data
+from annal.zookeeper.refresh import WatchRefresher
+from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     InvalidConfigError,
@@ -68,7 +68,7 @@ from broker.errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from broker.topic_names import validate_topic_name
+from annal.topic_names import validate_topic_name
 
 __all__ = ["ZooKeeperCoordinator", "MAX_PARTITIONS"]
 

@@ -6,10 +6,10 @@ the long-poll waiters, the maintenance timer (retention, flush_ms, segment_ms) a
 The network edges (``grpc_service.py``, ``data_port.py``) call it and turn its results and
 ``AnnalError`` exceptions into wire answers; nothing here knows about gRPC or frames.
 
-Leadership: a request for a partition this broker does not lead raises ``NotLeaderError`` with
+Leadership: a request for a partition this broker does not lead raises ``NotLeaderForPartitionError`` with
 ``details['leader']`` = the leader's ``BrokerInfo`` (host, port, fetch_port), or
 ``LeaderNotAvailableError`` when the leader is not live; an unknown topic or partition raises
-``UnknownTopicOrPartitionError``. Topic names are validated (``broker.topic_names``) before any
+``UnknownTopicOrPartitionError``. Topic names are validated (``annal.topic_names``) before any
 name can reach the file system.
 
 Long-poll: ``add_waiter(partitions, wake)`` registers a callback that every append to one of
@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from broker.coordination.base import BrokerInfo, Coordinator, TopicPlacement
-from broker.errors import (
+from annal.broker.coordination.base import BrokerInfo, Coordinator, TopicPlacement
+from annal.errors import (
     AnnalError,
     BrokerShuttingDownError,
     InvalidConfigError,
@@ -38,13 +38,13 @@ from broker.errors import (
     InvalidPartitionsError,
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
-    NotLeaderError,
+    NotLeaderForPartitionError,
     UnknownTopicOrPartitionError,
 )
-from broker.server.config import MAX_PARTITIONS, NEVER, BrokerConfig, validate_topic_config
-from broker.server.metrics import BrokerMetrics, PartitionStat
-from broker.storage.record_batch import iter_batch_positions, parse_header
-from broker.topic_names import is_valid_topic_name, validate_topic_name
+from annal.broker.server.config import MAX_PARTITIONS, NEVER, BrokerConfig, validate_topic_config
+from annal.broker.server.metrics import BrokerMetrics, PartitionStat
+from annal.record import iter_batch_positions, parse_header
+from annal.topic_names import is_valid_topic_name, validate_topic_name
 
 __all__ = [
     "Broker",
@@ -105,7 +105,7 @@ class Broker:
         self.coordinator = coordinator
         self.metrics = metrics if metrics is not None else BrokerMetrics(self.partition_stats)
         self.me: BrokerInfo | None = None
-        self.logs: Any = None  # broker.storage.LogManager once open()
+        self.logs: Any = None  # annal.broker.storage.LogManager once open()
         self._placements: dict[str, TopicPlacement] = {}
         self._placement_lock = threading.Lock()
         self._waiters: dict[tuple[str, int], set[WakeCallback]] = {}
@@ -119,7 +119,7 @@ class Broker:
 
     def open(self) -> None:
         """Open (and recover) every partition log in the data dir."""
-        from broker.storage import LogManager
+        from annal.broker.storage import LogManager
 
         started = time.monotonic()
         self.logs = LogManager(str(self.config.data_dir), self._log_config({}))
@@ -213,7 +213,7 @@ class Broker:
     def _log_config(self, overrides: Mapping[str, Any]) -> Any:
         """The storage ``LogConfig`` of a topic: broker defaults, then the topic's overrides.
         ``NEVER`` (Kafka's Long.MAX_VALUE) for flush_messages/flush_ms is storage's None."""
-        from broker.storage import LogConfig
+        from annal.broker.storage import LogConfig
 
         merged: dict[str, Any] = self.config.topic_config(overrides)
         merged.pop("partitions", None)
@@ -246,7 +246,7 @@ class Broker:
                 f"max_request_bytes {self.config.max_request_bytes}"
             )
         if validate_only:
-            from broker.errors import TopicAlreadyExistsError
+            from annal.errors import TopicAlreadyExistsError
 
             if name in self._placements:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists", topic=name)
@@ -308,7 +308,7 @@ class Broker:
                     f"partition {topic}-{partition} has no live leader (broker {leader})",
                     topic=topic, partition=partition, leader_id=leader,
                 )
-            raise NotLeaderError(
+            raise NotLeaderForPartitionError(
                 f"broker {me.broker_id if me else -1} does not lead {topic}-{partition}; broker {leader} "
                 f"at {info.host}:{info.port} does",
                 topic=topic, partition=partition, leader=info,
@@ -344,7 +344,7 @@ class Broker:
         All batches are validated before any is written: one bad batch fails the partition and
         nothing of it is appended. With ``acks == -1`` the log is flushed (fdatasync) before this
         returns. Raises ``AnnalError`` subclasses (CorruptRecordError, InvalidRecordError,
-        MessageTooLargeError, UnsupportedCompressionTypeError, NotLeaderError, ...).
+        MessageSizeTooLargeError, UnsupportedCompressionTypeError, NotLeaderForPartitionError, ...).
         """
         self._check_serving()
         if acks not in (0, 1, -1):
@@ -394,7 +394,7 @@ class Broker:
         if timestamp == LATEST_TIMESTAMP:
             return plog.log_end_offset, -1
         if timestamp < 0:
-            from broker.errors import InvalidRequestError
+            from annal.errors import InvalidRequestError
 
             raise InvalidRequestError(f"timestamp {timestamp} is neither -1, -2 nor a time in ms")
         found = plog.offset_for_timestamp(timestamp)

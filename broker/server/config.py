@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from broker.errors import InvalidConfigError, InvalidPartitionsError
+from annal.errors import InvalidConfigError, InvalidPartitionsError
 
 __all__ = [
     "NEVER",

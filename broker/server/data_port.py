@@ -1,6 +1,6 @@
 """The binary data port (``--fetch-port``): FETCH with long-poll answered by ``sendfile``, and
 PRODUCE. The bytes are specified in docs/protocol.md and built/parsed by
-``broker.protocol.framing``; this module only moves them.
+``annal.protocol.framing``; this module only moves them.
 
 Each connection is an asyncio ``BufferedProtocol`` whose transport receives straight into the
 frame being assembled (``FrameReader.get_buffer``), so a PRODUCE request's batches are appended
@@ -40,16 +40,16 @@ import threading
 import time
 from typing import Any
 
-from broker.errors import (
+from annal.errors import (
     AnnalError,
     InvalidRequestError,
     NetworkError,
-    NotLeaderError,
+    NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     StorageError,
 )
-from broker.protocol import framing as fr
-from broker.server.broker import Broker, read_result_size, release_read
+from annal.protocol import framing as fr
+from annal.broker.server.broker import Broker, read_result_size, release_read
 
 __all__ = ["DataPortServer"]
 
@@ -524,7 +524,7 @@ class DataPortServer:
                     lso = err.log_start_offset if err.log_start_offset is not None else -1
                 heads.append(fr.encode_fetch_partition_head(p.topic, p.partition, err.code, err.message, hw, lso, 0))
                 sizes.append(0)
-                if not isinstance(err, (NotLeaderError, OffsetOutOfRangeError)) and not err.retriable:
+                if not isinstance(err, (NotLeaderForPartitionError, OffsetOutOfRangeError)) and not err.retriable:
                     log.info("data port %s: fetch %s-%d: %s", conn.peer, p.topic[:100], p.partition, err.message)
                 continue
             size = read_result_size(r)
@@ -618,7 +618,7 @@ class DataPortServer:
                 base = res.base_offsets[0] if res.base_offsets else -1
                 out.append(fr.ProducePartitionResult(p.topic, p.partition, 0, "", base, res.log_end_offset, -1))
             except AnnalError as err:
-                leader = err.details.get("leader") if isinstance(err, NotLeaderError) else None
+                leader = err.details.get("leader") if isinstance(err, NotLeaderForPartitionError) else None
                 out.append(fr.ProducePartitionResult(
                     p.topic, p.partition, err.code, err.message, -1, -1,
                     getattr(leader, "broker_id", -1) if leader is not None else -1,

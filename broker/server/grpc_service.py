@@ -1,10 +1,11 @@
 """The gRPC edge: ``AnnalServicer`` implements every RPC of ``proto/annal/v1/annal.proto`` on
 top of ``Broker``.
 
-Errors. A whole-call failure is a gRPC status (the error class's ``grpc_status``: NOT_FOUND,
-OUT_OF_RANGE, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE...) plus trailing metadata:
+Errors. A whole-call failure is a gRPC status (``grpc_status_for``: NOT_FOUND, OUT_OF_RANGE,
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE...; this module is the only place that maps
+Annal's errors to gRPC statuses) plus trailing metadata:
 
-    annal-error-code     the wire code from broker/errors.py ("6")
+    annal-error-code     the wire code from annal/errors.py ("6")
     annal-error-reason   its reason ("NOT_LEADER_OR_FOLLOWER")
     annal-error-details  JSON of the error's details, e.g. {"log_start_offset": 0,
                          "log_end_offset": 10} or {"leader": {"broker_id": 2, "host": ...,
@@ -31,17 +32,18 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from broker.coordination.base import BrokerInfo
-from broker.errors import (
+from annal import errors
+from annal.broker.coordination.base import BrokerInfo
+from annal.errors import (
     AnnalError,
     InvalidRequestError,
-    NotLeaderError,
+    NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     UnknownServerError,
 )
-from broker.protocol import annal_pb2 as pb
-from broker.protocol import annal_pb2_grpc
-from broker.server.broker import Broker, read_result_bytes, read_result_size, release_read
+from annal.protocol import annal_pb2 as pb
+from annal.protocol import annal_pb2_grpc
+from annal.broker.server.broker import Broker, read_result_bytes, read_result_size, release_read
 
 __all__ = ["AnnalServicer", "error_trailers", "TOPIC_CONFIG_FIELDS"]
 
@@ -72,10 +74,47 @@ def error_trailers(err: AnnalError) -> tuple[tuple[str, str], ...]:
     return tuple(trailers)
 
 
+# The gRPC status of each error class (the nearest base class listed wins); the client reads
+# the wire code from the trailers, so the status only serves generic gRPC tooling.
+_GRPC_STATUS: dict[type[AnnalError], grpc.StatusCode] = {
+    errors.LocalUsageError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.OffsetOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
+    errors.CorruptRecordError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UnknownTopicOrPartitionError: grpc.StatusCode.NOT_FOUND,
+    errors.InvalidFetchSizeError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.LeaderNotAvailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.NotLeaderForPartitionError: grpc.StatusCode.UNAVAILABLE,
+    errors.RequestTimedOutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.BrokerNotAvailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.MessageSizeTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.NetworkError: grpc.StatusCode.UNAVAILABLE,
+    errors.InvalidTopicError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidRequiredAcksError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TopicAlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    errors.InvalidPartitionsError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.StorageError: grpc.StatusCode.UNAVAILABLE,
+    errors.UnsupportedCompressionTypeError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidRecordError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.BrokerShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    errors.GroupError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.KafkaTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_status_for(err: AnnalError) -> grpc.StatusCode:
+    """The gRPC status a failed call answers with for ``err`` (INTERNAL when unlisted)."""
+    for cls in type(err).__mro__:
+        status = _GRPC_STATUS.get(cls)  # type: ignore[call-overload]
+        if status is not None:
+            return status
+    return grpc.StatusCode.INTERNAL
+
+
 def _abort(context: grpc.ServicerContext, err: AnnalError) -> None:
     context.set_trailing_metadata(error_trailers(err))
-    status = getattr(grpc.StatusCode, err.grpc_status, grpc.StatusCode.INTERNAL)
-    context.abort(status, err.message)
+    context.abort(grpc_status_for(err), err.message)
 
 
 def _broker_pb(info: BrokerInfo) -> pb.BrokerInfo:
@@ -177,7 +216,7 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
             except AnnalError as err:
                 r.error_code = err.code
                 r.error_message = err.message
-                if isinstance(err, NotLeaderError) and isinstance(err.details.get("leader"), BrokerInfo):
+                if isinstance(err, NotLeaderForPartitionError) and isinstance(err.details.get("leader"), BrokerInfo):
                     r.leader.CopyFrom(_broker_pb(err.details["leader"]))
                 if not err.retriable:
                     log.info("produce to %s-%d refused: %s", part.topic[:100], part.partition, err.message)

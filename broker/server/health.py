@@ -9,7 +9,7 @@ Exit status: 0 healthy, 1 unhealthy (the reason on stderr), 2 bad usage. One lin
 when healthy, e.g. ``ok: 127.0.0.1:9092 cluster=... controller=1 brokers=1,2,3 topics=4``.
 
 Runs as ``annal health ...`` once wired into ``broker/cli.py``, and always as
-``python -m broker.server.health ...`` (what docker/Dockerfile's HEALTHCHECK uses).
+``python -m annal.broker.server.health ...`` (what docker/Dockerfile's HEALTHCHECK uses).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def check(address: str, *, broker_id: int | None = None, timeout_ms: int = 3000)
     """
     import grpc
 
-    from broker.protocol import annal_pb2, annal_pb2_grpc
+    from annal.protocol import annal_pb2, annal_pb2_grpc
 
     channel = grpc.insecure_channel(address)
     try:

@@ -13,7 +13,7 @@ import fcntl
 import os
 import pathlib
 
-from broker.errors import StorageError
+from annal.errors import StorageError
 
 __all__ = ["DataDirLock", "DataDirLockedError", "LOCK_FILE_NAME"]
 

@@ -71,8 +71,8 @@ def _setup_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.errors import AnnalError
-    from broker.server.config import load_config
+    from annal.errors import AnnalError
+    from annal.broker.server.config import load_config
 
     if args.broker_command != "start":
         raise SystemExit(f"unknown broker action {args.broker_command!r}")
@@ -107,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _make_coordinator(config: Any) -> Any:
     if config.zookeeper:
-        from broker.coordination.zookeeper import ZooKeeperCoordinator
+        from annal.broker.coordination.zookeeper import ZooKeeperCoordinator
 
         return ZooKeeperCoordinator(config.zookeeper, session_timeout_ms=config.zookeeper_session_timeout_ms)
-    from broker.coordination.standalone import StandaloneCoordinator
+    from annal.broker.coordination.standalone import StandaloneCoordinator
 
     return StandaloneCoordinator(config.data_dir)
 
@@ -118,12 +118,12 @@ def _make_coordinator(config: Any) -> Any:
 async def _serve(config: Any) -> int:
     import grpc
 
-    from broker.coordination.base import BrokerInfo
-    from broker.protocol import annal_pb2_grpc
-    from broker.server.broker import Broker
-    from broker.server.data_port import DataPortServer
-    from broker.server.grpc_service import AnnalServicer
-    from broker.server.lock import DataDirLock
+    from annal.broker.coordination.base import BrokerInfo
+    from annal.protocol import annal_pb2_grpc
+    from annal.broker.server.broker import Broker
+    from annal.broker.server.data_port import DataPortServer
+    from annal.broker.server.grpc_service import AnnalServicer
+    from annal.broker.server.lock import DataDirLock
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -25,7 +25,7 @@ import os
 
 from crc32c import crc32c
 
-from broker.storage._file_names import TMP_SUFFIX
+from annal.broker.storage._file_names import TMP_SUFFIX
 
 __all__ = [
     "OffsetCheckpointFile",

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from broker.storage._segment import LogSegment, SegmentHandle
+    from annal.broker.storage._segment import LogSegment, SegmentHandle
 
 __all__ = ["HandleCache", "DEFAULT_MAX_FDS"]
 

@@ -31,21 +31,21 @@ import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
-from broker.errors import (
+from annal.errors import (
     CorruptRecordError,
     InvalidConfigError,
     InvalidFetchSizeError,
     LocalUsageError,
-    MessageTooLargeError,
+    MessageSizeTooLargeError,
     OffsetOutOfRangeError,
     StorageError,
     UnknownTopicOrPartitionError,
 )
-from broker.storage._checkpoint import fsync_dir
-from broker.storage._handles import HandleCache
-from broker.storage._recovery import RecoveryReport, load_segments
-from broker.storage._segment import LogSegment, SegmentConfig, SegmentHandle
-from broker.storage.record_batch import BatchHeader, check_records, set_base_offset, validate_batch
+from annal.broker.storage._checkpoint import fsync_dir
+from annal.broker.storage._handles import HandleCache
+from annal.broker.storage._recovery import RecoveryReport, load_segments
+from annal.broker.storage._segment import LogSegment, SegmentConfig, SegmentHandle
+from annal.record import BatchHeader, check_records, set_base_offset, validate_batch
 
 __all__ = ["LogConfig", "PartitionLog", "LogReadResult", "ReadChunk"]
 
@@ -337,7 +337,7 @@ class PartitionLog:
             # at its offset for good.
             check_records(view, pos, hd)
             if hd.records_count > max_offsets:
-                raise MessageTooLargeError(
+                raise MessageSizeTooLargeError(
                     f"batch of {hd.records_count} records exceeds the {max_offsets} offsets a segment "
                     f"index holds", records=hd.records_count)
             headers.append(hd)

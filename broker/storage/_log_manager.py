@@ -26,16 +26,16 @@ import shutil
 import threading
 from typing import Any
 
-from broker.errors import InvalidTopicError, LocalUsageError
-from broker.storage._checkpoint import (
+from annal.errors import InvalidTopicError, LocalUsageError
+from annal.broker.storage._checkpoint import (
     LOG_START_OFFSET_CHECKPOINT,
     RECOVERY_POINT_CHECKPOINT,
     OffsetCheckpointFile,
     fsync_dir,
 )
-from broker.storage._file_names import CLEAN_SHUTDOWN_FILE, parse_partition_dir_name, partition_dir_name
-from broker.storage._handles import DEFAULT_MAX_FDS, HandleCache
-from broker.storage._log import LogConfig, PartitionLog
+from annal.broker.storage._file_names import CLEAN_SHUTDOWN_FILE, parse_partition_dir_name, partition_dir_name
+from annal.broker.storage._handles import DEFAULT_MAX_FDS, HandleCache
+from annal.broker.storage._log import LogConfig, PartitionLog
 
 __all__ = ["LogManager"]
 

@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from broker.storage._file_names import (
+from annal.broker.storage._file_names import (
     DELETED_SUFFIX,
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -35,9 +35,9 @@ from broker.storage._file_names import (
     is_segment_log_file,
     offset_from_file_name,
 )
-from broker.storage._handles import HandleCache
-from broker.storage._index import IndexCorruptError
-from broker.storage._segment import LogSegment, SegmentConfig
+from annal.broker.storage._handles import HandleCache
+from annal.broker.storage._index import IndexCorruptError
+from annal.broker.storage._segment import LogSegment, SegmentConfig
 
 __all__ = ["RecoveryReport", "load_segments"]
 

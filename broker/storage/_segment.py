@@ -1,7 +1,7 @@
 """One segment of a partition log (Kafka's ``LogSegment``): a ``.log`` file of record batches
 plus its dense ``.index`` and its ``.timeindex`` (formats in ``_index.py``).
 
-``.log`` is RecordBatch v2 batches back to back (layout in ``record_batch.py``), each with its
+``.log`` is RecordBatch v2 batches back to back (layout in ``annal.record``), each with its
 broker-assigned ``baseOffset``; the first batch's baseOffset is the segment's base offset (the
 file name) and each batch starts at the previous one's next offset. Nothing else is in the file.
 
@@ -33,15 +33,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from broker.errors import AnnalError, CorruptRecordError, StorageError
-from broker.storage._file_names import (
+from annal.errors import AnnalError, CorruptRecordError, StorageError
+from annal.broker.storage._file_names import (
     DELETED_SUFFIX,
     index_file_name,
     log_file_name,
     time_index_file_name,
 )
-from broker.storage._index import IndexCorruptError, OffsetIndex, TimeIndex
-from broker.storage.record_batch import (
+from annal.broker.storage._index import IndexCorruptError, OffsetIndex, TimeIndex
+from annal.record import (
     HEADER_SIZE,
     LOG_OVERHEAD,
     BatchHeader,
@@ -51,7 +51,7 @@ from broker.storage.record_batch import (
 )
 
 if TYPE_CHECKING:
-    from broker.storage._handles import HandleCache
+    from annal.broker.storage._handles import HandleCache
 
 __all__ = ["LogSegment", "SegmentHandle", "SegmentConfig", "ScanResult"]
 

@@ -25,9 +25,9 @@ import struct
 import sys
 from typing import TextIO
 
-from broker.errors import AnnalError
-from broker.storage._file_names import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, offset_from_file_name
-from broker.storage.record_batch import (
+from annal.errors import AnnalError
+from annal.broker.storage._file_names import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, offset_from_file_name
+from annal.record import (
     CODEC_NAMES,
     HEADER_SIZE,
     batch_size_at,
@@ -101,7 +101,7 @@ def dump_log_file(path: str, out: TextIO, records: bool = False) -> int:
 
 
 def _dump_batches(mm: mmap.mmap, out: TextIO, records: bool) -> int:
-    from broker.storage import record_batch
+    from annal import record as record_batch
 
     end = len(mm)
     pos = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from broker.errors import AnnalError
+from annal.errors import AnnalError
 
 __all__ = ["add_bootstrap", "fail"]
 

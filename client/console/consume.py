@@ -17,11 +17,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-from broker.errors import AnnalError, LocalUsageError
+from annal.errors import AnnalError, LocalUsageError
 
-from client.console._common import add_bootstrap, fail
-from client.consumer import Consumer
-from client.structs import ConsumerRecord, TopicPartition
+from annal.client.console._common import add_bootstrap, fail
+from annal.client.consumer import Consumer
+from annal.client.structs import ConsumerRecord, TopicPartition
 
 __all__ = ["configure_parser", "run", "main", "format_record"]
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run as a program: ``python -m client.console.consume ...``."""
+    """Run as a program: ``python -m annal.client.console.consume ...``."""
     parser = argparse.ArgumentParser(prog="annal consume", description="Print records to stdout.")
     configure_parser(parser)
     return run(parser.parse_args(argv))

@@ -14,10 +14,10 @@ import argparse
 import sys
 from typing import Any, BinaryIO
 
-from broker.errors import AnnalError
+from annal.errors import AnnalError
 
-from client.console._common import add_bootstrap, fail
-from client.producer import Producer
+from annal.client.console._common import add_bootstrap, fail
+from annal.client.producer import Producer
 
 __all__ = ["configure_parser", "run", "main"]
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run as a program: ``python -m client.console.produce ...``."""
+    """Run as a program: ``python -m annal.client.console.produce ...``."""
     parser = argparse.ArgumentParser(prog="annal produce", description="Produce one record per stdin line.")
     configure_parser(parser)
     return run(parser.parse_args(argv))

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from broker.errors import AnnalError, LocalUsageError
+from annal.errors import AnnalError, LocalUsageError
 
-from client.admin import Admin
-from client.console._common import add_bootstrap, fail
-from client.structs import NewTopic
+from annal.client.admin import Admin
+from annal.client.console._common import add_bootstrap, fail
+from annal.client.structs import NewTopic
 
 __all__ = ["configure_parser", "run", "main", "parse_configs"]
 
@@ -105,7 +105,7 @@ def _run(admin: Admin, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run as a program: ``python -m client.console.topics ...``."""
+    """Run as a program: ``python -m annal.client.console.topics ...``."""
     parser = argparse.ArgumentParser(prog="annal topics", description="Create, list, describe and delete topics.")
     configure_parser(parser)
     return run(parser.parse_args(argv))

@@ -1,6 +1,6 @@
 """Record batches for broker tests: valid ones from the codec, and damaged ones on purpose.
 
-``make_batch`` encodes a RecordBatch v2 with ``broker.storage.record_batch.encode_batch``;
+``make_batch`` encodes a RecordBatch v2 with ``annal.record.encode_batch``;
 ``damage`` rewrites header fields of a copy (optionally recomputing the CRC so that only the
 intended rule is broken). Pure functions.
 """
@@ -12,7 +12,7 @@ import time
 
 from crc32c import crc32c
 
-from broker.storage.record_batch import CRC_START, HEADER_STRUCT, encode_batch, iter_records
+from annal.record import CRC_START, HEADER_STRUCT, encode_batch, iter_records
 
 __all__ = ["make_batch", "damage", "values_of", "FIELD_OFFSETS"]
 

@@ -1,6 +1,6 @@
 """Run a real Annal broker process for tests and benchmarks.
 
-    with BrokerProcess(tmp_path / "data") as b:          # python -m broker broker start --standalone
+    with BrokerProcess(tmp_path / "data") as b:          # python -m annal.broker broker start --standalone
         client = Producer(bootstrap_servers=b.bootstrap)  # "127.0.0.1:<grpc port>"
         ... b.fetch_port, b.metrics_port ...
         b.restart()                                       # SIGTERM, wait, start again on the same ports
@@ -77,7 +77,7 @@ def write_toml(path: pathlib.Path, config: Mapping[str, Any]) -> pathlib.Path:
 
 
 class BrokerProcess:
-    """One ``python -m broker broker start`` process on 127.0.0.1."""
+    """One ``python -m annal.broker broker start`` process on 127.0.0.1."""
 
     def __init__(
         self,
@@ -132,7 +132,7 @@ class BrokerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def command(self) -> list[str]:
-        args = [self.python, "-m", "broker", "broker", "start"]
+        args = [self.python, "-m", "annal.broker", "broker", "start"]
         if "--zookeeper" not in self.extra_args:
             args.append("--standalone")
         args += ["--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port),
@@ -156,7 +156,6 @@ class BrokerProcess:
         self._log_offset = self._log_file.tell()
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         if self.env:
             env.update(self.env)
         self.returncode = None

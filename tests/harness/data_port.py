@@ -1,6 +1,6 @@
 """A minimal blocking client of the broker's data port, for tests and benchmarks.
 
-It speaks the framing of ``broker.protocol.framing`` over one plain socket and exposes the raw
+It speaks the framing of ``annal.protocol.framing`` over one plain socket and exposes the raw
 pieces (``send_raw``, ``recv_frame``) so tests can also send malformed bytes. Received frames
 land in their own buffer (``recv_into``), so FETCH records come back as a ``memoryview`` of it.
 Not thread-safe.
@@ -12,8 +12,8 @@ import itertools
 import socket
 from typing import Sequence
 
-from broker.protocol import framing as fr
-from client._connection import send_parts
+from annal.protocol import framing as fr
+from annal.client._connection import send_parts
 
 __all__ = ["DataPortClient"]
 

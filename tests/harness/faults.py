@@ -2,7 +2,7 @@
 
 Faults are real: a broker process is killed with SIGKILL (``BrokerProcess.kill``), files of a
 stopped broker's data directory are cut, flipped or overwritten here, a small tmpfs or ext4 image
-is mounted to run out of space, and the ZooKeeper server is stopped by ``tests.harness.zookeeper``. Randomness
+is mounted to run out of space, and the ZooKeeper server is stopped by ``harness.zookeeper``. Randomness
 comes from one seeded ``random.Random`` per test (``seeded_rng``): the seed is printed, and
 ``ANNAL_FAULT_SEED=<seed>`` replays a run.
 
@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, field
 import pytest
 
-from broker.errors import AnnalError
-from broker.storage import offset_from_file_name, parse_partition_dir_name
-from broker.storage.record_batch import LOG_OVERHEAD, iter_records, validate_batch, validate_records
-from tests.harness.data_port import DataPortClient
+from annal.errors import AnnalError
+from annal.broker.storage import offset_from_file_name, parse_partition_dir_name
+from annal.record import LOG_OVERHEAD, iter_records, validate_batch, validate_records
+from harness.data_port import DataPortClient
 
 __all__ = [
     "seeded_rng",

@@ -8,7 +8,7 @@
   id and password closes the session on the server, which is a real expiry, not a local
   simulation), ``drop_connection``, ``stop_server`` / ``start_server`` / ``restart_server``.
 * ``zk_cluster`` (function scope): a ``ZkCluster`` that starts real broker processes
-  (``tests.harness.broker.BrokerProcess`` with ``--zookeeper`` and ``--broker-id``) in the
+  (``harness.broker.BrokerProcess`` with ``--zookeeper`` and ``--broker-id``) in the
   test's chroot, with a 4 s session timeout, and reads what they registered.
 * ``pytest_runtest_makereport``: when a test that used ``zk`` fails, the ZooKeeper server log
   written during that test is attached to the report.
@@ -30,9 +30,9 @@ from kazoo.client import KazooClient
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.states import KazooState
 
-from broker.coordination import zk_paths
-from broker.coordination.zk_server import ZooKeeperNotInstalledError, ZooKeeperServer
-from tests.harness.broker import BrokerProcess
+from annal.zookeeper import paths as zk_paths
+from annal.broker.coordination.zk_server import ZooKeeperNotInstalledError, ZooKeeperServer
+from harness.broker import BrokerProcess
 
 __all__ = [
     "ZooKeeperHarness",

@@ -1,7 +1,7 @@
 """Fixtures shared by the integration tests (real processes on 127.0.0.1)."""
 
-from tests.harness.broker import broker, broker_factory, register_plugin  # noqa: F401
-from tests.harness.zookeeper import pytest_runtest_makereport, zk, zk_cluster, zookeeper_server  # noqa: F401
+from harness.broker import broker, broker_factory, register_plugin  # noqa: F401
+from harness.zookeeper import pytest_runtest_makereport, zk, zk_cluster, zookeeper_server  # noqa: F401
 
 
 def pytest_configure(config):  # type: ignore[no-untyped-def]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from bench import consumer_performance, end_to_end_latency, producer_performance
-from bench._local_broker import LocalBroker, LocalBrokerError
-from bench._workers import Collector, WorkerError
+from annal.bench import consumer_performance, end_to_end_latency, producer_performance
+from annal.bench._local_broker import LocalBroker, LocalBrokerError
+from annal.bench._workers import Collector, WorkerError
 
 N = 10_000
 
@@ -147,7 +147,7 @@ def test_e2e_latency(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_installed_command_ceiling(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("annal-bench")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bench.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "annal.bench.cli"]
     out = tmp_path / "ceiling.json"
     proc = subprocess.run(
         [*cmd, "ceiling", "--data-dir", str(tmp_path / "d"), "--write-mb", "4", "--fsync-iterations", "3",
@@ -194,7 +194,7 @@ def test_local_broker_that_cannot_start_reports_its_log(monkeypatch: pytest.Monk
 
 
 def failing_worker(cfg: dict[str, Any], index: int, queue: Any, start_event: Any, stop_event: Any) -> None:
-    from bench._workers import _run_worker
+    from annal.bench._workers import _run_worker
 
     def body() -> dict[str, Any]:
         raise ValueError(f"worker {index} broke: {cfg['why']}")

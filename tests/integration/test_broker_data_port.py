@@ -14,23 +14,23 @@ import urllib.request
 import grpc
 import pytest
 
-from broker.errors import (
+from annal.errors import (
     CorruptRecordError,
     InvalidFetchSizeError,
     InvalidRecordError,
     InvalidRequestError,
     InvalidRequiredAcksError,
-    MessageTooLargeError,
+    MessageSizeTooLargeError,
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
     UnsupportedCompressionTypeError,
 )
-from broker.protocol import annal_pb2 as pb
-from broker.protocol import annal_pb2_grpc
-from broker.protocol import framing as fr
-from tests.harness.batches import damage, make_batch, values_of
-from tests.harness.broker import BrokerProcess, attach_logs
-from tests.harness.data_port import DataPortClient
+from annal.protocol import annal_pb2 as pb
+from annal.protocol import annal_pb2_grpc
+from annal.protocol import framing as fr
+from harness.batches import damage, make_batch, values_of
+from harness.broker import BrokerProcess, attach_logs
+from harness.data_port import DataPortClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,7 +224,7 @@ def _metric(b: BrokerProcess, name: str) -> float:
 
 
 def wait_for_long_polls(b: BrokerProcess, n: int) -> None:
-    from tests.harness.zookeeper import wait_until
+    from harness.zookeeper import wait_until
 
     wait_until(lambda: _metric(b, "annal_long_polls_waiting") >= n, 20, f"{n} long-poll(s) waiting")
 
@@ -407,7 +407,7 @@ def test_batch_over_max_message_bytes(b, stub):
     topic = new_topic(stub, max_message_bytes=2000)
     with client(b) as c:
         r = c.produce([(topic, 0, make_batch(10, value_size=300))]).partitions[0]
-        assert r.error_code == MessageTooLargeError.code
+        assert r.error_code == MessageSizeTooLargeError.code
         assert c.produce([(topic, 0, make_batch(2))]).partitions[0].base_offset == 0
 
 

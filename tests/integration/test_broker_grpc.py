@@ -11,7 +11,7 @@ import threading
 import grpc
 import pytest
 
-from broker.errors import (
+from annal.errors import (
     InvalidConfigError,
     InvalidFetchSizeError,
     InvalidPartitionsError,
@@ -22,10 +22,10 @@ from broker.errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from broker.protocol import annal_pb2 as pb
-from broker.protocol import annal_pb2_grpc
-from tests.harness.batches import make_batch, values_of
-from tests.harness.broker import BrokerProcess, attach_logs
+from annal.protocol import annal_pb2 as pb
+from annal.protocol import annal_pb2_grpc
+from harness.batches import make_batch, values_of
+from harness.broker import BrokerProcess, attach_logs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -230,7 +230,7 @@ def test_grpc_fetch_long_poll_is_woken_by_an_append(b, stub):
     result: list = []
     t = threading.Thread(target=lambda: result.extend(fetch(stub, (name, 0, 0, 1 << 20), max_wait_ms=120_000, min_bytes=1)))
     t.start()
-    from tests.integration.test_broker_data_port import wait_for_long_polls
+    from integration.test_broker_data_port import wait_for_long_polls
 
     wait_for_long_polls(b, 1)
     produce(stub, name, 0, make_batch(2))
@@ -253,11 +253,11 @@ def test_metrics_endpoint(b, stub):
 
 def test_not_leader_details_are_json_in_trailers():
     """The trailer format the SDK parses (unit-level check of the servicer helper)."""
-    from broker.coordination.base import BrokerInfo
-    from broker.errors import NotLeaderError
-    from broker.server.grpc_service import error_trailers
+    from annal.broker.coordination.base import BrokerInfo
+    from annal.errors import NotLeaderForPartitionError
+    from annal.broker.server.grpc_service import error_trailers
 
-    t = dict(error_trailers(NotLeaderError("x", leader=BrokerInfo(2, "h", 1, 3), topic="t")))
+    t = dict(error_trailers(NotLeaderForPartitionError("x", leader=BrokerInfo(2, "h", 1, 3), topic="t")))
     assert t["annal-error-code"] == "6"
     assert json.loads(t["annal-error-details"]) == {
         "leader": {"broker_id": 2, "host": "h", "port": 1, "fetch_port": 3}, "topic": "t"}

@@ -10,11 +10,11 @@ import sys
 import grpc
 import pytest
 
-from broker.protocol import annal_pb2 as pb
-from broker.protocol import annal_pb2_grpc
-from tests.harness.batches import make_batch, values_of
-from tests.harness.broker import REPO_ROOT, BrokerProcess, BrokerStartError
-from tests.harness.data_port import DataPortClient
+from annal.protocol import annal_pb2 as pb
+from annal.protocol import annal_pb2_grpc
+from harness.batches import make_batch, values_of
+from harness.broker import REPO_ROOT, BrokerProcess, BrokerStartError
+from harness.data_port import DataPortClient
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,7 +73,7 @@ def test_sigterm_answers_a_waiting_long_poll_before_exiting(broker_factory):
     _create(b, "t")
     with DataPortClient("127.0.0.1", b.fetch_port) as c:
         cid = c.send_fetch([("t", 0, 0, 1000)], max_wait_ms=120_000, min_bytes=1)
-        from tests.integration.test_broker_data_port import wait_for_long_polls
+        from integration.test_broker_data_port import wait_for_long_polls
 
         wait_for_long_polls(b, 1)
         b.proc.terminate()
@@ -129,7 +129,7 @@ def test_bad_config_file_is_a_clear_error(tmp_path, toml, message):
     cfg = tmp_path / "broker.toml"
     cfg.write_text(toml)
     proc = subprocess.run(
-        [sys.executable, "-m", "broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
+        [sys.executable, "-m", "annal.broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
          "--config", str(cfg), "--port", "0", "--fetch-port", "0", "--metrics-port", "-1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
@@ -138,7 +138,7 @@ def test_bad_config_file_is_a_clear_error(tmp_path, toml, message):
 
 
 def test_help_lists_the_start_flags():
-    proc = subprocess.run([sys.executable, "-m", "broker", "broker", "start", "--help"], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "annal.broker", "broker", "start", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for flag in ("--standalone", "--data-dir", "--port", "--fetch-port", "--metrics-port", "--config",
@@ -152,7 +152,7 @@ def test_segments_roll_and_retention_runs_on_the_timer(broker_factory):
     with DataPortClient("127.0.0.1", b.fetch_port) as c:
         for _ in range(30):
             assert c.produce([("small", 0, make_batch(4, value_size=200))]).partitions[0].error_code == 0
-    from tests.harness.zookeeper import wait_until
+    from harness.zookeeper import wait_until
 
     def start_offset() -> int:
         return _stub(b).Metadata(pb.MetadataRequest(topics=["small"])).topics[0].partitions[0].log_start_offset
@@ -172,7 +172,7 @@ def test_port_in_use_is_a_clear_error(tmp_path, which):
         port = busy.getsockname()[1]
         args = {"--port": "0", "--fetch-port": "0", which: str(port)}
         proc = subprocess.run(
-            [sys.executable, "-m", "broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
+            [sys.executable, "-m", "annal.broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
              "--port", args["--port"], "--fetch-port", args["--fetch-port"], "--metrics-port", "-1"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
         )

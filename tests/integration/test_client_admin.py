@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from client import EARLIEST, LATEST, Admin, NewTopic, Producer, TopicPartition
-from client.errors import (
+from annal.client import EARLIEST, LATEST, Admin, NewTopic, Producer, TopicPartition
+from annal.errors import (
     BrokerNotAvailableError,
     InvalidPartitionsError,
     InvalidTopicError,

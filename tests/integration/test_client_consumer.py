@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from client import Admin, Consumer, NewTopic, OffsetAndTimestamp, Producer, TopicPartition
-from client.errors import ConsumerClosedError, LocalUsageError, OffsetOutOfRangeError
+from annal.client import Admin, Consumer, NewTopic, OffsetAndTimestamp, Producer, TopicPartition
+from annal.errors import ConsumerClosedError, LocalUsageError, OffsetOutOfRangeError
 
 
 def new_topic(broker, partitions: int = 1) -> str:
@@ -43,7 +43,7 @@ def test_topics_assign_all_partitions_and_read_everything(broker):
     with Producer(broker.bootstrap) as p:
         for i in range(300):
             p.send(topic, b"%d" % i, key=b"%d" % i)
-    with Consumer(topic, bootstrap_servers=broker.bootstrap) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap) as c:
         recs = poll_until(c, 300)
         assert c.assignment() == {TopicPartition(topic, i) for i in range(3)}
         assert c.subscription() == {topic}
@@ -61,7 +61,7 @@ def test_seek_position_and_offsets_api(broker):
     topic = new_topic(broker)
     tp = TopicPartition(topic, 0)
     produce(broker, topic, 100, ts0=1_700_000_000_000)
-    with Consumer(bootstrap_servers=broker.bootstrap) as c:
+    with Consumer(auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap) as c:
         c.assign([tp])
         assert c.assignment() == {tp}
         assert c.position(tp) == 0
@@ -88,7 +88,7 @@ def test_seek_position_and_offsets_api(broker):
 def test_max_records_and_leftovers_keep_order(broker):
     topic = new_topic(broker)
     produce(broker, topic, 500)
-    with Consumer(topic, bootstrap_servers=broker.bootstrap, max_poll_records=7) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, max_poll_records=7) as c:
         seen = []
         deadline = time.monotonic() + 30
         while len(seen) < 500 and time.monotonic() < deadline:
@@ -138,7 +138,7 @@ def test_pause_resume(broker):
     produce(broker, topic, 50, partition=0)
     produce(broker, topic, 50, partition=1)
     tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    with Consumer(topic, bootstrap_servers=broker.bootstrap) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap) as c:
         c.pause(tp0)
         assert c.paused() == {tp0}
         recs = poll_until(c, 50)
@@ -156,6 +156,7 @@ def test_lz4_and_deserializers_and_iteration(broker):
     produce(broker, topic, 200, compression="lz4")
     with Consumer(
         topic,
+        auto_offset_reset="earliest",
         bootstrap_servers=broker.bootstrap,
         value_deserializer=lambda v: int(v),
         key_deserializer=lambda k: k,
@@ -169,7 +170,7 @@ def test_lz4_and_deserializers_and_iteration(broker):
 def test_consumer_rides_through_broker_restart(broker):
     topic = new_topic(broker)
     produce(broker, topic, 100)
-    with Consumer(topic, bootstrap_servers=broker.bootstrap, retry_backoff_ms=50) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, retry_backoff_ms=50) as c:
         first = poll_until(c, 100)
         broker.restart()
         produce(broker, topic, 100, start=100)
@@ -181,12 +182,12 @@ def test_consumer_rides_through_broker_restart(broker):
 def test_misuse_gives_clear_errors(broker):
     topic = new_topic(broker)
     with pytest.raises(LocalUsageError, match="zookeeper"):
-        Consumer(topic, bootstrap_servers=broker.bootstrap, group_id="g")
+        Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, group_id="g")
     with pytest.raises(LocalUsageError, match="auto_offset_reset"):
         Consumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="smallest")
     with pytest.raises(TypeError):
-        Consumer(42, bootstrap_servers=broker.bootstrap)  # type: ignore[arg-type]
-    c = Consumer(bootstrap_servers=broker.bootstrap, group_id="g")
+        Consumer(42, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap)  # type: ignore[arg-type]
+    c = Consumer(auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, group_id="g")
     with pytest.raises(LocalUsageError, match="zookeeper"):
         c.subscribe([topic])
     with pytest.raises(LocalUsageError, match="zookeeper"):
@@ -210,7 +211,7 @@ def test_misuse_gives_clear_errors(broker):
 def test_topic_consumer_picks_up_a_recreated_topic_with_more_partitions(broker):
     topic = new_topic(broker, 1)
     produce(broker, topic, 5, partition=0)
-    with Consumer(topic, bootstrap_servers=broker.bootstrap, metadata_max_age_ms=200) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, metadata_max_age_ms=200) as c:
         assert len(poll_until(c, 5)) == 5
         with Admin(broker.bootstrap) as admin:
             admin.delete_topics([topic])
@@ -223,7 +224,7 @@ def test_topic_consumer_picks_up_a_recreated_topic_with_more_partitions(broker):
 
 @pytest.mark.timeout(60)
 def test_corrupt_batch_is_detected_by_its_crc(broker):
-    from client.errors import CorruptRecordError
+    from annal.errors import CorruptRecordError
 
     topic = new_topic(broker)
     tp = TopicPartition(topic, 0)
@@ -236,12 +237,12 @@ def test_corrupt_batch_is_detected_by_its_crc(broker):
     with open(seg, "r+b") as f:
         f.seek(len(data) - 3)
         f.write(bytes([data[-3]]))
-    with Consumer(bootstrap_servers=broker.bootstrap) as c:
+    with Consumer(auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap) as c:
         c.assign([tp])
         with pytest.raises(CorruptRecordError):
             poll_until(c, 10, timeout_s=15)
         assert c.position(tp) < 10  # the position stays before the bad batch
-    with Consumer(bootstrap_servers=broker.bootstrap, check_crcs=False) as c:
+    with Consumer(auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, check_crcs=False) as c:
         c.assign([tp])
         recs = poll_until(c, 10)
         assert len(recs) == 10 and recs[-1].value != b"%06d" % 9

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from client import Admin, Consumer, NewTopic, Producer, TopicPartition
-from client.errors import (
+from annal.client import Admin, Consumer, NewTopic, Producer, TopicPartition
+from annal.errors import (
     AnnalError,
     BufferExhaustedError,
     InvalidRequiredAcksError,
@@ -20,7 +20,7 @@ from client.errors import (
     UnsupportedCompressionTypeError,
     UnknownTopicOrPartitionError,
 )
-from client._partitioner import partition_for_key
+from annal.client._partitioner import partition_for_key
 
 
 def new_topic(broker, partitions: int = 1) -> str:
@@ -34,7 +34,7 @@ def read_all(broker, topic: str, expected: int, timeout_s: float = 30.0, **kwarg
     """{TopicPartition: [records]} of every record in ``topic``, waiting for ``expected``."""
     out: dict = {}
     n = 0
-    with Consumer(topic, bootstrap_servers=broker.bootstrap, **kwargs) as c:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=broker.bootstrap, **kwargs) as c:
         deadline = time.monotonic() + timeout_s
         while n < expected and time.monotonic() < deadline:
             for tp, recs in c.poll(timeout_ms=200).items():
@@ -251,7 +251,7 @@ def _produce_through_outage(broker, outage, n: int = 3000):
         retry_backoff_ms=50,
         request_timeout_ms=3000,
         delivery_timeout_ms=60_000,
-        max_in_flight=5,
+        max_in_flight_requests_per_connection=5,
     ) as p:
         halfway = threading.Event()
         t = threading.Thread(target=lambda: (halfway.wait(30), outage()))
@@ -305,14 +305,14 @@ def test_no_silent_loss_when_broker_is_killed_and_restarted(broker):
 
 @pytest.mark.timeout(60)
 def test_non_retriable_broker_error_fails_the_future_with_its_type(broker):
-    from client.errors import MessageTooLargeError
+    from annal.errors import MessageSizeTooLargeError
 
     topic = "big-" + uuid.uuid4().hex[:8]
     with Admin(broker.bootstrap) as admin:
         admin.create_topics([NewTopic(topic, 1, {"max_message_bytes": 2048})])
     with Producer(broker.bootstrap, linger_ms=0) as p:
         big = p.send(topic, b"x" * 10_000)
-        with pytest.raises(MessageTooLargeError):
+        with pytest.raises(MessageSizeTooLargeError):
             big.get(timeout=30)
         assert big.failed() and big[0].attempts == 0  # not retried
         small = p.send(topic, b"fits")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from client.admin import EARLIEST, LATEST, Admin
-from client.producer import Producer
-from client.structs import NewTopic, TopicPartition
-from tests.harness.zookeeper import ZkCluster
+from annal.client.admin import EARLIEST, LATEST, Admin
+from annal.client.producer import Producer
+from annal.client.structs import NewTopic, TopicPartition
+from harness.zookeeper import ZkCluster
 
 pytestmark = pytest.mark.timeout(120)
 

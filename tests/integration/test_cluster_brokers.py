@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from broker.errors import KafkaTimeoutError
-from client.admin import Admin
-from client.consumer import Consumer
-from client.producer import Producer
-from client.structs import NewTopic, TopicPartition
-from tests.harness.broker import BrokerStartError
-from tests.harness.zookeeper import ZkCluster, ZooKeeperHarness, wait_until
+from annal.errors import KafkaTimeoutError
+from annal.client.admin import Admin
+from annal.client.consumer import Consumer
+from annal.client.producer import Producer
+from annal.client.structs import NewTopic, TopicPartition
+from harness.broker import BrokerStartError
+from harness.zookeeper import ZkCluster, ZooKeeperHarness, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from client._partitioner import partition_for_key
-from client.admin import Admin
-from client.producer import Producer
-from client.structs import NewTopic
-from tests.harness.zookeeper import ZkCluster, wait_until
+from annal.client._partitioner import partition_for_key
+from annal.client.admin import Admin
+from annal.client.producer import Producer
+from annal.client.structs import NewTopic
+from harness.zookeeper import ZkCluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

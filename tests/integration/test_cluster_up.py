@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from client.admin import Admin
-from client.consumer import Consumer
-from client.producer import Producer
-from client.structs import NewTopic, TopicPartition
-from tests.harness.zookeeper import wait_until
+from annal.client.admin import Admin
+from annal.client.consumer import Consumer
+from annal.client.producer import Producer
+from annal.client.structs import NewTopic, TopicPartition
+from harness.zookeeper import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,10 +42,10 @@ def _group_members(pgid: int) -> list[int]:
 
 def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
     out_path = tmp_path / "cluster.out"
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = open(out_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "cluster", "up", *args],
+        [sys.executable, "-m", "annal.broker", "cluster", "up", *args],
         stdout=out, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(REPO_ROOT),
         start_new_session=True,  # its own process group, as a shell job would have
     )
@@ -99,9 +99,9 @@ def test_cluster_up_serves_and_stops_leaving_no_process(tmp_path: Path, how: str
 
 
 def test_cluster_up_without_java_says_how_to_install(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PATH=str(tmp_path), JAVA_HOME="")
+    env = dict(os.environ, PATH=str(tmp_path), JAVA_HOME="")
     proc = subprocess.run(
-        [sys.executable, "-m", "broker", "cluster", "up", "--brokers", "1", "--data-dir", str(tmp_path / "d")],
+        [sys.executable, "-m", "annal.broker", "cluster", "up", "--brokers", "1", "--data-dir", str(tmp_path / "d")],
         capture_output=True, text=True, env=env, cwd=str(REPO_ROOT), timeout=60,
     )
     assert proc.returncode != 0
@@ -131,10 +131,10 @@ def test_cluster_up_fails_cleanly_when_a_broker_cannot_start(tmp_path: Path) -> 
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "cluster", "up", "--brokers", "1", "--base-port", str(port),
+            [sys.executable, "-m", "annal.broker", "cluster", "up", "--brokers", "1", "--base-port", str(port),
              "--data-dir", str(tmp_path / "d")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO_ROOT),
             start_new_session=True,

@@ -15,9 +15,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def annal(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
+        [sys.executable, "-m", "annal.broker", *args],
         input=stdin,
         capture_output=True,
         timeout=timeout,

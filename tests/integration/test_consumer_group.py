@@ -14,14 +14,14 @@ from typing import Iterable
 
 import pytest
 
-from broker.coordination import zk_paths as paths
-from broker.errors import GroupError, LocalUsageError
-from client._group import ConsumerRebalanceListener
-from client.admin import Admin
-from client.consumer import Consumer
-from client.producer import Producer
-from client.structs import NewTopic, TopicPartition
-from tests.harness.zookeeper import ZkCluster, wait_until
+from annal.zookeeper import paths
+from annal.errors import GroupError, LocalUsageError
+from annal.client._group import ConsumerRebalanceListener
+from annal.client.admin import Admin
+from annal.client.consumer import Consumer
+from annal.client.producer import Producer
+from annal.client.structs import NewTopic, TopicPartition
+from harness.zookeeper import ZkCluster, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -161,7 +161,7 @@ def test_commit_committed_and_coalesced_writes(zk_cluster: ZkCluster) -> None:
     _setup(zk_cluster, brokers=(1,), partitions=2, records_per_partition=10)
     tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
     c = _consumer(zk_cluster, enable_auto_commit=False)
-    other = Consumer(zookeeper=zk_cluster.hosts, bootstrap_servers=zk_cluster.bootstrap)
+    other = Consumer(zookeeper=zk_cluster.hosts, auto_offset_reset="earliest", bootstrap_servers=zk_cluster.bootstrap)
     try:
         _poll_until([c], lambda: len(c.assignment()) == 2)
         assert c.committed(tp0) is None
@@ -228,7 +228,7 @@ def test_auto_commit_writes_at_most_once_per_interval(zk_cluster: ZkCluster) -> 
 _MEMBER = textwrap.dedent(
     """
     import sys, time
-    from client.consumer import Consumer
+    from annal.client.consumer import Consumer
     c = Consumer(sys.argv[2], group_id="g", zookeeper=sys.argv[1], auto_offset_reset="earliest",
                  enable_auto_commit=False, max_poll_records=5)
     while True:
@@ -246,7 +246,7 @@ _MEMBER = textwrap.dedent(
 
 def test_sigkill_of_a_member_resumes_its_partitions_from_committed_offsets(zk_cluster: ZkCluster, tmp_path: Path) -> None:
     _setup(zk_cluster, records_per_partition=100)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     out_path = tmp_path / "member.out"
     with open(out_path, "wb") as out:
         member = subprocess.Popen([sys.executable, "-c", _MEMBER, zk_cluster.hosts, TOPIC], stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -342,8 +342,8 @@ def test_deleted_and_recreated_topic_is_read_from_its_start(zk_cluster: ZkCluste
 def test_group_needs_zookeeper(zk_cluster: ZkCluster) -> None:
     _setup(zk_cluster, brokers=(1,), partitions=1)
     with pytest.raises(LocalUsageError):
-        Consumer(TOPIC, group_id="g", bootstrap_servers=zk_cluster.bootstrap)
-    with Consumer(bootstrap_servers=zk_cluster.bootstrap) as c:
+        Consumer(TOPIC, group_id="g", auto_offset_reset="earliest", bootstrap_servers=zk_cluster.bootstrap)
+    with Consumer(auto_offset_reset="earliest", bootstrap_servers=zk_cluster.bootstrap) as c:
         with pytest.raises(LocalUsageError):
             c.subscribe([TOPIC])
         with pytest.raises(LocalUsageError):

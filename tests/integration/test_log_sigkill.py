@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from broker.storage import PartitionLog
-from broker.storage.record_batch import iter_records
+from annal.broker.storage import PartitionLog
+from annal.record import iter_records
 
 CHILD = textwrap.dedent(
     """
     import sys
-    from broker.storage import PartitionLog
-    from broker.storage.record_batch import encode_batch
+    from annal.broker.storage import PartitionLog
+    from annal.record import encode_batch
 
     path, every = sys.argv[1], int(sys.argv[2])
     lg = PartitionLog.open(path, segment_bytes=8 * 1024, segment_index_bytes=4 * 1024)

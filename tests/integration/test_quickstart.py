@@ -26,7 +26,7 @@ SCRIPT = ROOT / "scripts" / "run"
 
 @pytest.fixture()
 def needs_zookeeper() -> None:
-    from broker.coordination.zk_server import ZooKeeperNotInstalledError, zookeeper_classpath
+    from annal.broker.coordination.zk_server import ZooKeeperNotInstalledError, zookeeper_classpath
 
     try:
         zookeeper_classpath()

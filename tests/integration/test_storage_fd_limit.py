@@ -15,8 +15,8 @@ CHILD = textwrap.dedent(
     """
     import json, os, resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-    from broker.storage import LogManager
-    from broker.storage.record_batch import encode_batch, iter_records
+    from annal.broker.storage import LogManager
+    from annal.record import encode_batch, iter_records
 
     data_dir, partitions, per_partition = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     cfg = dict(segment_bytes=1024, segment_index_bytes=64, retention_ms=-1)

@@ -13,17 +13,17 @@ from typing import Iterator, Mapping
 import pytest
 from kazoo.client import KazooClient
 
-from broker.coordination import zk_paths as paths
-from broker.coordination.base import BrokerInfo, TopicPlacement
-from broker.coordination.zookeeper import ZooKeeperCoordinator
-from broker.errors import (
+from annal.zookeeper import paths
+from annal.cluster import BrokerInfo, TopicPlacement
+from annal.broker.coordination.zookeeper import ZooKeeperCoordinator
+from annal.errors import (
     InvalidConfigError,
     InvalidPartitionsError,
     InvalidTopicError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from tests.harness.zookeeper import ZooKeeperHarness, wait_until
+from harness.zookeeper import ZooKeeperHarness, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -246,8 +246,8 @@ def test_dropped_connection_keeps_session_and_registration(zk: ZooKeeperHarness,
 
 
 def test_unreachable_zookeeper_is_a_network_error() -> None:
-    from broker.coordination.zk_server import find_free_port
-    from broker.errors import NetworkError
+    from annal.broker.coordination.zk_server import find_free_port
+    from annal.errors import NetworkError
 
     c = ZooKeeperCoordinator(f"127.0.0.1:{find_free_port()}/x", connect_timeout_ms=1000)
     with pytest.raises(NetworkError, match="could not connect to ZooKeeper"):

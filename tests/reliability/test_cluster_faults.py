@@ -27,11 +27,11 @@ import uuid
 
 import pytest
 
-from broker.coordination import zk_paths
-from client import Admin, Consumer, FutureRecordMetadata, NewTopic, Producer
-from tests.harness.data_port import DataPortClient
-from tests.harness.faults import fetch_all, seeded_rng
-from tests.harness.zookeeper import ZkCluster, wait_until
+from annal.zookeeper import paths as zk_paths
+from annal.client import Admin, Consumer, FutureRecordMetadata, NewTopic, Producer
+from harness.data_port import DataPortClient
+from harness.faults import fetch_all, seeded_rng
+from harness.zookeeper import ZkCluster, wait_until
 
 GROUP = "reliability"
 

@@ -24,8 +24,8 @@ import uuid
 
 import pytest
 
-from client import Admin, NewTopic, Producer
-from tests.harness.faults import fetch_all, scan_data_dir, seeded_rng
+from annal.client import Admin, NewTopic, Producer
+from harness.faults import fetch_all, scan_data_dir, seeded_rng
 
 
 def run_crash_loop(broker, kills: int, name: str) -> dict[str, int]:

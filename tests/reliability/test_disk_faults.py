@@ -21,9 +21,9 @@ import re
 import uuid
 import pytest
 
-from client import Admin, NewTopic, Producer
-from tests.harness.zookeeper import wait_until
-from tests.harness.faults import (
+from annal.client import Admin, NewTopic, Producer
+from harness.zookeeper import wait_until
+from harness.faults import (
     batch_positions,
     cut_file,
     fetch_all,
@@ -55,7 +55,7 @@ def _fill(broker) -> tuple[str, list[tuple[int, bytes | None]]]:
 
 def _layout(partition_dir: pathlib.Path) -> list[tuple[pathlib.Path, int, list[tuple[int, int, int]]]]:
     """``(log path, base offset, [(position, size, next_offset)])`` of every segment."""
-    from broker.storage.record_batch import parse_header
+    from annal.record import parse_header
 
     out = []
     for path in segment_logs(partition_dir):

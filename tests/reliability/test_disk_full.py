@@ -18,22 +18,22 @@ import uuid
 import grpc
 import pytest
 
-from broker.errors import StorageError
-from broker.protocol import annal_pb2, annal_pb2_grpc
-from client import Admin, NewTopic
-from tests.harness.batches import make_batch
-from tests.harness.broker import BrokerProcess, attach_logs
-from tests.harness.data_port import DataPortClient
-from tests.harness.faults import SizeLimitedMount, fetch_all, fill_filesystem, scan_data_dir
+from annal.errors import StorageError
+from annal.protocol import annal_pb2, annal_pb2_grpc
+from annal.client import Admin, NewTopic
+from harness.batches import make_batch
+from harness.broker import BrokerProcess, attach_logs
+from harness.data_port import DataPortClient
+from harness.faults import SizeLimitedMount, fetch_all, fill_filesystem, scan_data_dir
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Runs in a child process: a SIGBUS there kills the child, not the test run.
 _INDEX_PAGE_SCRIPT = textwrap.dedent("""
     import os, sys
-    from broker.errors import StorageError
-    from broker.storage import PartitionLog
-    from broker.storage.record_batch import encode_batch
+    from annal.errors import StorageError
+    from annal.broker.storage import PartitionLog
+    from annal.record import encode_batch
 
     mnt = sys.argv[1]
     batch = encode_batch([(0, None, b"", None)] * 1024)  # 1024 offsets: one 4 KiB index page

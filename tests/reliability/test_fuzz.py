@@ -1,8 +1,8 @@
 """Bad input at scale: random and mutated frames at the data port, random and mutated batches at
 Produce (data port and gRPC), against one real broker process.
 
-Inputs start from well-formed FETCH and PRODUCE frames (``broker.protocol.framing``) and
-RecordBatch v2 batches (``record_batch.encode_batch``) and are then mutated: bit flips,
+Inputs start from well-formed FETCH and PRODUCE frames (``annal.protocol.framing``) and
+RecordBatch v2 batches (``annal.record.encode_batch``) and are then mutated: bit flips,
 truncation, a lying length prefix or partition count, spliced frames, inserted or deleted bytes,
 random bytes; batches also get header fields rewritten with the CRC fixed up so the input gets
 past the CRC check into the deeper rules. Hypothesis draws each case's target, mutation and
@@ -32,13 +32,13 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from broker.protocol import annal_pb2, annal_pb2_grpc
-from broker.protocol import framing as fr
-from broker.storage.record_batch import encode_batch
-from client import Admin, NewTopic
-from tests.harness.batches import damage
-from tests.harness.data_port import DataPortClient
-from tests.harness.faults import fetch_all, scan_data_dir, seeded_rng
+from annal.protocol import annal_pb2, annal_pb2_grpc
+from annal.protocol import framing as fr
+from annal.record import encode_batch
+from annal.client import Admin, NewTopic
+from harness.batches import damage
+from harness.data_port import DataPortClient
+from harness.faults import fetch_all, scan_data_dir, seeded_rng
 
 INPUT_DEADLINE_S = 10.0
 HEALTH_EVERY = 250
@@ -48,7 +48,7 @@ MUTATIONS = ["none", "bitflip", "truncate", "length_lie", "count_lie", "splice",
 
 
 def _batch(rnd, lz4: bool = False) -> bytes:
-    from broker.storage.record_batch import CODEC_LZ4, CODEC_NONE
+    from annal.record import CODEC_LZ4, CODEC_NONE
 
     n = rnd.randint(1, 8)
     records = [(1_700_000_000_000 + rnd.randrange(10**6),

@@ -12,7 +12,7 @@ keep growing: its peak over the last third of the run stays within 1.5x + 32 MiB
 over the first third. The figures are printed (docs/reliability.md has the ones of recorded
 runs).
 
-The clients are raw asyncio connections speaking ``broker.protocol.framing`` in the test
+The clients are raw asyncio connections speaking ``annal.protocol.framing`` in the test
 process, so the load generator costs one thread, not 200.
 """
 
@@ -24,11 +24,11 @@ import uuid
 
 import pytest
 
-from broker.protocol import framing as fr
-from broker.storage.record_batch import LOG_OVERHEAD, encode_batch, validate_batch
-from client import Admin, NewTopic
-from tests.harness.faults import ProcessSampler, count_fds
-from tests.harness.zookeeper import wait_until
+from annal.protocol import framing as fr
+from annal.record import LOG_OVERHEAD, encode_batch, validate_batch
+from annal.client import Admin, NewTopic
+from harness.faults import ProcessSampler, count_fds
+from harness.zookeeper import wait_until
 
 PARTITIONS = 8
 PRODUCERS = 50

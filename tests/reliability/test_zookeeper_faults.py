@@ -24,9 +24,9 @@ import uuid
 
 import pytest
 
-from client import Admin, Consumer, NewTopic, Producer
-from tests.harness.faults import fetch_all
-from tests.harness.zookeeper import ZkCluster, wait_until
+from annal.client import Admin, Consumer, NewTopic, Producer
+from harness.faults import fetch_all
+from harness.zookeeper import ZkCluster, wait_until
 
 PARTITIONS = 4
 

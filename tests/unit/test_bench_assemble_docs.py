@@ -1,4 +1,4 @@
-"""bench.assemble_docs: fragment tables are copied, not invented; ceilings fractions."""
+"""annal.bench.assemble_docs: fragment tables are copied, not invented; ceilings fractions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.assemble_docs import Row, fraction_of_ceiling, main, parse_quantity, parse_tables
+from annal.bench.assemble_docs import Row, fraction_of_ceiling, main, parse_quantity, parse_tables
 
 FRAGMENT = """# Storage benchmarks
 
@@ -15,8 +15,8 @@ Machine: 2 cores.
 
 | Figure | Target | Measured (median of 3) | Runs | Met? | Command |
 |---|---|---|---|---|---|
-| append throughput, 1 KiB records | >= 200 MB/s | 310.5 MB/s | 300.1, 310.5, 320.0 | yes | `python -m bench.storage append \\| tee` |
-| fetch via sendfile | >= 500 MB/s | 420 MB/s | 400, 420, 430 | no: profile shows recv | `python -m bench.storage fetch` |
+| append throughput, 1 KiB records | >= 200 MB/s | 310.5 MB/s | 300.1, 310.5, 320.0 | yes | `python -m annal.bench.storage append \\| tee` |
+| fetch via sendfile | >= 500 MB/s | 420 MB/s | 400, 420, 430 | no: profile shows recv | `python -m annal.bench.storage fetch` |
 | recovery of 1 GiB | < 2 s | not measured | | | |
 
 | other | table |
@@ -33,7 +33,7 @@ def test_parse_tables_copies_cells() -> None:
     assert [r.figure for r in rows] == ["append throughput, 1 KiB records", "fetch via sendfile", "recovery of 1 GiB"]
     a = rows[0]
     assert (a.target, a.measured, a.runs, a.met) == (">= 200 MB/s", "310.5 MB/s", "300.1, 310.5, 320.0", "yes")
-    assert a.command == "`python -m bench.storage append | tee`"
+    assert a.command == "`python -m annal.bench.storage append | tee`"
     assert rows[2].measured == "not measured"
 
 
@@ -85,7 +85,7 @@ def test_main_assembles_and_marks_missing(tmp_path: Path) -> None:
 
 
 def test_met_target_only_when_mechanical() -> None:
-    from bench.assemble_docs import met_target
+    from annal.bench.assemble_docs import met_target
 
     assert met_target(">= 500 MB/s", "**303 MB/s**") == "no"
     assert met_target(">= 1000 MB/s", "1,556 MB/s") == "yes"
@@ -104,18 +104,18 @@ def test_unit_column_and_fragment_command_line(tmp_path: Path) -> None:
     frags = tmp_path / "b"
     frags.mkdir()
     (frags / "codec.md").write_text(
-        "- Command: `.venv/bin/python -m bench.codec --runs 3`\n\n"
+        "- Command: `.venv/bin/python -m annal.bench.codec --runs 3`\n\n"
         "| figure | unit | target | median of 3 | runs | met |\n|---|---|---|---|---|---|\n"
         "| encode_batch | rec/s | >= 2,000,000 | 1,439,084 | 1 / 2 / 3 | no |\n"
     )
     out = tmp_path / "o.md"
     assert main(["--fragments", str(frags), "--ceiling-json", str(tmp_path / "none.json"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| codec | encode_batch | >= 2,000,000 rec/s | 1,439,084 rec/s (runs: 1 / 2 / 3) | — | no | `.venv/bin/python -m bench.codec --runs 3` |" in text
+    assert "| codec | encode_batch | >= 2,000,000 rec/s | 1,439,084 rec/s (runs: 1 / 2 / 3) | — | no | `.venv/bin/python -m annal.bench.codec --runs 3` |" in text
 
 
 def test_met_target_ratio_and_seconds() -> None:
-    from bench.assemble_docs import met_target
+    from annal.bench.assemble_docs import met_target
 
     assert met_target("> 1", "0.57 x") == "no"
     assert met_target("> 1", "1.4 x") == "yes"
@@ -124,7 +124,7 @@ def test_met_target_ratio_and_seconds() -> None:
 
 
 def test_percent_targets_and_not_stated_is_not_a_miss(tmp_path: Path) -> None:
-    from bench.assemble_docs import met_target
+    from annal.bench.assemble_docs import met_target
 
     assert met_target(">= 80 %", "**120 %**") == "yes"
     assert met_target(">= 80 %", "65 %") == "no"
@@ -150,11 +150,11 @@ def test_only_the_first_figures_table_of_a_fragment() -> None:
 
 
 def test_fragment_command_forms() -> None:
-    from bench.assemble_docs import _fragment_command
+    from annal.bench.assemble_docs import _fragment_command
 
-    assert _fragment_command("Command: `python -m bench.cluster` — date: x") == "`python -m bench.cluster`"
+    assert _fragment_command("Command: `python -m annal.bench.cluster` — date: x") == "`python -m annal.bench.cluster`"
     assert _fragment_command("- Command: `a b`\n- Date: y") == "`a b`"
-    assert _fragment_command("- Command (the figures below): `git show x > y`\n  then `python -m bench.codec --baseline y`.\n") == (
-        "`git show x > y` then `python -m bench.codec --baseline y`"
+    assert _fragment_command("- Command (the figures below): `git show x > y`\n  then `python -m annal.bench.codec --baseline y`.\n") == (
+        "`git show x > y` then `python -m annal.bench.codec --baseline y`"
     )
     assert _fragment_command("no command here") == ""

@@ -1,4 +1,4 @@
-"""bench.ceiling: each measurement at a tiny size, and the command's JSON."""
+"""annal.bench.ceiling: each measurement at a tiny size, and the command's JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ceiling
+from annal.bench import ceiling
 
 
 def test_write_measurements(tmp_path: Path) -> None:

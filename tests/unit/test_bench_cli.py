@@ -1,4 +1,4 @@
-"""bench.cli and the tools' argument checks (nothing here starts a broker)."""
+"""annal.bench.cli and the tools' argument checks (nothing here starts a broker)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, consumer_performance, end_to_end_latency, producer_performance
-from bench._workers import make_keys, make_payloads
+from annal.bench import cli, consumer_performance, end_to_end_latency, producer_performance
+from annal.bench._workers import make_keys, make_payloads
 
 
 def test_usage_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,8 +95,8 @@ def test_keys() -> None:
 
 
 def test_plot_run_and_ceiling_write_pngs(tmp_path: Path) -> None:
-    from bench._histogram import LatencyHistogram
-    from bench._plot import plot_ceiling, plot_run
+    from annal.bench._histogram import LatencyHistogram
+    from annal.bench._plot import plot_ceiling, plot_run
 
     h = LatencyHistogram()
     for v in range(1, 5000):
@@ -116,8 +116,8 @@ def test_plot_run_and_ceiling_write_pngs(tmp_path: Path) -> None:
 def test_batch_grouping_only_for_futures_that_expose_their_batch() -> None:
     from types import SimpleNamespace
 
-    from bench._workers import _has_batch
-    from client import FutureRecordMetadata
+    from annal.bench._workers import _has_batch
+    from annal.client import FutureRecordMetadata
 
     assert _has_batch(FutureRecordMetadata((SimpleNamespace(result=None), 0, 0)))
     assert not _has_batch(object())
@@ -125,7 +125,7 @@ def test_batch_grouping_only_for_futures_that_expose_their_batch() -> None:
 
 
 def test_parse_prop() -> None:
-    from bench._workers import parse_prop
+    from annal.bench._workers import parse_prop
 
     assert parse_prop("max_in_flight=10") == ("max_in_flight", 10)
     assert parse_prop("linger.ms=2.5") == ("linger_ms", 2.5)

@@ -1,4 +1,4 @@
-"""bench._histogram: HdrHistogram wrapper, cross-process encoding, merge, the hot-path recorder."""
+"""annal.bench._histogram: HdrHistogram wrapper, cross-process encoding, merge, the hot-path recorder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bench._histogram import HIGHEST_US, LatencyHistogram, LatencyRecorder
+from annal.bench._histogram import HIGHEST_US, LatencyHistogram, LatencyRecorder
 
 
 def _filled(values: list[int]) -> LatencyHistogram:

@@ -1,4 +1,4 @@
-"""bench._report: Kafka perf-tool lines, character for character, and the JSON summary shape."""
+"""annal.bench._report: Kafka perf-tool lines, character for character, and the JSON summary shape."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from bench._histogram import LatencySummary
-from bench._report import (
+from annal.bench._histogram import LatencySummary
+from annal.bench._report import (
     CONSUMER_HEADER,
     SCHEMA,
     build_summary,

@@ -1,10 +1,10 @@
-"""bench.sdk_costs runs end to end on a small workload and reports every piece."""
+"""annal.bench.sdk_costs runs end to end on a small workload and reports every piece."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import sdk_costs
+from annal.bench import sdk_costs
 
 
 def test_reports_every_piece(capsys: pytest.CaptureFixture[str]) -> None:
@@ -18,7 +18,7 @@ def test_reports_every_piece(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_fetch_responses_hold_the_asked_records() -> None:
-    from broker.storage.record_batch import iter_records
+    from annal.record import iter_records
 
     responses = sdk_costs.fetch_responses(3000)
     offsets = [r.offset for buf in responses for r in iter_records(buf)]

@@ -1,4 +1,4 @@
-"""bench._throttle: Kafka's ThroughputThrottler driven by a fake clock (no real sleeping)."""
+"""annal.bench._throttle: Kafka's ThroughputThrottler driven by a fake clock (no real sleeping)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bench._throttle import MIN_SLEEP_NS, NS_PER_SEC, ThroughputThrottler
+from annal.bench._throttle import MIN_SLEEP_NS, NS_PER_SEC, ThroughputThrottler
 
 
 class FakeClock:

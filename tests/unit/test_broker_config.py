@@ -1,4 +1,4 @@
-"""Unit tests of broker.server.config: defaults, TOML file, flags winning, validation."""
+"""Unit tests of annal.broker.server.config: defaults, TOML file, flags winning, validation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from broker.errors import InvalidConfigError, InvalidPartitionsError
-from broker.server.config import DEFAULT_TOPIC_CONFIG, NEVER, BrokerConfig, load_config, validate_topic_config
+from annal.errors import InvalidConfigError, InvalidPartitionsError
+from annal.broker.server.config import DEFAULT_TOPIC_CONFIG, NEVER, BrokerConfig, load_config, validate_topic_config
 
 
 def write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from broker.errors import BufferExhaustedError, KafkaTimeoutError, NotLeaderError
-from broker.storage.record_batch import CODEC_LZ4, CODEC_NONE, decode_batch
+from annal.errors import BufferExhaustedError, KafkaTimeoutError, NotLeaderForPartitionError
+from annal.record import CODEC_LZ4, CODEC_NONE, decode_batch
 
-from client._accumulator import RecordAccumulator
-from client._partitioner import StickyPartitionCache
-from client.structs import RecordMetadata, TopicPartition
+from annal.client._accumulator import RecordAccumulator
+from annal.client._partitioner import StickyPartitionCache
+from annal.client.structs import RecordMetadata, TopicPartition
 
 TP0 = TopicPartition("t", 0)
 
@@ -96,10 +96,10 @@ def test_futures_callbacks_and_errors():
 
     f3 = acc.append("t", 1, 3, 1, None, b"c", None, 1000)
     (b3,) = acc.drain([TopicPartition("t", 1)], 1 << 20)[TopicPartition("t", 1)]
-    err = NotLeaderError("moved")
+    err = NotLeaderForPartitionError("moved")
     acc.complete(b3, -1, err)
     assert f3.failed() and f3.exception is err
-    with pytest.raises(NotLeaderError):
+    with pytest.raises(NotLeaderForPartitionError):
         f3.get()
     late: list = []
     f3.add_errback(late.append)

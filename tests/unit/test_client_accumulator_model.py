@@ -7,10 +7,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.storage.record_batch import CODEC_NONE, decode_batch
-from client._accumulator import RecordAccumulator
-from client._partitioner import StickyPartitionCache
-from client.structs import TopicPartition
+from annal.record import CODEC_NONE, decode_batch
+from annal.client._accumulator import RecordAccumulator
+from annal.client._partitioner import StickyPartitionCache
+from annal.client.structs import TopicPartition
 
 ops = st.lists(
     st.one_of(

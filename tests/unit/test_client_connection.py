@@ -10,14 +10,14 @@ import threading
 
 import pytest
 
-from broker.errors import NetworkError
-from broker.protocol.framing import (
+from annal.errors import NetworkError
+from annal.protocol.framing import (
     ProducePartitionResult,
     ProduceResponse,
     decode_produce_response,
     encode_produce_response,
 )
-from client._connection import DataConnection, InFlight
+from annal.client._connection import DataConnection, InFlight
 
 
 @pytest.fixture

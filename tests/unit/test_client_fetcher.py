@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from broker.storage.record_batch import encode_batch, set_base_offset
-from client._fetcher import EARLIEST, PartitionState, next_offset_after
-from client.structs import TopicPartition
+from annal.record import encode_batch, set_base_offset
+from annal.client._fetcher import EARLIEST, PartitionState, next_offset_after
+from annal.client.structs import TopicPartition
 
 
 def batch(base: int, n: int) -> bytes:
@@ -63,7 +63,7 @@ def _wakeup_invariant_holds(owner) -> bool:
 
 
 def test_fetcher_wakeup_during_drain_is_not_lost():
-    from client._fetcher import Fetcher
+    from annal.client._fetcher import Fetcher
 
     f = Fetcher(None, None, auto_offset_reset="earliest", fetch_min_bytes=1, fetch_max_wait_ms=500,  # type: ignore[arg-type]
                 fetch_max_bytes=1 << 20, max_partition_fetch_bytes=1 << 20, retry_backoff_ms=10,
@@ -75,9 +75,9 @@ def test_fetcher_wakeup_during_drain_is_not_lost():
 
 
 def test_sender_wakeup_during_drain_is_not_lost():
-    from broker.storage.record_batch import CODEC_NONE
-    from client._accumulator import RecordAccumulator
-    from client._sender import Sender
+    from annal.record import CODEC_NONE
+    from annal.client._accumulator import RecordAccumulator
+    from annal.client._sender import Sender
 
     acc = RecordAccumulator(1024, CODEC_NONE, 5, 1 << 20, 1000, 10)
     s = Sender(acc, None, 1, 0, 10, 1000, 5, 1 << 20)  # type: ignore[arg-type]
@@ -92,10 +92,10 @@ def test_list_offsets_asks_for_metadata_even_right_after_another_refresh():
     (rate limit window) without the answer being applied yet; list_offsets must still ask."""
     import time
 
-    from broker.protocol import annal_pb2
-    from client._fetcher import LATEST, Fetcher
-    from client._metadata import ClusterMetadata, MetadataSnapshot
-    from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+    from annal.protocol import annal_pb2
+    from annal.client._fetcher import LATEST, Fetcher
+    from annal.client._metadata import ClusterMetadata, MetadataSnapshot
+    from annal.client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
 
     snap = MetadataSnapshot(
         {0: BrokerMetadata(0, "127.0.0.1", 1, 2)},

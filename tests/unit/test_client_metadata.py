@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.errors import BrokerNotAvailableError, KafkaTimeoutError, UnknownTopicOrPartitionError
-from client._metadata import ClusterMetadata, MetadataSnapshot
-from client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+from annal.errors import BrokerNotAvailableError, KafkaTimeoutError, UnknownTopicOrPartitionError
+from annal.client._metadata import ClusterMetadata, MetadataSnapshot
+from annal.client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
 
 
 def topic(name: str, leaders: list[int]) -> TopicDescription:

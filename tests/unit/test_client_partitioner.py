@@ -8,7 +8,7 @@ import mmh3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client._partitioner import StickyPartitionCache, partition_for_key
+from annal.client._partitioner import StickyPartitionCache, partition_for_key
 
 
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=1000))

@@ -119,8 +119,9 @@ def test_dockerfile_installs_from_package_metadata(dockerfile: list[Instruction]
 def test_dockerfile_copies_every_package(dockerfile: list[Instruction]) -> None:
     """``pip install .`` in the image needs every package pyproject.toml includes."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    includes = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {inc.rstrip("*") for inc in includes}
+    # The folder of each top-level package of the `annal` namespace (annal/, broker/, ...).
+    package_dir = pyproject["tool"]["setuptools"]["package-dir"]
+    packages = {folder for name, folder in package_dir.items() if name.count(".") <= 1}
     copied: set[str] = set()
     for i in dockerfile:
         if i.keyword == "COPY" and not i.args.startswith("--from"):
@@ -162,7 +163,7 @@ def test_dockerfile_default_command_parses(dockerfile: list[Instruction]) -> Non
 
 
 def test_dockerfile_healthcheck_asks_the_broker(dockerfile: list[Instruction]) -> None:
-    from broker.server import health
+    from annal.broker.server import health
 
     stage = final_stage(dockerfile)
     checks = [i.args for i in stage if i.keyword == "HEALTHCHECK"]
@@ -176,7 +177,7 @@ def test_dockerfile_healthcheck_asks_the_broker(dockerfile: list[Instruction]) -
     command = command.replace('"$ANNAL_BROKER_ID"', env["ANNAL_BROKER_ID"])
     command = command.split("||")[0]
     words = shlex.split(command)
-    assert words[:3] == ["python", "-m", "broker.server.health"], words
+    assert words[:3] == ["python", "-m", "annal.broker.server.health"], words
     parser = argparse.ArgumentParser()
     health.configure_parser(parser)
     parsed = _parse(parser, words[3:])
@@ -197,10 +198,10 @@ def compose() -> dict[str, Any]:
 def _annal_parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``annal ...`` (without the program name) with the real dispatcher's parser.
 
-    ``broker.cli._parser_for`` builds the parser exactly as ``annal`` does at run time (the
+    ``annal.broker.cli._parser_for`` builds the parser exactly as ``annal`` does at run time (the
     named subcommand only), so this does not need every other subcommand importable.
     """
-    from broker import cli
+    from annal.broker import cli
 
     return _parse(cli._parser_for(argv), argv)
 
@@ -226,7 +227,7 @@ def _bench_parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``annal-bench TOOL ...`` with the tool's own parser (bench/cli.py dispatches)."""
     import importlib
 
-    from bench.cli import COMMANDS
+    from annal.bench.cli import COMMANDS
 
     assert argv and argv[0] in COMMANDS, f"unknown annal-bench tool in {argv}"
     module = importlib.import_module(COMMANDS[argv[0]][0])

@@ -48,13 +48,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str], where: str) -> argp
 
 
 def check_annal(argv: list[str], where: str) -> None:
-    from broker import cli
+    from annal.broker import cli
 
     _parse(cli._parser_for(argv), argv, where)  # noqa: SLF001 - the parser `annal` itself builds
 
 
 def check_bench(argv: list[str], where: str) -> None:
-    from bench.cli import COMMANDS
+    from annal.bench.cli import COMMANDS
 
     assert argv and argv[0] in COMMANDS, f"{where}: unknown annal-bench tool: {argv}"
     module = importlib.import_module(COMMANDS[argv[0]][0])
@@ -111,7 +111,7 @@ def test_doc_commands_parse(doc: str) -> None:
 
 
 def test_readme_python_example() -> None:
-    import client
+    import annal
 
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
@@ -119,9 +119,9 @@ def test_readme_python_example() -> None:
     example = blocks[0]
     assert len(example.strip().splitlines()) <= 12, "the README promises about ten lines"
     compile(example, "README.md", "exec")
-    for names in re.findall(r"^from client import (.+)$", example, re.MULTILINE):
+    for names in re.findall(r"^from annal import (.+)$", example, re.MULTILINE):
         for name in (n.strip() for n in names.split(",")):
-            assert hasattr(client, name), f"client has no {name}"
+            assert hasattr(annal, name), f"annal has no {name}"
 
 
 @pytest.mark.parametrize("doc", DOCS)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from broker.cli import main
-from broker.storage import PartitionLog
-from broker.storage.record_batch import CODEC_LZ4, encode_batch
+from annal.broker.cli import main
+from annal.broker.storage import PartitionLog
+from annal.record import CODEC_LZ4, encode_batch
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-import broker.errors as errors
+import annal.errors as errors
 
 
 def _error_classes() -> list[type[errors.AnnalError]]:
@@ -40,8 +40,8 @@ def test_kafka_codes_kept_where_kafka_has_them() -> None:
     assert errors.OffsetOutOfRangeError.code == 1
     assert errors.CorruptRecordError.code == 2
     assert errors.UnknownTopicOrPartitionError.code == 3
-    assert errors.NotLeaderError.code == 6
-    assert errors.MessageTooLargeError.code == 10
+    assert errors.NotLeaderForPartitionError.code == 6
+    assert errors.MessageSizeTooLargeError.code == 10
     assert errors.UnsupportedCompressionTypeError.code == 76
 
 
@@ -50,7 +50,7 @@ def test_details_travel_with_the_error() -> None:
     assert (e.log_start_offset, e.log_end_offset) == (2, 5)
     assert "log_start_offset=2" in repr(e)
     assert not e.retriable
-    assert errors.NotLeaderError().retriable
+    assert errors.NotLeaderForPartitionError().retriable
 
 
 def test_local_misuse_is_distinct_from_remote_errors() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.storage._file_names import (
+from annal.broker.storage._file_names import (
     filename_prefix_from_offset,
     index_file_name,
     is_segment_log_file,

@@ -1,4 +1,4 @@
-"""Unit tests of broker.protocol.framing: encoders and decoders round-trip, the frame reader
+"""Unit tests of annal.protocol.framing: encoders and decoders round-trip, the frame reader
 gives the same frames however the bytes are chunked, and bad bytes raise InvalidRequestError."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.errors import InvalidRequestError, NetworkError
-from broker.protocol import framing as fr
+from annal.errors import InvalidRequestError, NetworkError
+from annal.protocol import framing as fr
 
 topics = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=20)
 i32 = st.integers(-(2**31), 2**31 - 1)

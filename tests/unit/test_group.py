@@ -1,4 +1,4 @@
-"""Range assignment of consumer groups (client._group.range_assign): a property test against
+"""Range assignment of consumer groups (annal.client._group.range_assign): a property test against
 the rules every member relies on to compute the same, disjoint, complete assignment."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client._group import range_assign
-from client.structs import TopicPartition
+from annal.client._group import range_assign
+from annal.client.structs import TopicPartition
 
 
 def test_range_assign_matches_kafka_ranges() -> None:

@@ -1,4 +1,4 @@
-"""broker.server.health against an in-process gRPC server that plays the broker's Metadata."""
+"""annal.broker.server.health against an in-process gRPC server that plays the broker's Metadata."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from concurrent import futures
 import grpc
 import pytest
 
-from broker.protocol import annal_pb2, annal_pb2_grpc
-from broker.server import health
+from annal.protocol import annal_pb2, annal_pb2_grpc
+from annal.broker.server import health
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from broker.storage._index import OffsetIndex
+from annal.broker.storage._index import OffsetIndex
 
 pytestmark = pytest.mark.timeout(30)
 

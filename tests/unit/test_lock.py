@@ -1,4 +1,4 @@
-"""Unit tests of broker.server.lock: one holder per data dir, released on close or death."""
+"""Unit tests of annal.broker.server.lock: one holder per data dir, released on close or death."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from broker.server.lock import DataDirLock, DataDirLockedError
+from annal.broker.server.lock import DataDirLock, DataDirLockedError
 
 
 def test_second_holder_is_refused_with_the_pid(tmp_path):
@@ -23,7 +23,7 @@ def test_second_holder_is_refused_with_the_pid(tmp_path):
 
 
 def test_lock_of_a_dead_process_is_free(tmp_path):
-    code = f"from broker.server.lock import DataDirLock; DataDirLock({str(tmp_path)!r}).acquire(); import os; os._exit(0)"
+    code = f"from annal.broker.server.lock import DataDirLock; DataDirLock({str(tmp_path)!r}).acquire(); import os; os._exit(0)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     with DataDirLock(tmp_path):
         pass

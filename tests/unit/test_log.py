@@ -10,19 +10,19 @@ import threading
 
 import pytest
 
-from broker.errors import (
+from annal.errors import (
     CorruptRecordError,
     InvalidConfigError,
     InvalidFetchSizeError,
     InvalidRecordError,
     LocalUsageError,
-    MessageTooLargeError,
+    MessageSizeTooLargeError,
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
     UnsupportedCompressionTypeError,
 )
-from broker.storage import LogConfig, PartitionLog
-from broker.storage.record_batch import CODEC_LZ4, encode_batch, iter_records, parse_header
+from annal.broker.storage import LogConfig, PartitionLog
+from annal.record import CODEC_LZ4, encode_batch, iter_records, parse_header
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,7 +165,7 @@ def test_bad_input_raises_and_leaves_log_byte_for_byte_unchanged(log, name):
 def test_too_large_batch_is_refused(tmp_path):
     lg = PartitionLog.open(str(tmp_path / "t-0"), max_message_bytes=200)
     try:
-        with pytest.raises(MessageTooLargeError):
+        with pytest.raises(MessageSizeTooLargeError):
             lg.append(batch(1, value=b"x" * 300))
         assert lg.log_end_offset == 0 and lg.size_bytes == 0
         assert lg.append(batch(1)) == 0
@@ -401,7 +401,7 @@ def test_lz4_batches_are_stored_as_is(log):
 def test_read_survives_concurrent_roll_retention_and_eviction(tmp_path):
     """Readers keep reading sendable, valid bytes while a writer appends, rolls and deletes
     old segments underneath them; held results stay readable after their segment is gone."""
-    from broker.storage import HandleCache
+    from annal.broker.storage import HandleCache
 
     cache = HandleCache(max_fds=8)
     lg = PartitionLog.open(str(tmp_path / "t-0"), segment_bytes=2048, retention_bytes=8192,
@@ -513,7 +513,7 @@ def test_reads_and_appends_do_not_wait_for_a_slow_fdatasync(log, monkeypatch):
 def test_roll_that_cannot_create_a_segment_fails_cleanly(log, monkeypatch):
     import errno
 
-    from broker.errors import StorageError
+    from annal.errors import StorageError
 
     while len(log.segments) < 2:
         log.append(batch(3, value=b"f" * 100))

@@ -8,15 +8,15 @@ import os
 
 import pytest
 
-from broker.errors import InvalidTopicError, LocalUsageError
-from broker.storage import (
+from annal.errors import InvalidTopicError, LocalUsageError
+from annal.broker.storage import (
     LOG_START_OFFSET_CHECKPOINT,
     RECOVERY_POINT_CHECKPOINT,
     LogConfig,
     LogManager,
     OffsetCheckpointFile,
 )
-from broker.storage.record_batch import encode_batch, iter_records
+from annal.record import encode_batch, iter_records
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,7 +117,7 @@ def test_checkpoint_format_roundtrip_and_rejects():
     data = OffsetCheckpointFile.encode({("a-b", 0): 5, ("c", 12): 0})
     assert data.startswith(b"1\n2\na-b 0 5\nc 12 0\ncrc32c ")
     assert OffsetCheckpointFile.decode(data) == {("a-b", 0): 5, ("c", 12): 0}
-    from broker.storage import CheckpointCorruptError
+    from annal.broker.storage import CheckpointCorruptError
 
     for bad in (b"", data[:-3], data.replace(b"a-b 0 5", b"a-b 0 6"), b"1\n1\nx 0 1\n"):
         with pytest.raises(CheckpointCorruptError):

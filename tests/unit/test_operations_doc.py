@@ -19,7 +19,7 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text
 
 
 def test_every_broker_setting_is_documented() -> None:
-    from broker.server.config import BrokerConfig
+    from annal.broker.server.config import BrokerConfig
 
     keys = {f.name for f in dataclasses.fields(BrokerConfig)} - {"topic_defaults"}
     missing = sorted(k for k in keys if f"`{k}`" not in DOC)
@@ -28,7 +28,7 @@ def test_every_broker_setting_is_documented() -> None:
 
 
 def test_every_topic_config_key_is_documented_with_its_default() -> None:
-    from broker.server.config import DEFAULT_TOPIC_CONFIG
+    from annal.broker.server.config import DEFAULT_TOPIC_CONFIG
 
     for key, default in DEFAULT_TOPIC_CONFIG.items():
         row = re.search(rf"^\| `{key}` \| `(-?\d+)`", DOC, re.MULTILINE)
@@ -37,7 +37,7 @@ def test_every_topic_config_key_is_documented_with_its_default() -> None:
 
 
 def test_every_broker_start_flag_is_documented() -> None:
-    from broker.server import main
+    from annal.broker.server import main
 
     parser = argparse.ArgumentParser()
     main.configure_parser(parser)
@@ -51,7 +51,7 @@ def test_every_broker_start_flag_is_documented() -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    from broker.server.metrics import BrokerMetrics
+    from annal.broker.server.metrics import BrokerMetrics
 
     metrics = BrokerMetrics(partition_stats=lambda: [("t", 0, 0, 1, 10)])
     names = set()
@@ -71,7 +71,7 @@ def test_every_metric_is_documented() -> None:
 
 
 def test_example_config_file_loads(tmp_path: Path) -> None:
-    from broker.server.config import load_config
+    from annal.broker.server.config import load_config
 
     blocks = re.findall(r"```toml\n(.*?)```", DOC, re.DOTALL)
     assert blocks, "docs/operations.md has no TOML example"

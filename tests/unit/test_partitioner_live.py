@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client._partitioner import StickyPartitionCache
+from annal.client._partitioner import StickyPartitionCache
 
 
 def test_keyless_partitions_stay_on_available_ones() -> None:

@@ -1,4 +1,4 @@
-"""The committed gRPC modules (broker/protocol/annal_pb2*.py) match proto/annal/v1/annal.proto:
+"""The committed gRPC modules (annal/protocol/annal_pb2*.py) match proto/annal/v1/annal.proto:
 regenerate them into a temporary directory with proto/generate.py and compare byte for byte."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_generated_modules_are_fresh(tmp_path: pathlib.Path) -> None:
     assert proc.returncode == 0, proc.stderr
     stale = [
         name for name in GENERATED
-        if (tmp_path / name).read_bytes() != (ROOT / "broker" / "protocol" / name).read_bytes()
+        if (tmp_path / name).read_bytes() != (ROOT / "annal" / "protocol" / name).read_bytes()
     ]
     assert not stale, (
         f"{', '.join(stale)} differ from what proto/annal/v1/annal.proto generates; "

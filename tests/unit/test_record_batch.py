@@ -1,9 +1,9 @@
-"""Tests of the RecordBatch v2 codec (broker/storage/record_batch.py).
+"""Tests of the RecordBatch v2 codec (annal/record/).
 
 Correctness is checked three ways: round trips through our own encoder and decoder, against
 kafka-python's independent implementation in both directions, and hypothesis properties
 (random records round-trip; any prefix of a fetch decodes to exactly its whole batches).
-Bad input must raise the right class from broker/errors.py, never anything else.
+Bad input must raise the right class from annal/errors.py, never anything else.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
-from broker.errors import (
+from annal.errors import (
     CorruptRecordError,
     InvalidRecordError,
-    MessageTooLargeError,
+    MessageSizeTooLargeError,
     UnsupportedCompressionTypeError,
 )
-from broker.storage.record_batch import (
+from annal.record import (
     CODEC_GZIP,
     CODEC_LZ4,
     CODEC_NONE,
@@ -496,7 +496,7 @@ def test_corrupt_lz4_frame_is_corrupt():
 def test_oversize_batch_against_max_batch_bytes():
     buf = encode_batch([(1, None, b"v" * 2000, None)])
     assert validate_batch(buf, max_batch_bytes=len(buf)).size == len(buf)
-    with pytest.raises(MessageTooLargeError) as info:
+    with pytest.raises(MessageSizeTooLargeError) as info:
         validate_batch(buf, max_batch_bytes=len(buf) - 1)
     assert info.value.details["size"] == len(buf)
 
@@ -583,18 +583,18 @@ def test_values_may_be_bytearray_or_memoryview():
 # against the general, per-record code kept as the reference (_decode_general,
 # _encode_record) on random and adversarial inputs.
 
-from broker.storage import record_batch as rb  # noqa: E402
+from annal.record import _builder, _decoder  # noqa: E402
 
 
 def reference_area(records):
     """Records area written by the general per-record encoder: (offset_delta, tsd, key, value)."""
-    return b"".join(rb._encode_record(od, tsd, key, value, None) for od, tsd, key, value in records)
+    return b"".join(_builder._encode_record(od, tsd, key, value, None) for od, tsd, key, value in records)
 
 
 def general_outcome(data, pos, end, count, cls):
     out = ["earlier"]
     try:
-        rb._decode_general(data, pos, end, count, 1000, 5_000_000, out, cls)
+        _decoder._decode_general(data, pos, end, count, 1000, 5_000_000, out, cls)
     except (CorruptRecordError, InvalidRecordError) as exc:
         return type(exc)
     return out
@@ -603,7 +603,7 @@ def general_outcome(data, pos, end, count, cls):
 def assert_uniform_agrees(data, pos, end, count):
     for cls in (Record, tuple):
         out = ["earlier"]
-        if rb._decode_uniform(data, pos, end, count, 1000, 5_000_000, out, cls):
+        if _decoder._decode_uniform(data, pos, end, count, 1000, 5_000_000, out, cls):
             assert out == general_outcome(data, pos, end, count, cls)
             assert all(type(r) is cls for r in out[1:])
         else:
@@ -611,7 +611,7 @@ def assert_uniform_agrees(data, pos, end, count):
         # and the dispatcher as a whole: same records, or the same error class
         out = ["earlier"]
         try:
-            rb._decode_into(data, pos, end, count, 1000, 5_000_000, out, cls)
+            _decoder._decode_into(data, pos, end, count, 1000, 5_000_000, out, cls)
         except (CorruptRecordError, InvalidRecordError) as exc:
             assert general_outcome(data, pos, end, count, cls) is type(exc)
         else:
@@ -670,7 +670,7 @@ def test_uniform_decoder_across_offset_delta_widths(n, tsd_width):
     area = reference_area(records)
     assert_uniform_agrees(area, 0, len(area), n)
     out: list = []
-    fast = rb._decode_uniform(area, 0, len(area), n, 0, 0, out, tuple)
+    fast = _decoder._decode_uniform(area, 0, len(area), n, 0, 0, out, tuple)
     if tsd_width != "both":  # widths changing every few dozen records: general decoder
         assert fast is (n <= 8192)
 
@@ -678,7 +678,7 @@ def test_uniform_decoder_across_offset_delta_widths(n, tsd_width):
 def test_uniform_decoder_leaves_varied_lengths_to_the_general_decoder():
     records = [(i, 0, None, b"x" * (i % 7)) for i in range(150)]
     area = reference_area(records)
-    assert rb._decode_uniform(area, 0, len(area), 150, 0, 0, [], tuple) is False
+    assert _decoder._decode_uniform(area, 0, len(area), 150, 0, 0, [], tuple) is False
     assert_uniform_agrees(area, 0, len(area), 150)
 
 
@@ -686,7 +686,7 @@ def test_uniform_decoder_is_used_for_producer_batches():
     buf = encode_batch([(1000 + i % 7, None, b"v" * 100, None) for i in range(500)])
     h = validate_batch(buf)
     out: list = []
-    assert rb._decode_uniform(buf, HEADER_SIZE, len(buf), h.records_count, 0, h.base_timestamp, out, Record)
+    assert _decoder._decode_uniform(buf, HEADER_SIZE, len(buf), h.records_count, 0, h.base_timestamp, out, Record)
     assert out == expected([(1000 + i % 7, None, b"v" * 100, None) for i in range(500)])
 
 
@@ -699,7 +699,7 @@ def test_uniform_decoder_refuses_lengths_that_disagree(vlen, lie):
     records = [(i, 0, None, b"\x00" * vlen) for i in range(n)]
     area = bytearray()
     for od, tsd, key, value in records:
-        rec = bytearray(rb._encode_record(od, tsd, key, value, None))
+        rec = bytearray(_builder._encode_record(od, tsd, key, value, None))
         lw = len(encode_varint(len(rec) - 1))
         vpos = lw + 1 + 1 + len(encode_varint(od)) + 1  # value length varint
         if lie == "value_shorter":
@@ -713,15 +713,15 @@ def test_uniform_decoder_refuses_lengths_that_disagree(vlen, lie):
     assert general_outcome(data, 0, len(area), n, Record) is CorruptRecordError
     assert_uniform_agrees(data, 0, len(area), n)
     with pytest.raises(CorruptRecordError):
-        rb._decode_into(data, 0, len(area), n, 0, 0, [], Record)
+        _decoder._decode_into(data, 0, len(area), n, 0, 0, [], Record)
 
 
 def reference_batch(records, compression=CODEC_NONE, base_offset=0):
     """What the general per-record encoder writes for (timestamp, key, value, headers) records."""
     base = records[0][0]
-    area = b"".join(rb._encode_record(i, ts - base, k, v, h) for i, (ts, k, v, h) in enumerate(records))
+    area = b"".join(_builder._encode_record(i, ts - base, k, v, h) for i, (ts, k, v, h) in enumerate(records))
     max_ts = max([-1] + [r[0] for r in records])
-    return b"".join(rb._pack_batch(area, compression, base_offset, len(records), base, max_ts, -1, -1, -1, -1))
+    return b"".join(_builder._pack_batch(area, compression, base_offset, len(records), base, max_ts, -1, -1, -1, -1))
 
 
 producer_record = st.one_of(

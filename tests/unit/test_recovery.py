@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from broker.storage import PartitionLog
-from broker.storage.record_batch import encode_batch, iter_records
+from annal.broker.storage import PartitionLog
+from annal.record import encode_batch, iter_records
 
 pytestmark = pytest.mark.timeout(120)
 

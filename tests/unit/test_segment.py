@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from broker.storage._handles import HandleCache
-from broker.storage._index import IndexCorruptError
-from broker.storage._segment import LogSegment, SegmentConfig
-from broker.storage.record_batch import encode_batch, parse_header, set_base_offset
+from annal.broker.storage._handles import HandleCache
+from annal.broker.storage._index import IndexCorruptError
+from annal.broker.storage._segment import LogSegment, SegmentConfig
+from annal.record import encode_batch, parse_header, set_base_offset
 
 pytestmark = pytest.mark.timeout(30)
 

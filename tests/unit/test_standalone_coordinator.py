@@ -1,4 +1,4 @@
-"""Unit tests of broker.coordination.standalone: topics persist atomically in topics.json."""
+"""Unit tests of annal.broker.coordination.standalone: topics persist atomically in topics.json."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from broker.coordination.base import BrokerInfo
-from broker.coordination.standalone import StandaloneCoordinator
-from broker.errors import (
+from annal.broker.coordination.base import BrokerInfo
+from annal.broker.coordination.standalone import StandaloneCoordinator
+from annal.errors import (
     InvalidPartitionsError,
     InvalidTopicError,
     StorageError,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from broker.storage._index import IndexCorruptError, TimeIndex
+from annal.broker.storage._index import IndexCorruptError, TimeIndex
 
 pytestmark = pytest.mark.timeout(10)
 

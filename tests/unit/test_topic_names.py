@@ -1,4 +1,4 @@
-"""Unit tests of broker.topic_names: Kafka's legal topic names, and nothing that could name a
+"""Unit tests of annal.topic_names: Kafka's legal topic names, and nothing that could name a
 path outside the data dir."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.errors import InvalidTopicError
-from broker.topic_names import is_valid_topic_name, validate_topic_name
+from annal.errors import InvalidTopicError
+from annal.topic_names import is_valid_topic_name, validate_topic_name
 
 
 @pytest.mark.parametrize("name", ["a", "orders", "my.topic_v2-x", "A" * 249, "..a", "a..", "-", "_"])

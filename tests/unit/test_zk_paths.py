@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.coordination import zk_paths as paths
-from broker.coordination.base import BrokerInfo, TopicPlacement
+from annal.zookeeper import paths
+from annal.cluster import BrokerInfo, TopicPlacement
 
 
 def test_default_chroot_is_added_only_when_missing() -> None:

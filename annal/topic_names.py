@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from broker.errors import InvalidTopicError
+from annal.errors import InvalidTopicError
 
 __all__ = ["MAX_TOPIC_NAME_LENGTH", "is_valid_topic_name", "validate_topic_name"]
 

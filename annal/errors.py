@@ -2,13 +2,17 @@
 
 Every error that can cross the wire has a numeric ``code`` (Kafka's error code where Kafka has
 one, so users can look them up) and a ``retriable`` flag telling a client whether trying again
-later may succeed. ``for_code(code)`` maps a wire code back to its class; the gRPC status that
-goes with each class is used only at the server edge (``broker.server``) and in the client's
-network layer.
+later may succeed. ``for_code(code)`` maps a wire code back to its class. gRPC status codes appear only at the
+edges: the broker's servicer (``annal.broker.server.grpc_service``) picks one per class, and
+the client's gRPC layer reads the code back from the call's trailers.
 
 Local misuse (a bad argument passed to an API in this process) raises ``LocalUsageError`` or a
 plain ``TypeError``/``ValueError``; what a remote peer did wrong or reported is an
-``AnnalError`` subclass with a wire code.
+``AnnalError`` subclass with a wire code: a malformed request reaching a broker is
+``InvalidRequestError``, a malformed response reaching a client ``RemoteProtocolError``.
+
+Names follow kafka-python's where the concept is the same (``MessageSizeTooLargeError``,
+``NotLeaderForPartitionError``, ``KafkaTimeoutError``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ __all__ = [
     "UnknownTopicOrPartitionError",
     "InvalidFetchSizeError",
     "LeaderNotAvailableError",
-    "NotLeaderError",
+    "NotLeaderForPartitionError",
     "RequestTimedOutError",
     "BrokerNotAvailableError",
-    "MessageTooLargeError",
+    "MessageSizeTooLargeError",
     "NetworkError",
+    "RemoteProtocolError",
     "InvalidTopicError",
     "InvalidRequiredAcksError",
     "TopicAlreadyExistsError",
@@ -51,15 +56,13 @@ __all__ = [
 class AnnalError(Exception):
     """Root of every Annal error.
 
-    ``code`` is the wire error code, ``retriable`` says whether a client may retry, and
-    ``grpc_status`` names the ``grpc.StatusCode`` member used at the gRPC edge. ``details``
+    ``code`` is the wire error code, ``retriable`` says whether a client may retry. ``details``
     holds machine-readable context (for example the valid offset range, or the leader's
     address) that travels with the error.
     """
 
     code: ClassVar[int] = -1
     retriable: ClassVar[bool] = False
-    grpc_status: ClassVar[str] = "INTERNAL"
     reason: ClassVar[str] = "UNKNOWN_SERVER_ERROR"
 
     def __init__(self, message: str = "", **details: Any) -> None:
@@ -77,7 +80,6 @@ class LocalUsageError(AnnalError):
 
     code = -2
     reason = "LOCAL_USAGE"
-    grpc_status = "FAILED_PRECONDITION"
 
 
 class UnknownServerError(AnnalError):
@@ -85,7 +87,6 @@ class UnknownServerError(AnnalError):
 
     code = -1
     reason = "UNKNOWN_SERVER_ERROR"
-    grpc_status = "INTERNAL"
 
 
 class OffsetOutOfRangeError(AnnalError):
@@ -96,7 +97,6 @@ class OffsetOutOfRangeError(AnnalError):
 
     code = 1
     reason = "OFFSET_OUT_OF_RANGE"
-    grpc_status = "OUT_OF_RANGE"
 
     @property
     def log_start_offset(self) -> int | None:
@@ -112,7 +112,6 @@ class CorruptRecordError(AnnalError):
 
     code = 2
     reason = "CORRUPT_MESSAGE"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class UnknownTopicOrPartitionError(AnnalError):
@@ -121,7 +120,6 @@ class UnknownTopicOrPartitionError(AnnalError):
     code = 3
     retriable = True  # Kafka retries this: metadata may not have propagated yet.
     reason = "UNKNOWN_TOPIC_OR_PARTITION"
-    grpc_status = "NOT_FOUND"
 
 
 class InvalidFetchSizeError(AnnalError):
@@ -129,7 +127,6 @@ class InvalidFetchSizeError(AnnalError):
 
     code = 4
     reason = "INVALID_FETCH_SIZE"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class LeaderNotAvailableError(AnnalError):
@@ -138,16 +135,14 @@ class LeaderNotAvailableError(AnnalError):
     code = 5
     retriable = True
     reason = "LEADER_NOT_AVAILABLE"
-    grpc_status = "UNAVAILABLE"
 
 
-class NotLeaderError(AnnalError):
+class NotLeaderForPartitionError(AnnalError):
     """This broker does not lead the partition; ``details['leader']`` names the one that does."""
 
     code = 6
     retriable = True
     reason = "NOT_LEADER_OR_FOLLOWER"
-    grpc_status = "UNAVAILABLE"
 
 
 class RequestTimedOutError(AnnalError):
@@ -156,7 +151,6 @@ class RequestTimedOutError(AnnalError):
     code = 7
     retriable = True
     reason = "REQUEST_TIMED_OUT"
-    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class BrokerNotAvailableError(AnnalError):
@@ -165,15 +159,13 @@ class BrokerNotAvailableError(AnnalError):
     code = 8
     retriable = True
     reason = "BROKER_NOT_AVAILABLE"
-    grpc_status = "UNAVAILABLE"
 
 
-class MessageTooLargeError(AnnalError):
+class MessageSizeTooLargeError(AnnalError):
     """A batch or request is larger than the configured limit (``max_message_bytes``)."""
 
     code = 10
     reason = "MESSAGE_TOO_LARGE"
-    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class NetworkError(AnnalError):
@@ -182,7 +174,15 @@ class NetworkError(AnnalError):
     code = 13
     retriable = True
     reason = "NETWORK_EXCEPTION"
-    grpc_status = "UNAVAILABLE"
+
+
+class RemoteProtocolError(NetworkError):
+    """The peer's bytes broke the protocol: a malformed response frame (h11's
+    ``RemoteProtocolError``). The connection is dropped; a retry on a new one may succeed.
+    A malformed *request* reaching the broker is ``InvalidRequestError`` instead."""
+
+    code = -7
+    reason = "REMOTE_PROTOCOL_ERROR"
 
 
 class InvalidTopicError(AnnalError):
@@ -190,7 +190,6 @@ class InvalidTopicError(AnnalError):
 
     code = 17
     reason = "INVALID_TOPIC_EXCEPTION"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class InvalidRequiredAcksError(AnnalError):
@@ -198,7 +197,6 @@ class InvalidRequiredAcksError(AnnalError):
 
     code = 21
     reason = "INVALID_REQUIRED_ACKS"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class TopicAlreadyExistsError(AnnalError):
@@ -206,7 +204,6 @@ class TopicAlreadyExistsError(AnnalError):
 
     code = 36
     reason = "TOPIC_ALREADY_EXISTS"
-    grpc_status = "ALREADY_EXISTS"
 
 
 class InvalidPartitionsError(AnnalError):
@@ -214,7 +211,6 @@ class InvalidPartitionsError(AnnalError):
 
     code = 37
     reason = "INVALID_PARTITIONS"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class InvalidConfigError(AnnalError):
@@ -222,7 +218,6 @@ class InvalidConfigError(AnnalError):
 
     code = 40
     reason = "INVALID_CONFIG"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class InvalidRequestError(AnnalError):
@@ -230,7 +225,6 @@ class InvalidRequestError(AnnalError):
 
     code = 42
     reason = "INVALID_REQUEST"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class StorageError(AnnalError):
@@ -239,7 +233,6 @@ class StorageError(AnnalError):
     code = 56
     retriable = True
     reason = "KAFKA_STORAGE_ERROR"
-    grpc_status = "UNAVAILABLE"
 
 
 class UnsupportedCompressionTypeError(AnnalError):
@@ -247,7 +240,6 @@ class UnsupportedCompressionTypeError(AnnalError):
 
     code = 76
     reason = "UNSUPPORTED_COMPRESSION_TYPE"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class InvalidRecordError(AnnalError):
@@ -255,7 +247,6 @@ class InvalidRecordError(AnnalError):
 
     code = 87
     reason = "INVALID_RECORD"
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class BrokerShuttingDownError(AnnalError):
@@ -264,7 +255,6 @@ class BrokerShuttingDownError(AnnalError):
     code = 1001
     retriable = True
     reason = "BROKER_SHUTTING_DOWN"
-    grpc_status = "UNAVAILABLE"
 
 
 class GroupError(AnnalError):
@@ -272,7 +262,6 @@ class GroupError(AnnalError):
 
     code = 1002
     reason = "GROUP_ERROR"
-    grpc_status = "FAILED_PRECONDITION"
 
 
 # Client-local errors (never sent by a broker).
@@ -284,7 +273,6 @@ class KafkaTimeoutError(AnnalError):
     code = -3
     retriable = True
     reason = "CLIENT_TIMEOUT"
-    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class ProducerClosedError(LocalUsageError):

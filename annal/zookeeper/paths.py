@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any, Mapping
 
-from broker.coordination.base import BrokerInfo, TopicPlacement
+from annal.cluster import BrokerInfo, TopicPlacement
 
 __all__ = [
     "DEFAULT_CHROOT",

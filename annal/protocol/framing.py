@@ -4,7 +4,7 @@ Nothing here touches a socket. Bytes go in through ``FrameReader.receive_data`` 
 into the reader's buffer with ``get_buffer``/``buffer_updated``, the shape of asyncio's
 ``BufferedProtocol`` and ``socket.recv_into``) and whole frames come out of ``next_frame``; the
 ``encode_*`` functions turn values into bytes and the ``decode_*`` functions turn one frame back
-into values. The broker's data port (``broker.server.data_port``) and the client SDK's network
+into values. The broker's data port (``annal.broker.server.data_port``) and the client SDK's network
 layer both drive this module, the way h11 is driven by its servers and clients.
 
 Wire layout (all integers big-endian; ``string`` = int16 length + UTF-8 bytes; the full text is
@@ -33,9 +33,11 @@ slices of that frame. A FETCH response is built by the broker as fixed fields
 (``encode_fetch_response_head`` + ``encode_fetch_partition_head``) followed by the record bytes
 it sends with ``sendfile``; ``encode_fetch_response`` builds the same bytes in memory.
 
-Errors: a peer's malformed bytes raise ``broker.errors.InvalidRequestError`` (the
-"remote protocol error" of this protocol), carrying ``correlation_id`` in ``details`` when it
-could be read; a connection closed in the middle of a frame raises ``NetworkError``.
+Errors: a malformed request raises ``annal.errors.InvalidRequestError`` (the broker answers it
+with that code), a malformed response ``annal.errors.RemoteProtocolError`` (the client drops the
+connection); both carry ``correlation_id`` in ``details`` when it could be read. A
+``FrameReader`` raises the class it was made with (``error_cls``). A connection closed in the
+middle of a frame raises ``NetworkError``.
 Thread-safety: ``FrameReader`` is not thread-safe (one per connection, used by one thread); the
 functions are pure.
 """
@@ -46,7 +48,7 @@ import struct
 from collections import deque
 from typing import NamedTuple, Sequence, Union
 
-from broker.errors import InvalidRequestError, NetworkError
+from annal.errors import InvalidRequestError, NetworkError, RemoteProtocolError
 
 __all__ = [
     "API_PRODUCE",
@@ -206,7 +208,8 @@ class FrameReader:
     ``min_frame_bytes``/``max_frame_bytes`` bound the length prefix (a broker uses
     ``REQUEST_HEADER_SIZE`` and its ``max_request_bytes``; a client ``RESPONSE_HEADER_SIZE``
     and a bound of its own). A prefix out of bounds makes ``next_frame`` raise
-    ``InvalidRequestError`` once the complete frames received before it have been handed out;
+    ``error_cls`` (``InvalidRequestError`` on a broker, ``RemoteProtocolError`` on a client) once
+    the complete frames received before it have been handed out;
     after that the reader ignores further input (the connection must be closed).
 
     Two ways in: ``receive_data(data)`` copies ``data`` into the frame being assembled (an
@@ -232,6 +235,7 @@ class FrameReader:
         "_frames_started",
         "_frame_len",
         "_spare",
+        "error_cls",
     )
 
     def __init__(
@@ -239,6 +243,7 @@ class FrameReader:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         min_frame_bytes: int = REQUEST_HEADER_SIZE,
         scratch_bytes: int = 65536,
+        error_cls: type[InvalidRequestError] | type[RemoteProtocolError] = InvalidRequestError,
     ) -> None:
         if min_frame_bytes < 0 or max_frame_bytes < min_frame_bytes:
             raise ValueError("need 0 <= min_frame_bytes <= max_frame_bytes")
@@ -250,7 +255,8 @@ class FrameReader:
         self._spare: bytearray | None = None  # a recycled buffer for the next large frame
         self._filled = 0
         self._ready: deque[memoryview] = deque()
-        self._error: InvalidRequestError | None = None
+        self.error_cls = error_cls
+        self._error: InvalidRequestError | RemoteProtocolError | None = None
         self._eof = False
         self._scratch = bytearray(scratch_bytes)
         self._scratch_view = memoryview(self._scratch)
@@ -331,7 +337,7 @@ class FrameReader:
 
     def _start_frame(self, length: int) -> bool:
         if length < self.min_frame_bytes or length > self.max_frame_bytes:
-            self._error = InvalidRequestError(
+            self._error = self.error_cls(
                 f"frame length {length} outside [{self.min_frame_bytes}, {self.max_frame_bytes}]",
                 frame_length=length,
             )
@@ -556,20 +562,28 @@ def encode_produce_response(resp: ProduceResponse) -> bytes:
 
 
 class _Cursor:
-    """Reads fields from one frame, raising InvalidRequestError on any overrun."""
+    """Reads fields from one frame, raising ``error_cls`` (InvalidRequestError for a request,
+    RemoteProtocolError for a response) on any overrun."""
 
-    __slots__ = ("buf", "pos", "end", "correlation_id")
+    __slots__ = ("buf", "pos", "end", "correlation_id", "error_cls")
 
-    def __init__(self, buf: memoryview, pos: int = 0, correlation_id: int | None = None) -> None:
+    def __init__(
+        self,
+        buf: memoryview,
+        pos: int = 0,
+        correlation_id: int | None = None,
+        error_cls: type[InvalidRequestError] | type[RemoteProtocolError] = InvalidRequestError,
+    ) -> None:
         self.buf = buf
         self.pos = pos
         self.end = len(buf)
         self.correlation_id = correlation_id
+        self.error_cls = error_cls
 
-    def fail(self, what: str) -> InvalidRequestError:
+    def fail(self, what: str) -> InvalidRequestError | RemoteProtocolError:
         if self.correlation_id is None:
-            return InvalidRequestError(what)
-        return InvalidRequestError(what, correlation_id=self.correlation_id)
+            return self.error_cls(what)
+        return self.error_cls(what, correlation_id=self.correlation_id)
 
     def unpack(self, st: struct.Struct, what: str) -> tuple:
         if self.end - self.pos < st.size:
@@ -686,7 +700,7 @@ def decode_response_header(frame: Buffer) -> tuple[int, int]:
     """``(correlation_id, error_code)`` of a response frame."""
     mv = _as_view(frame)
     if len(mv) < RESPONSE_HEADER_SIZE:
-        raise InvalidRequestError(f"response of {len(mv)} bytes is shorter than its header")
+        raise RemoteProtocolError(f"response of {len(mv)} bytes is shorter than its header")
     cid, code = _RESP_HEADER.unpack_from(mv, 0)
     return cid, code
 
@@ -696,7 +710,7 @@ def decode_fetch_response(frame: Buffer) -> FetchResponse:
     ``frame`` (no copy)."""
     mv = _as_view(frame)
     cid, code = decode_response_header(mv)
-    cur = _Cursor(mv, RESPONSE_HEADER_SIZE, cid)
+    cur = _Cursor(mv, RESPONSE_HEADER_SIZE, cid, RemoteProtocolError)
     if code:
         cur.done()
         return FetchResponse(cid, code, ())
@@ -716,7 +730,7 @@ def decode_fetch_response(frame: Buffer) -> FetchResponse:
 def decode_produce_response(frame: Buffer) -> ProduceResponse:
     mv = _as_view(frame)
     cid, code = decode_response_header(mv)
-    cur = _Cursor(mv, RESPONSE_HEADER_SIZE, cid)
+    cur = _Cursor(mv, RESPONSE_HEADER_SIZE, cid, RemoteProtocolError)
     if code:
         cur.done()
         return ProduceResponse(cid, code, ())

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from broker.protocol import annal_pb2 as annal_dot_v1_dot_annal__pb2
+from annal.protocol import annal_pb2 as annal_dot_v1_dot_annal__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
