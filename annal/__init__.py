@@ -21,9 +21,20 @@ does) does not import the client.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Installed, annal.broker/client/bench are folders inside this package. Imported straight from
+# a checkout (``python -m annal.bench.codec`` run in the repository root puts the root on
+# sys.path), they are the root's broker/, client/ and bench/ folders, as pyproject.toml's
+# package-dir maps them: let this package's submodule search see the root too.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not os.path.isdir(os.path.join(os.path.dirname(__file__), "broker")) and all(
+    os.path.exists(os.path.join(_CHECKOUT, name)) for name in ("pyproject.toml", "broker", "client", "bench")
+):
+    __path__.append(_CHECKOUT)  # noqa: F821 - a package's __path__
 
 _CLIENT_NAMES = (
     "Admin",
