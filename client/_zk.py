@@ -14,8 +14,10 @@ down (placements are fixed, as in Kafka 0.7): the sender holds its batches until
 back or ``delivery_timeout_ms`` passes, while the producer's partitioner steers keyless
 records to partitions whose broker is alive.
 
-Watch callbacks only mark state dirty; one thread of this source re-reads ZooKeeper and
-applies the snapshot, so listeners never run on kazoo's threads.
+Watches are set by the re-reads themselves and every session state change marks everything
+for a re-read (``annal.zookeeper.refresh``), so the view converges to ZooKeeper's after any
+reconnection or session expiry. Watch callbacks only mark state dirty; one thread of this
+source re-reads ZooKeeper and applies the snapshot, so listeners never run on kazoo's threads.
 
 Thread-safe.
 """
@@ -27,18 +29,17 @@ import os
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
 
 from annal.zookeeper import paths
 from annal.cluster import TopicPlacement
-from annal.zookeeper.reads import read_children_data
+from annal.zookeeper.reads import read_children_data, read_controller_id
 from annal.zookeeper.refresh import WatchRefresher
 from annal.errors import LeaderNotAvailableError, NetworkError
 
@@ -116,9 +117,6 @@ class ZooKeeperMetadataSource:
         for p in (paths.BROKER_IDS, paths.BROKER_TOPICS):
             client.retry(client.ensure_path, p)
         self._read(brokers=True, topics=True)
-        ChildrenWatch(client, paths.BROKER_IDS, self._on_brokers)
-        ChildrenWatch(client, paths.BROKER_TOPICS, self._on_topics)
-        DataWatch(client, paths.CONTROLLER, self._on_controller)
         self._thread = threading.Thread(target=self._refresher.run, name="annal-zk-metadata", daemon=True)
         self._thread.start()
 
@@ -202,23 +200,9 @@ class ZooKeeperMetadataSource:
     # -- watches ----------------------------------------------------------------------------
 
     def _on_state(self, state: str) -> None:
-        if state == KazooState.CONNECTED:
-            self._refresher.mark(brokers=True, topics=True)
-        elif state == KazooState.LOST:
+        self._refresher.on_session_state(state)
+        if state == KazooState.LOST:
             log.warning("ZooKeeper session of the client expired; metadata will be re-read")
-
-    def _on_brokers(self, _children: list[str]) -> bool | None:
-        self._refresher.mark(brokers=True)
-        return False if self._closed.is_set() else None
-
-    def _on_topics(self, _children: list[str]) -> bool | None:
-        self._refresher.mark(topics=True)
-        return False if self._closed.is_set() else None
-
-    def _on_controller(self, data: bytes | None, _stat: object) -> bool | None:
-        with self._lock:
-            self._controller_id = paths.decode_controller(data) if data is not None else -1
-        return False if self._closed.is_set() else None
 
     def _read_and_push(self, *, brokers: bool, topics: bool) -> None:
         """The refresher's read: re-read, then hand the new state to the attached metadata."""
@@ -230,15 +214,19 @@ class ZooKeeperMetadataSource:
             except Exception:
                 log.exception("metadata listener failed")
 
-    def _read_all(self, parent: str) -> dict[str, bytes | None]:
-        return read_children_data(self.client, parent)
+    def _read_all(self, parent: str, watch: Callable[[Any], None]) -> dict[str, bytes | None]:
+        if self._closed.is_set():
+            watch = None  # type: ignore[assignment]  # no more watches once closed
+        return read_children_data(self.client, parent, watch=watch)
 
     def _read(self, *, brokers: bool, topics: bool) -> None:
         fresh_brokers: dict[int, BrokerMetadata] | None = None
         fresh_topics: dict[str, TopicPlacement] | None = None
+        controller: int | None = None
         if brokers:
+            controller = read_controller_id(self.client, None if self._closed.is_set() else self._refresher.watch_brokers)
             fresh_brokers = {}
-            for child, data in self._read_all(paths.BROKER_IDS).items():
+            for child, data in self._read_all(paths.BROKER_IDS, self._refresher.watch_brokers).items():
                 try:
                     info = paths.decode_broker(int(child), data)
                 except ValueError:
@@ -246,12 +234,14 @@ class ZooKeeperMetadataSource:
                 fresh_brokers[info.broker_id] = BrokerMetadata(info.broker_id, info.host, info.port, info.fetch_port)
         if topics:
             fresh_topics = {}
-            for child, data in self._read_all(paths.BROKER_TOPICS).items():
+            for child, data in self._read_all(paths.BROKER_TOPICS, self._refresher.watch_topics).items():
                 try:
                     fresh_topics[child] = paths.decode_topic(child, data)
                 except ValueError:
                     continue
         with self._lock:
+            if controller is not None:
+                self._controller_id = controller
             if fresh_brokers is not None:
                 if fresh_brokers.keys() != self._brokers.keys():
                     log.info("live brokers (pid %d): %s", os.getpid(), sorted(fresh_brokers))

@@ -1,23 +1,35 @@
-"""Reading a ZooKeeper folder's children with their data, shared by the broker's
-coordinator and the client's ZooKeeper metadata and group code."""
+"""Reading a ZooKeeper folder's children with their data, and the controller id, shared by the
+broker's coordinator and the client's ZooKeeper metadata and group code.
+
+A ``watch`` passed to a read is set by that same read (ZooKeeper sets a watch atomically with
+the read that asks for it), so any change after the read fires it: a reader that re-reads when
+its watch fires can never keep a state older than ZooKeeper's. kazoo's ``ChildrenWatch`` does
+not give that after a session expiry: it re-reads on reconnection but skips its callback when
+the children equal those it saw before the outage, even if its owner read something else
+meanwhile (how a broker kept ``live brokers: [1, 3]`` for good, issue 13)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from kazoo.exceptions import NoNodeError
 
-__all__ = ["read_children_data"]
+from annal.zookeeper import paths
+
+__all__ = ["read_children_data", "read_controller_id"]
+
+Watch = Callable[[Any], None]
 
 
 def read_children_data(
-    zk: Any, parent: str, timeout_s: float = 10.0, missing_parent_ok: bool = False
+    zk: Any, parent: str, timeout_s: float = 10.0, missing_parent_ok: bool = False, watch: Watch | None = None
 ) -> dict[str, bytes | None]:
     """``{child: data}`` of every child of ``parent``, the reads sent together (one round
     trip, not one per child). A child deleted between the listing and its read is left out;
-    a missing ``parent`` gives ``{}`` with ``missing_parent_ok``, else raises NoNodeError."""
+    a missing ``parent`` gives ``{}`` with ``missing_parent_ok``, else raises NoNodeError.
+    ``watch`` (one-shot) is set on the children list by the listing itself."""
     try:
-        children = zk.get_children(parent)
+        children = zk.get_children(parent, watch=watch)
     except NoNodeError:
         if missing_parent_ok:
             return {}
@@ -30,3 +42,17 @@ def read_children_data(
         except NoNodeError:
             pass
     return out
+
+
+def read_controller_id(zk: Any, watch: Watch | None = None) -> int:
+    """The broker id in ``/controller`` (-1 when there is none); ``watch`` (one-shot) fires on
+    the next change of the node, its creation included."""
+    while True:
+        try:
+            data, _ = zk.get(paths.CONTROLLER, watch=watch)
+            return paths.decode_controller(data)
+        except NoNodeError:
+            pass
+        # No node: watch for its creation. If it was created between the two reads, read again.
+        if zk.exists(paths.CONTROLLER, watch=watch) is None:
+            return -1

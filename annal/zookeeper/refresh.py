@@ -6,6 +6,13 @@ mark what changed (the broker registrations, the topic placements); one thread o
 runs ``WatchRefresher.run``, which waits for a mark, takes every mark set so far at once and
 re-reads those parts. A burst of events (ten brokers joining) is one re-read, not ten.
 
+The watches are set by the re-reads themselves (``watch_brokers`` / ``watch_topics`` passed to
+``annal.zookeeper.reads``), not by kazoo's ``ChildrenWatch``: a watch set by the read that
+returned the state fires on any later change, so the owner's state cannot stay older than
+ZooKeeper's. Every kazoo session state change marks everything too (``on_session_state``):
+after a reconnection or a new session (whose watches are gone) the owner re-reads whatever
+happened during the outage, however the children changed meanwhile.
+
 A re-read that fails because ZooKeeper cannot be reached (a kazoo error or timeout) puts its
 marks back and is tried again after the owner's ``backoff`` (wait for the connection, or a
 short sleep); any other error is logged and the marks are dropped, so a bad node cannot make
@@ -60,6 +67,19 @@ class WatchRefresher:
             self._brokers |= brokers
             self._topics |= topics
         self._wakeup.set()
+
+    def watch_brokers(self, _event: object = None) -> None:
+        """One-shot watch for the broker registrations (and ``/controller``)."""
+        self.mark(brokers=True)
+
+    def watch_topics(self, _event: object = None) -> None:
+        """One-shot watch for the topic placements."""
+        self.mark(topics=True)
+
+    def on_session_state(self, _state: str) -> None:
+        """kazoo state listener: any change (SUSPENDED, LOST, CONNECTED) marks everything; the
+        re-read waits for the connection (the owner's ``backoff``)."""
+        self.mark(brokers=True, topics=True)
 
     def wake(self) -> None:
         """Wake ``run`` without marking anything (on stop)."""

@@ -243,6 +243,19 @@ class ZooKeeperServer:
         """SIGKILL the server (an abrupt crash)."""
         self._kill()
 
+    def pause(self) -> None:
+        """SIGSTOP the server: its sockets stay open but nothing answers, as in a long GC pause
+        or a frozen VM. Sessions whose timeout passes meanwhile expire when it resumes."""
+        if self.running:
+            assert self._proc is not None
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.running:
+            assert self._proc is not None
+            os.kill(self._proc.pid, signal.SIGCONT)
+
     def restart(self, timeout_s: float = 30.0) -> None:
         """Stop and start on the same port and data directory."""
         self._port_fixed = True

@@ -13,10 +13,15 @@ What this broker writes (layout in ``zk_paths`` and docs/zookeeper.md):
   requests (it deletes the topic znode and the groups' committed offsets of the topic, then
   the request).
 
-What it watches: the broker registrations and the topic placements (kazoo ``ChildrenWatch``),
-and ``/controller`` (``DataWatch``). Watch callbacks only mark state dirty; one thread of
-this coordinator re-reads ZooKeeper and calls the placement listeners, so listeners never
-run on kazoo's threads and a slow listener cannot stall ZooKeeper I/O.
+What it watches: the broker registrations, the topic placements and ``/controller``, each
+with a one-shot watch set by the re-read itself (``annal.zookeeper.refresh``: kazoo's
+``ChildrenWatch`` could skip the change that followed a session expiry), and the deletion
+requests (``ChildrenWatch``). Watch callbacks only mark state dirty; one thread of this
+coordinator re-reads ZooKeeper and calls the placement listeners, so listeners never run on
+kazoo's threads and a slow listener cannot stall ZooKeeper I/O. Every session state change
+(SUSPENDED, LOST, CONNECTED) marks everything for a re-read as well, so the view of live
+brokers, placements and the controller converges to ZooKeeper's within a re-read of the
+reconnection, whatever changed during the outage.
 
 Sessions: on SUSPENDED and LOST the broker keeps serving the partitions it has open (their
 data is on its disk; only the cluster view is stale). When a new session comes, the broker
@@ -51,12 +56,12 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.election import Election
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.recipe.watchers import ChildrenWatch
 from kazoo.retry import KazooRetry
 
 from annal.zookeeper import paths
 from annal.broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
-from annal.zookeeper.reads import read_children_data
+from annal.zookeeper.reads import read_children_data, read_controller_id
 from annal.zookeeper.refresh import WatchRefresher
 from annal.errors import (
     AnnalError,
@@ -188,10 +193,7 @@ class ZooKeeperCoordinator(Coordinator):
                 self._zk.retry(self._zk.ensure_path, p)
             self._register(startup=True)
             self._refresh(brokers=True, topics=True)
-            ChildrenWatch(self._zk, paths.BROKER_IDS, self._on_brokers_changed)
-            ChildrenWatch(self._zk, paths.BROKER_TOPICS, self._on_topics_changed)
             ChildrenWatch(self._zk, paths.DELETE_TOPICS, self._on_delete_requests)
-            DataWatch(self._zk, paths.CONTROLLER, self._on_controller_changed)
         except (KazooException, KazooTimeoutError) as exc:
             self._close_client()
             raise NetworkError(f"ZooKeeper failed while broker {me.broker_id} was joining the cluster: {exc!r}") from exc
@@ -397,6 +399,7 @@ class ZooKeeperCoordinator(Coordinator):
         """kazoo state listener (runs on kazoo's connection thread: must not block)."""
         if self._stopping.is_set():
             return
+        self._refresher.on_session_state(state)
         if state == KazooState.SUSPENDED:
             self._connected.clear()
             log.warning(
@@ -432,6 +435,7 @@ class ZooKeeperCoordinator(Coordinator):
             try:
                 self._register(startup=False)
                 log.info("broker %d re-registered (session %s)", self._me.broker_id if self._me else -1, _hex(sid))
+                self._refresher.mark(brokers=True)
             except Exception as exc:  # keep trying while we serve
                 log.warning("re-registration failed, will retry: %r", exc)
                 self._stopping.wait(0.5)
@@ -439,37 +443,29 @@ class ZooKeeperCoordinator(Coordinator):
 
     # -- watches and refresh ------------------------------------------------------------
 
-    def _on_brokers_changed(self, _children: list[str]) -> bool | None:
-        self._refresher.mark(brokers=True)
-        return False if self._stopping.is_set() else None
-
-    def _on_topics_changed(self, _children: list[str]) -> bool | None:
-        self._refresher.mark(topics=True)
-        return False if self._stopping.is_set() else None
-
     def _on_delete_requests(self, children: list[str]) -> bool | None:
         if children:
             self._deletions_kick.set()
         return False if self._stopping.is_set() else None
 
-    def _on_controller_changed(self, data: bytes | None, _stat: object) -> bool | None:
-        cid = paths.decode_controller(data) if data is not None else -1
+    def _read_all(self, parent: str, watch: Callable[[Any], None]) -> dict[str, bytes | None]:
+        return read_children_data(self._zk, parent, self.session_timeout_ms / 1000.0, watch=watch)
+
+    def _refresh_controller(self) -> None:
+        cid = read_controller_id(self._zk, watch=self._refresher.watch_brokers)
         with self._lock:
             if cid != self._controller_id:
                 log.info("controller is now broker %d", cid)
             self._controller_id = cid
-        return False if self._stopping.is_set() else None
-
-    def _read_all(self, parent: str) -> dict[str, bytes | None]:
-        return read_children_data(self._zk, parent, self.session_timeout_ms / 1000.0)
 
     def _refresh(self, *, brokers: bool, topics: bool) -> None:
         """Re-read registrations and/or placements; call listeners when placements changed.
         Re-reads every child (not just new names) so a topic deleted and created again
         between two watch events is not missed."""
         if brokers:
+            self._refresh_controller()
             fresh: dict[int, BrokerInfo] = {}
-            for child, data in self._read_all(paths.BROKER_IDS).items():
+            for child, data in self._read_all(paths.BROKER_IDS, self._refresher.watch_brokers).items():
                 try:
                     fresh[int(child)] = paths.decode_broker(int(child), data)
                 except ValueError as exc:
@@ -481,7 +477,7 @@ class ZooKeeperCoordinator(Coordinator):
                 self._changed.notify_all()
         if topics:
             placed: dict[str, TopicPlacement] = {}
-            for child, data in self._read_all(paths.BROKER_TOPICS).items():
+            for child, data in self._read_all(paths.BROKER_TOPICS, self._refresher.watch_topics).items():
                 try:
                     placed[child] = paths.decode_topic(child, data)
                 except ValueError as exc:

@@ -158,6 +158,15 @@ class ZooKeeperHarness:
         if not back.wait(timeout_s):
             pytest.fail("client did not reconnect")
 
+    def pause_server(self, seconds: float) -> None:
+        """SIGSTOP the server for ``seconds``, then SIGCONT it (a frozen server, not a dead
+        one: clients keep their TCP connections and get no answer). The sleep is the fault."""
+        self.server.pause()
+        try:
+            time.sleep(seconds)
+        finally:
+            self.server.resume()
+
     def stop_server(self) -> None:
         self.server.stop()
 
