@@ -15,7 +15,11 @@ request fails with a retriable error (broker gone, not leader, timeout, connecti
 batches go back to the *front* of their deques and wait ``retry_backoff_ms``; since nothing
 else of the partition was in flight, no later batch can overtake them. They are retried until
 ``delivery_timeout_ms`` after the batch was opened (or ``retries`` attempts), then failed with
-``KafkaTimeoutError``. A retry after a lost answer may store a batch twice (at-least-once); a
+``KafkaTimeoutError`` whose message (and ``__cause__``) is the last error seen: an answer's
+error, or why the batch could not be sent at all (LeaderNotAvailableError naming the last
+known leader when the partition has no live leader, the connection error when its leader
+cannot be reached). A WARNING is logged when a partition starts waiting for a leader, and an
+INFO line when it has one again. A retry after a lost answer may store a batch twice (at-least-once); a
 future only ever reports an offset the broker answered with.
 
 Thread-safety: the sender owns its connections; ``wakeup``, ``initiate_close`` and
@@ -97,6 +101,7 @@ class Sender(threading.Thread):
         self.muted: set[TopicPartition] = set()
         self._conns: dict[int, DataConnection] = {}
         self._node_backoff_until: dict[int, float] = {}
+        self._node_errors: dict[int, AnnalError] = {}
         self._running = True
         self._forced = False
         self._waker = Waker()
@@ -104,6 +109,10 @@ class Sender(threading.Thread):
         self.metadata_max_age_ms = metadata_max_age_ms
         self._next_metadata_refresh = time.monotonic() + metadata_max_age_ms / 1000.0
         self.fatal_error: BaseException | None = None
+        # Why each partition with ready batches could not be sent (cleared once it is sent),
+        # and the last leader seen for each partition, to name it when it is gone.
+        self._unsendable: dict[TopicPartition, AnnalError] = {}
+        self._last_leader: dict[TopicPartition, int] = {}
 
     # -- control (any thread) ------------------------------------------------------------------
 
@@ -175,8 +184,10 @@ class Sender(threading.Thread):
             for tp in tps:
                 leader = md.leader_for(tp.topic, tp.partition)
                 if leader < 0 or md.broker(leader) is None:
+                    self._cannot_send(tp, self._no_leader_error(tp, leader))
                     wait_for_metadata = True
                     continue
+                self._last_leader[tp] = leader
                 by_node.setdefault(leader, []).append(tp)
             if wait_for_metadata or md.need_update:
                 md.request_update()
@@ -184,8 +195,13 @@ class Sender(threading.Thread):
         for node, node_tps in by_node.items():
             conn = self._connection(node, now)
             if conn is None:
+                err = self._node_errors.get(node) or BrokerNotAvailableError(f"broker {node} cannot be reached")
+                for tp in node_tps:
+                    self._cannot_send(tp, err)
                 wait_for_metadata = True
                 continue
+            for tp in node_tps:
+                self._can_send(tp)
             while len(conn.in_flight) < self.max_in_flight and node_tps:
                 drained = acc.drain(node_tps, self.max_request_size)
                 if not drained:
@@ -250,11 +266,35 @@ class Sender(threading.Thread):
             )
         except NetworkError as exc:
             log.debug("connect to broker %s failed: %s", node, exc)
+            self._node_errors[node] = exc
             self._node_backoff_until[node] = now + self.retry_backoff_ms / 1000.0
             self.metadata.request_update()
             return None
+        self._node_errors.pop(node, None)
         self._conns[node] = conn
         return conn
+
+    # -- partitions that cannot be sent -----------------------------------------------------------
+
+    def _no_leader_error(self, tp: TopicPartition, leader: int) -> AnnalError:
+        known = leader if leader >= 0 else self._last_leader.get(tp, -1)
+        who = f"broker {known} is not among the live brokers" if known >= 0 else "no leader known"
+        return LeaderNotAvailableError(
+            f"partition {tp.topic}-{tp.partition} has no live leader ({who})",
+            topic=tp.topic, partition=tp.partition, leader_id=known,
+        )
+
+    def _cannot_send(self, tp: TopicPartition, error: AnnalError) -> None:
+        """``tp`` has batches ready that cannot be sent now: say so once, remember why."""
+        if tp not in self._unsendable:
+            log.warning(
+                "records for %s-%d are waiting (up to delivery_timeout_ms): %s", tp.topic, tp.partition, error
+            )
+        self._unsendable[tp] = error
+
+    def _can_send(self, tp: TopicPartition) -> None:
+        if self._unsendable.pop(tp, None) is not None:
+            log.info("records for %s-%d are being sent again", tp.topic, tp.partition)
 
     def _fail_connection(self, conn: DataConnection, error: AnnalError, retriable: bool) -> None:
         """The connection is gone: every request in flight on it failed with ``error``."""
@@ -371,11 +411,16 @@ class Sender(threading.Thread):
             self._fail_batch(b, self._timeout_error(b) if retriable and not self._forced else error)
 
     def _timeout_error(self, batch: ProducerBatch) -> AnnalError:
-        return KafkaTimeoutError(
+        # A batch that could never be sent has no answer's error: the reason it waited is its
+        # last error (no live leader, leader unreachable).
+        last = self._unsendable.get(batch.tp) or batch.last_error
+        sent = f"after {batch.attempts + 1} attempt(s)" if batch.last_error is not None else "without being sent"
+        err = KafkaTimeoutError(
             f"{batch.records_count} record(s) for {batch.tp.topic}-{batch.tp.partition} not delivered "
-            f"within delivery_timeout_ms after {batch.attempts + 1} attempt(s); last error: "
-            f"{batch.last_error!r}"
+            f"within delivery_timeout_ms {sent}; last error: {last!r}"
         )
+        err.__cause__ = last
+        return err
 
     def _fail_batch(self, batch: ProducerBatch, error: BaseException) -> None:
         self.acc.complete(batch, -1, error)

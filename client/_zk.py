@@ -9,10 +9,11 @@ where partitions live: it watches the same znodes the brokers write (layout in
     /controller              -> the controller's broker id
 
 Every change is pushed to the ``ClusterMetadata`` it is attached to (``attach``) as a whole
-``MetadataSnapshot``. A partition keeps its placed broker as leader even while that broker is
-down (placements are fixed, as in Kafka 0.7): the sender holds its batches until the broker is
-back or ``delivery_timeout_ms`` passes, while the producer's partitioner steers keyless
-records to partitions whose broker is alive.
+``MetadataSnapshot``. A partition whose placed broker is not registered has leader -1 and
+LEADER_NOT_AVAILABLE (placements are fixed, as in Kafka 0.7, so it gets its broker back when
+that broker registers again): the sender holds its batches until then or until
+``delivery_timeout_ms`` passes, while the producer's partitioner steers keyless records to
+partitions whose broker is alive.
 
 Watches are set by the re-reads themselves and every session state change marks everything
 for a re-read (``annal.zookeeper.refresh``), so the view converges to ZooKeeper's after any
@@ -168,7 +169,7 @@ class ZooKeeperMetadataSource:
                 PartitionMetadata(
                     name,
                     p,
-                    leader,
+                    leader if leader in brokers else -1,
                     -1,
                     -1,
                     0,

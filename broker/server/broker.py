@@ -85,6 +85,17 @@ class PartitionMetadata:
     error: AnnalError | None = None
 
 
+def _leaderless(topic: str, partition: int, placed: int) -> PartitionMetadata:
+    """Metadata of a partition whose placed leader is not registered (dead or cut off)."""
+    return PartitionMetadata(
+        partition, -1,
+        error=LeaderNotAvailableError(
+            f"partition {topic}-{partition} has no live leader (broker {placed} is not registered)",
+            topic=topic, partition=partition, leader_id=placed,
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TopicMetadata:
     name: str
@@ -260,8 +271,11 @@ class Broker:
         self.coordinator.delete_topic(name)
 
     def metadata(self, topics: Sequence[str] | None = None) -> tuple[dict[int, BrokerInfo], list[TopicMetadata]]:
-        """Live brokers and, for ``topics`` (all when empty), placements plus local offsets."""
+        """Live brokers and, for ``topics`` (all when empty), placements plus local offsets.
+        A partition whose leader is not among the live brokers reports leader -1 with
+        LEADER_NOT_AVAILABLE (Kafka's answer), not the dead broker's id."""
         placements = self._placements
+        live = self.coordinator.brokers()
         names = list(topics) if topics else sorted(placements)
         out = []
         for name in names:
@@ -272,6 +286,9 @@ class Broker:
             parts = []
             for partition in sorted(placement.partitions):
                 leader = placement.partitions[partition]
+                if leader not in live:
+                    parts.append(_leaderless(name, partition, leader))
+                    continue
                 plog = self._local_log(name, partition) if self.me and leader == self.me.broker_id else None
                 if plog is not None:
                     parts.append(PartitionMetadata(partition, leader, plog.log_start_offset, plog.log_end_offset,
@@ -279,7 +296,7 @@ class Broker:
                 else:
                     parts.append(PartitionMetadata(partition, leader))
             out.append(TopicMetadata(name, tuple(parts), self.config.topic_config(placement.config)))
-        return self.coordinator.brokers(), out
+        return live, out
 
     # ------------------------------------------------------------------ partition lookup
 

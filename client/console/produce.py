@@ -5,7 +5,9 @@
 
 Lines are sent without their newline, as UTF-8 bytes; with ``--key-separator`` the text before
 the first separator is the key (a line without it has no key). Exits 1 if any record failed
-(each failure printed to stderr), after trying every line.
+(each failure printed to stderr), after trying every line. A record whose partition has no
+live leader fails after ``--delivery-timeout-ms`` with the reason (LEADER_NOT_AVAILABLE and the
+broker id); ``--max-block-ms`` bounds only how long a send may wait for metadata or room.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", default=None, choices=["none", "lz4"], help="batch compression")
     parser.add_argument("--partition", type=int, default=None, help="write every record to this partition")
     parser.add_argument("--linger-ms", type=int, default=5, help="batching delay (default 5)")
-    parser.add_argument("--max-block-ms", type=int, default=60000, help="how long send may block")
+    parser.add_argument("--max-block-ms", type=int, default=60000,
+                        help="how long send may block waiting for metadata or buffer room (default 60000)")
+    parser.add_argument("--delivery-timeout-ms", type=int, default=120000,
+                        help="a record not acknowledged this long after it was read fails, naming the "
+                             "last error (default 120000)")
 
 
 def run(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
@@ -48,6 +54,8 @@ def run(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
             compression_type=None if args.compression in (None, "none") else args.compression,
             linger_ms=args.linger_ms,
             max_block_ms=args.max_block_ms,
+            delivery_timeout_ms=args.delivery_timeout_ms,
+            request_timeout_ms=min(30000, args.delivery_timeout_ms),
         )
     except (AnnalError, ValueError, TypeError) as exc:
         return fail(exc)
