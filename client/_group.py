@@ -30,10 +30,14 @@ so listener callbacks run where the application can safely call ``commit``.
 
 Offsets: ``commit`` writes only offsets that changed since they were last written or read, so
 auto-commit (at most once per ``auto_commit_interval_ms``) costs nothing for idle partitions.
+Auto-commit writes from a background thread (``annal.client._autocommit``), so a ZooKeeper
+outage never blocks ``poll``; it writes only partitions the member still owns at the moment
+of the write (``commit_owned``, under the offsets lock that revocation and session loss also
+take), so a late background write cannot overwrite a new owner's progress.
 
 Thread-safety: ``poll_rebalance``, ``commit``, ``committed`` and ``close`` are called from the
-application thread (the consumer is not thread-safe, like kafka-python's); watch callbacks
-only set flags under a lock.
+application thread (the consumer is not thread-safe, like kafka-python's); ``commit_owned``
+from the auto-commit thread; watch callbacks only set flags under a lock.
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ from kazoo.recipe.watchers import ChildrenWatch
 
 from annal.zookeeper import paths
 from annal.zookeeper.reads import read_children_data
-from annal.errors import AnnalError, GroupError, LocalUsageError, NetworkError
+from annal.errors import GroupError, LocalUsageError, NetworkError
 
+from annal.client._autocommit import AutoCommitter
 from annal.client.structs import TopicPartition
 
 __all__ = ["ConsumerRebalanceListener", "GroupHooks", "GroupMember", "GroupMembership", "range_assign"]
@@ -157,6 +162,9 @@ class GroupMember:
         self._pending: set[TopicPartition] = set()
         self._retry_at = 0.0
         self._written: dict[TopicPartition, int] = {}
+        # Held while offsets are written or read and while owned partitions are given up, so
+        # the auto-commit thread never writes a partition after this member let it go.
+        self._offsets_lock = threading.RLock()
         self._watches_set = False
         self._existing_topics: set[str] = set()
         self._closed = False
@@ -231,7 +239,8 @@ class GroupMember:
             self._session_lost = False
         if lost and self._owned:
             gone = sorted(self._owned)
-            self._owned.clear()
+            with self._offsets_lock:
+                self._owned = set()
             self._pending.clear()
             hooks.set_assignment(set(), {})
             self._call_listener("on_partitions_lost", gone)
@@ -312,17 +321,18 @@ class GroupMember:
         changed = False
         revoked = self._owned - target
         if revoked:
+            with self._offsets_lock:  # no background commit of these from now on
+                self._owned = self._owned - revoked
             self._call_listener("on_partitions_revoked", sorted(revoked))
             positions = hooks.positions()
             # No commit for a deleted topic: the controller has just removed its offsets.
             self._write_offsets(
                 {tp: positions[tp] for tp in revoked if tp in positions and tp.topic in self._existing_topics}
             )
-            keep = self._owned - revoked
+            keep = set(self._owned)
             hooks.set_assignment(keep, {})
             for tp in revoked:
                 self._release(tp)
-            self._owned = keep
             changed = True
             log.info("group %s: %s revoked %s", self.group_id, self.member_id, sorted(revoked))
         self._pending &= target
@@ -416,7 +426,17 @@ class GroupMember:
         except (KazooException, KazooTimeoutError) as exc:
             raise NetworkError(f"could not commit offsets to ZooKeeper: {exc!r}") from exc
 
+    def commit_owned(self, offsets: Mapping[TopicPartition, int]) -> int:
+        """Write the offsets of the partitions this member owns now (the auto-commit
+        thread's write); raises kazoo's errors."""
+        with self._offsets_lock:
+            return self._write_offsets({tp: off for tp, off in offsets.items() if tp in self._owned})
+
     def _write_offsets(self, offsets: Mapping[TopicPartition, int]) -> int:
+        with self._offsets_lock:
+            return self._write_offsets_locked(offsets)
+
+    def _write_offsets_locked(self, offsets: Mapping[TopicPartition, int]) -> int:
         changed = {tp: off for tp, off in offsets.items() if self._written.get(tp) != off}
         if not changed:
             return 0
@@ -437,6 +457,10 @@ class GroupMember:
         return len(changed)
 
     def _read_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        with self._offsets_lock:
+            return self._read_offsets_locked(tps)
+
+    def _read_offsets_locked(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         pending = [
             (tp, self.client.get_async(paths.group_offset_path(self.group_id, tp.topic, tp.partition)))
             for tp in tps
@@ -525,9 +549,10 @@ class GroupMembership:
     """The consumer's group seam: ``Consumer(group_id=..., zookeeper=...)`` creates one.
 
     Shares the kazoo client of the consumer's ZooKeeper metadata source when there is one.
-    Auto-commit runs inside ``poll`` (at most once per ``auto_commit_interval_ms``, only
-    changed offsets), which commits the positions of records returned by earlier polls:
-    at-least-once. Used from the consumer's (application) thread only.
+    Auto-commit is due at most once per ``auto_commit_interval_ms``: ``poll`` takes the
+    positions of records returned by earlier polls (at-least-once) and hands them to the
+    background ``AutoCommitter``, which writes the changed ones. Used from the consumer's
+    (application) thread only.
     """
 
     def __init__(
@@ -557,6 +582,10 @@ class GroupMembership:
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
         self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
+        self.auto_committer: AutoCommitter | None = (
+            AutoCommitter(self._write_auto, group_id, retry_backoff_ms=min(1000, auto_commit_interval_ms))
+            if enable_auto_commit else None
+        )
 
     @property
     def subscribed(self) -> bool:
@@ -578,12 +607,17 @@ class GroupMembership:
         Manually assigned partitions got their committed offsets in ``assign()``."""
         if self.subscribed:
             self.member.poll_rebalance(self._hooks)
-        if self.enable_auto_commit and time.monotonic() >= self._next_auto_commit:
+        if self.auto_committer is not None and time.monotonic() >= self._next_auto_commit:
             self._next_auto_commit = time.monotonic() + self.auto_commit_interval_ms / 1000.0
-            try:
-                self._commit_positions()
-            except AnnalError as exc:
-                log.warning("group %s: auto-commit failed (%r); will retry", self.member.group_id, exc)
+            self.auto_committer.submit(self._hooks.positions())
+
+    def _write_auto(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """The auto-commit thread's write: owned partitions (subscribed), or every assigned
+        one (``assign()``, coordinated by the application)."""
+        if self.subscribed:
+            self.member.commit_owned(offsets)
+        else:
+            self.member._write_offsets(offsets)
 
     def committed_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets of ``partitions`` (None where nothing is committed),
@@ -620,6 +654,8 @@ class GroupMembership:
         return self.member.committed(tp)
 
     def close(self, autocommit: bool = True) -> None:
+        if self.auto_committer is not None:
+            self.auto_committer.close()  # leaving commits the final positions itself
         self.member.close(self._hooks, commit=autocommit and self.enable_auto_commit)
         if self._owns_client:
             try:
