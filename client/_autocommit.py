@@ -56,6 +56,7 @@ class AutoCommitter:
         self._last_warning = 0.0
         self.failures = 0  # writes that failed (tests and benches read it)
         self.commits = 0  # writes that succeeded
+        self.last_commit_at: float | None = None  # time.monotonic() of the last success
         self._thread = threading.Thread(target=self._run, name=f"annal-autocommit-{name}", daemon=True)
         self._thread.start()
 
@@ -122,6 +123,7 @@ class AutoCommitter:
                 )
             return False
         self.commits += 1
+        self.last_commit_at = time.monotonic()
         if self._failing_since is not None:
             log.info("group %s: auto-commit succeeded again after %.1f s", self._name,
                      time.monotonic() - self._failing_since)
