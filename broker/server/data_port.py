@@ -47,6 +47,7 @@ from annal.errors import (
     NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     StorageError,
+    for_code,
 )
 from annal.protocol import framing as fr
 from annal.broker.server.broker import Broker, read_result_size, release_read
@@ -632,7 +633,7 @@ class DataPortServer:
         outcome = "NONE"
         errors = [r for r in results if r.error_code]
         if errors:
-            outcome = "PARTITION_ERRORS"
+            outcome = for_code(errors[0].error_code).reason  # the protocol name, as on gRPC
             for r in errors:
                 if r.error_code not in (3, 6):  # unknown partition / not leader are routine
                     log.info("data port %s: produce to %s-%d refused: %s", conn.peer, r.topic[:100],

@@ -40,6 +40,7 @@ from annal.errors import (
     NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     UnknownServerError,
+    for_code,
 )
 from annal.protocol import annal_pb2 as pb
 from annal.protocol import annal_pb2_grpc
@@ -117,6 +118,16 @@ def _abort(context: grpc.ServicerContext, err: AnnalError) -> None:
     context.abort(grpc_status_for(err), err.message)
 
 
+def results_outcome(resp: Any) -> str:
+    """The metrics error label of an answer whose per-item ``results`` carry error codes
+    (CreateTopics, DeleteTopics, Produce, ListOffsets): the protocol name of the first error
+    (``MESSAGE_TOO_LARGE``, ``TOPIC_ALREADY_EXISTS``...), ``NONE`` when every item succeeded."""
+    for r in getattr(resp, "results", ()):
+        if r.error_code:
+            return for_code(r.error_code).reason
+    return "NONE"
+
+
 def _broker_pb(info: BrokerInfo) -> pb.BrokerInfo:
     return pb.BrokerInfo(broker_id=info.broker_id, host=info.host, port=info.port, fetch_port=info.fetch_port)
 
@@ -130,7 +141,9 @@ def _rpc(api: str) -> Callable:
             started = time.perf_counter()
             outcome = "NONE"
             try:
-                return fn(self, request, context)
+                resp = fn(self, request, context)
+                outcome = results_outcome(resp)
+                return resp
             except AnnalError as err:
                 outcome = err.reason
                 _abort(context, err)
@@ -233,7 +246,9 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
                 started = time.perf_counter()
                 outcome = "NONE"
                 try:
-                    yield self._produce(request)
+                    resp = self._produce(request)
+                    outcome = results_outcome(resp)
+                    yield resp
                 except AnnalError as err:
                     outcome = err.reason
                     _abort(context, err)

@@ -261,3 +261,26 @@ def test_not_leader_details_are_json_in_trailers():
     assert t["annal-error-code"] == "6"
     assert json.loads(t["annal-error-details"]) == {
         "leader": {"broker_id": 2, "host": "h", "port": 1, "fetch_port": 3}, "topic": "t"}
+
+
+def test_metrics_error_labels_are_protocol_error_names(b, stub):
+    """Failed CreateTopics/DeleteTopics and refused produces are counted under their protocol
+    error names on both transports (not NONE, not a catch-all label)."""
+    import urllib.request
+
+    from harness.data_port import DataPortClient
+
+    name = new_topic(stub, max_message_bytes=2000)
+    assert stub.CreateTopics(pb.CreateTopicsRequest(topics=[pb.NewTopic(name=name, partitions=1)])).results[0].error_code
+    assert stub.DeleteTopics(pb.DeleteTopicsRequest(names=[f"missing-{name}"])).results[0].error_code
+    assert produce(stub, name, 0, make_batch(10, value_size=300)).error_code
+    with DataPortClient(*b.fetch_address) as c:
+        assert c.produce([(name, 0, make_batch(10, value_size=300))]).partitions[0].error_code
+    text = urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/metrics", timeout=10).read().decode()
+    for api, error, transport in (
+        ("CreateTopics", "TOPIC_ALREADY_EXISTS", "grpc"),
+        ("DeleteTopics", "UNKNOWN_TOPIC_OR_PARTITION", "grpc"),
+        ("Produce", "MESSAGE_TOO_LARGE", "grpc"),
+        ("Produce", "MESSAGE_TOO_LARGE", "data"),
+    ):
+        assert f'annal_requests_total{{api="{api}",error="{error}",transport="{transport}"}}' in text, (api, error)
