@@ -1,8 +1,8 @@
 """``annal cluster up``: a local ZooKeeper and N brokers in the foreground, for development.
 
-    annal cluster up [--brokers 3] [--data-dir DIR] [--zookeeper HOST:PORT[/chroot]] [--base-port P]
+    annal cluster up [--brokers 3] [--data-dir DIR] [--zookeeper HOST:PORT[/chroot]] [--zookeeper-port N] [--base-port P]
 
-Starts the Debian ZooKeeper server on a free loopback port (unless ``--zookeeper`` names an
+Starts the Debian ZooKeeper server on a free loopback port, or on ``--zookeeper-port`` (unless ``--zookeeper`` names an
 ensemble), then brokers 1..N as child processes (``python -m annal.broker broker start
 --zookeeper ... --broker-id i``), waits until each logs its ready line, and prints
 machine-parsable lines::
@@ -65,6 +65,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--data-dir", default=None, help="directory for ZooKeeper and broker data (default: a temporary one, removed at exit)")
     up.add_argument("--zookeeper", default=None, metavar="HOST:PORT[/chroot]",
                     help="use this ZooKeeper instead of starting one (chroot defaults to /annal)")
+    up.add_argument("--zookeeper-port", type=int, default=0,
+                    help="port of the ZooKeeper this starts (default: a free port); not with --zookeeper")
     up.add_argument("--base-port", type=int, default=0,
                     help="broker i uses ports P+3(i-1) (gRPC), +1 (data), +2 (metrics); 0: free ports (default)")
     up.add_argument("--session-timeout-ms", type=int, default=6000, help="brokers' ZooKeeper session timeout (default 6000)")
@@ -90,6 +92,7 @@ class LocalCluster:
     brokers: int
     data_dir: Path
     zookeeper: str | None = None
+    zookeeper_port: int = 0
     base_port: int = 0
     session_timeout_ms: int = 6000
     log_level: str = "INFO"
@@ -106,7 +109,7 @@ class LocalCluster:
         """Start ZooKeeper and the brokers; raises RuntimeError (after stopping what started)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.zookeeper is None:
-            self.zk_server = ZooKeeperServer(self.data_dir / "zookeeper", tick_time_ms=500)
+            self.zk_server = ZooKeeperServer(self.data_dir / "zookeeper", port=self.zookeeper_port, tick_time_ms=500)
             self.zk_server.start()
             self.zookeeper = paths.with_default_chroot(self.zk_server.address)
         else:
@@ -209,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     if args.brokers < 1:
         print("error: --brokers must be >= 1", file=sys.stderr)
         return 2
+    if args.zookeeper_port and args.zookeeper:
+        print("error: --zookeeper-port is for the ZooKeeper this starts; not with --zookeeper", file=sys.stderr)
+        return 2
     temp_dir = None
     if args.data_dir:
         data_dir = Path(args.data_dir)
@@ -219,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         brokers=args.brokers,
         data_dir=data_dir,
         zookeeper=args.zookeeper,
+        zookeeper_port=args.zookeeper_port,
         base_port=args.base_port,
         session_timeout_ms=args.session_timeout_ms,
         log_level=args.log_level,

@@ -145,3 +145,17 @@ def test_cluster_up_fails_cleanly_when_a_broker_cannot_start(tmp_path: Path) -> 
     assert proc.returncode == 1
     assert "broker 1 exited" in err and "cluster ready" not in out
     wait_until(lambda: _group_members(proc.pid) == [], timeout_s=10, message="ZooKeeper stopped too")
+
+
+def test_cluster_up_puts_zookeeper_on_the_given_port(tmp_path: Path) -> None:
+    from annal.broker.coordination.zk_server import find_free_port
+
+    port = find_free_port()
+    proc, values, _ = _start(tmp_path, "--brokers", "1", "--zookeeper-port", str(port), "--session-timeout-ms", "4000")
+    try:
+        assert values["zookeeper"] == f"127.0.0.1:{port}/annal"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    assert rc == 0
+    wait_until(lambda: _group_members(proc.pid) == [], timeout_s=10)
