@@ -53,6 +53,7 @@ from annal.protocol.framing import (
 from annal.record import HEADER_SIZE, LOG_OVERHEAD
 
 from annal.client._connection import DataConnection, InFlight
+from annal.client._ratelimit import RateLimitedWarnings
 from annal.client._metadata import ClusterMetadata
 from annal.client._rpc import RpcClient
 from annal.client._waker import Waker
@@ -195,6 +196,8 @@ class Fetcher(threading.Thread):
         self._running = True
         self._waker = Waker()
         self.fatal_error: BaseException | None = None
+        # Conditions that stop progress, said once and then every 30 s (the consumer's too).
+        self.warnings = RateLimitedWarnings(log)
 
     # -- control (application threads) --------------------------------------------------------
 
@@ -343,8 +346,11 @@ class Fetcher(threading.Thread):
                     continue
                 leader = md.leader_for(tp.topic, tp.partition)
                 if leader < 0 or md.broker(leader) is None:
+                    self.warnings.warn(("leader", tp), "no live leader for %s-%d (leader %d); its records wait",
+                                       tp.topic, tp.partition, leader)
                     need_metadata = True
                     continue
+                self.warnings.clear(("leader", tp))
                 by_node.setdefault(leader, []).append((st, st.fetch_offset, st.epoch))  # type: ignore[arg-type]
         if need_metadata:
             md.request_update()

@@ -186,6 +186,7 @@ class Consumer:
         self._topics: set[str] = set()
         self._manual = False
         self._last_topic_refresh = time.monotonic()
+        self._unreachable: AnnalError | None = None
         self._metadata_max_age_ms = metadata_max_age_ms
         self._rotate = 0
         self._iter: Iterator[ConsumerRecord] | None = None
@@ -262,10 +263,35 @@ class Consumer:
         # so a topic re-created with another partition count is picked up.
         if (missing and age > 0.5) or age > self._metadata_max_age_ms / 1000.0:
             self._last_topic_refresh = now
-            try:
-                self._metadata.refresh(list(self._topics))
-            except AnnalError:
-                pass
+            self._refresh_topics_and_warn()
+
+    def _refresh_topics_and_warn(self) -> None:
+        """Refresh the subscribed topics; say (rate-limited WARNING) when no broker answers
+        or a topic does not exist, and remember it for ``_problem``."""
+        warnings = self._fetcher.warnings
+        try:
+            self._metadata.refresh(list(self._topics))
+        except AnnalError as exc:
+            self._unreachable = exc
+            warnings.warn("unreachable", "consumer: no broker answered: %s", exc)
+            return
+        self._unreachable = None
+        warnings.clear("unreachable")
+        for t in sorted(self._topics):
+            if self._metadata.is_missing(t):
+                warnings.warn(("missing", t), "consumer: topic %r does not exist; waiting for it", t)
+            else:
+                warnings.clear(("missing", t))
+
+    def _problem(self) -> AnnalError | None:
+        """Why nothing can be read right now, if it is that no broker answers or a subscribed
+        topic does not exist (the console consumer's exit reason)."""
+        if self._unreachable is not None:
+            return self._unreachable
+        missing = sorted(t for t in self._topics if self._metadata.is_missing(t))
+        if missing:
+            return UnknownTopicOrPartitionError(f"topic {missing[0]!r} does not exist", topic=missing[0])
+        return None
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions (replacing any assignment or topic list). With a

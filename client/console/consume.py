@@ -7,7 +7,9 @@ Values (and keys with ``--print-key``) are printed as UTF-8 text (invalid bytes 
 ``null`` for a null), one record per line; ``--print-offset`` prefixes
 ``Partition:P<TAB>Offset:O<TAB>``. Without ``--from-beginning`` or ``--offset`` only new
 records are printed. Stops after ``--max-messages``, after ``--timeout-ms`` without a record,
-or on Ctrl-C, then prints ``Processed a total of N messages`` to stderr.
+or on Ctrl-C, then prints ``Processed a total of N messages`` to stderr. Exits 1 with the
+reason (``Error: BrokerNotAvailableError: ...``, ``Error: UnknownTopicOrPartitionError: ...``)
+when, at that point, no broker answers or the topic does not exist.
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except BrokenPipeError:
         pass
     finally:
+        if status == 0:
+            # Stopped without an error: say so if it is because nothing could be reached or the
+            # topic does not exist (Processed a total of 0 messages alone hides it).
+            problem = consumer._problem()
+            if problem is not None:
+                status = fail(problem)
         consumer.close()
         print(f"Processed a total of {count} messages", file=stderr)
     return status

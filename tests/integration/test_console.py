@@ -93,3 +93,37 @@ def test_console_errors(broker):
     assert r.returncode == 1 and b"zookeeper" in r.stderr
     r = annal("produce", *bs, "--topic", "missing-" + uuid.uuid4().hex[:6], stdin=b"x\n")
     assert r.returncode == 1 and b"UnknownTopicOrPartitionError" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_consume_exits_non_zero_with_the_reason_when_nothing_can_be_read(broker):
+    r = annal("consume", "--bootstrap-server", "127.0.0.1:1", "--topic", "x", "--timeout-ms", "1000")
+    assert r.returncode == 1, r.stderr
+    assert b"Error: BrokerNotAvailableError" in r.stderr and b"Processed a total of 0 messages" in r.stderr
+
+    bs = ["--bootstrap-server", broker.bootstrap]
+    missing = "missing-" + uuid.uuid4().hex[:8]
+    r = annal("consume", *bs, "--topic", missing, "--timeout-ms", "1000")
+    assert r.returncode == 1, r.stderr
+    assert b"Error: UnknownTopicOrPartitionError" in r.stderr and missing.encode() in r.stderr
+
+    topic = "empty-" + uuid.uuid4().hex[:8]
+    assert annal("topics", "create", *bs, "--topic", topic).returncode == 0
+    r = annal("consume", *bs, "--topic", topic, "--timeout-ms", "1000")
+    assert r.returncode == 0, r.stderr  # an empty topic is not an error
+    assert b"Processed a total of 0 messages" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_sdk_consumer_warns_once_when_the_topic_does_not_exist(broker, caplog):
+    import logging
+
+    from annal.client import Consumer
+
+    missing = "missing-" + uuid.uuid4().hex[:8]
+    caplog.set_level(logging.WARNING, logger="annal.client.consumer")
+    with Consumer(missing, bootstrap_servers=broker.bootstrap) as c:
+        for _ in range(4):
+            c.poll(timeout_ms=600)
+    lines = [r.getMessage() for r in caplog.records if missing in r.getMessage()]
+    assert len(lines) == 1 and "does not exist" in lines[0], lines
