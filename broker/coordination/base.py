@@ -48,9 +48,13 @@ class Coordinator(abc.ABC):
         """Every topic's placement."""
 
     @abc.abstractmethod
-    def create_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> TopicPlacement:
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any], *, deadline: float | None = None
+    ) -> TopicPlacement:
         """Create a topic and place its partitions. Raises TopicAlreadyExistsError,
-        InvalidTopicError, InvalidPartitionsError or InvalidConfigError."""
+        InvalidTopicError, InvalidPartitionsError or InvalidConfigError. ``deadline``
+        (``time.monotonic()``) is the caller's: past it the topic is not created and
+        RequestTimedOutError is raised."""
 
     @abc.abstractmethod
     def delete_topic(self, name: str) -> None:

@@ -79,7 +79,9 @@ class StandaloneCoordinator(Coordinator):
 
     # -- changes
 
-    def create_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> TopicPlacement:
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any], *, deadline: float | None = None
+    ) -> TopicPlacement:
         me = self._require_started()
         validate_topic_name(name)
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:

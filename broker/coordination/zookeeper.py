@@ -49,6 +49,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
     CancelledError,
+    ConnectionLoss,
+    SessionExpiredError,
     KazooException,
     NodeExistsError,
     NoNodeError,
@@ -104,6 +106,7 @@ class ZooKeeperCoordinator(Coordinator):
         connect_timeout_ms: int = 15000,
         registration_wait_ms: int | None = None,
         delete_timeout_ms: int = 30000,
+        create_timeout_ms: int = 30000,
     ) -> None:
         self.zookeeper = paths.with_default_chroot(zookeeper)
         self.session_timeout_ms = int(session_timeout_ms)
@@ -112,6 +115,7 @@ class ZooKeeperCoordinator(Coordinator):
             int(registration_wait_ms) if registration_wait_ms is not None else int(session_timeout_ms * 1.5) + 1000
         )
         self.delete_timeout_ms = int(delete_timeout_ms)
+        self.create_timeout_ms = int(create_timeout_ms)
         self._zk = KazooClient(
             hosts=self.zookeeper,
             timeout=self.session_timeout_ms / 1000.0,
@@ -252,7 +256,16 @@ class ZooKeeperCoordinator(Coordinator):
             snapshot = dict(self._topics)
         listener(snapshot)
 
-    def create_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> TopicPlacement:
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any], *, deadline: float | None = None
+    ) -> TopicPlacement:
+        """Write ``/brokers/topics/<name>`` (module docstring), within ``deadline`` (the
+        caller's; default ``create_timeout_ms`` from now). Every ZooKeeper call waits at most
+        until the deadline, and the placement is written only while connected and before the
+        deadline, so a caller that got RequestTimedOutError("not created") can rely on it: the
+        write was never sent (kazoo would otherwise queue it and apply it on reconnection).
+        Only a write sent whose answer was lost or late may still be applied: that error says
+        so (as Kafka's TimeoutException does)."""
         validate_topic_name(name)
         if isinstance(partitions, bool) or not isinstance(partitions, int) or not 1 <= partitions <= MAX_PARTITIONS:
             raise InvalidPartitionsError(f"partitions must be an integer in 1..{MAX_PARTITIONS}, got {partitions!r}")
@@ -260,10 +273,12 @@ class ZooKeeperCoordinator(Coordinator):
         for key, value in config.items():
             if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
                 raise InvalidConfigError(f"topic config {key!r}={value!r} is not a string/number/bool setting")
+        if deadline is None:
+            deadline = time.monotonic() + self.create_timeout_ms / 1000.0
         try:
-            if self._zk.retry(self._zk.exists, paths.delete_topic_path(name)) is not None:
+            if self._read_by(deadline, name, self._zk.exists_async, paths.delete_topic_path(name)) is not None:
                 raise TopicAlreadyExistsError(f"topic {name!r} is marked for deletion; retry once it is deleted")
-            live = self._zk.retry(self._zk.get_children, paths.BROKER_IDS)
+            live = self._read_by(deadline, name, self._zk.get_children_async, paths.BROKER_IDS)
             ids = [int(b) for b in live if b.isdigit()]
             if not ids:
                 raise BrokerNotAvailableError("no live brokers registered in ZooKeeper to place partitions on")
@@ -272,20 +287,51 @@ class ZooKeeperCoordinator(Coordinator):
                 partitions=paths.place_partitions(partitions, ids, random.randrange(len(ids))),
                 config=config,
             )
-            try:
-                # No retry wrapper: a create retried after a lost reply would see NodeExists
-                # for our own write. Check the data instead when that happens.
-                self._zk.create(paths.topic_path(name), paths.encode_topic(placement))
-            except NodeExistsError:
-                raise TopicAlreadyExistsError(f"topic {name!r} already exists") from None
+            self._write_placement_by(deadline, placement)
         except AnnalError:
             raise
         except (KazooException, KazooTimeoutError) as exc:
             raise NetworkError(f"ZooKeeper unavailable while creating topic {name!r}: {exc!r}") from exc
         log.info("created topic %s with placement %s", name, dict(placement.partitions))
         self._refresher.mark(topics=True)
-        self._wait_for(lambda: name in self._topics, 5.0)
+        self._wait_for(lambda: name in self._topics, min(5.0, max(0.0, deadline - time.monotonic())))
         return placement
+
+    def _read_by(self, deadline: float, topic: str, call: Callable[..., Any], *args: Any) -> Any:
+        """A ZooKeeper read before a topic creation, retried on connection loss until ``deadline``;
+        RequestTimedOutError (nothing written) past it."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                return call(*args).get(timeout=left)
+            except (ConnectionLoss, KazooTimeoutError):
+                self._stopping.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        raise RequestTimedOutError(
+            f"topic {topic!r} was not created: ZooKeeper did not answer before the request's deadline"
+        )
+
+    def _write_placement_by(self, deadline: float, placement: TopicPlacement) -> None:
+        """Create the topic znode, only if connected and before ``deadline`` (see create_topic)."""
+        name = placement.name
+        if not self._zk.connected or time.monotonic() >= deadline:
+            raise RequestTimedOutError(
+                f"topic {name!r} was not created: ZooKeeper is not reachable and the request's deadline came"
+                if time.monotonic() >= deadline else
+                f"topic {name!r} was not created: the broker is not connected to ZooKeeper"
+            )
+        # Not retried: a create retried after a lost reply would see NodeExists for our own write.
+        result = self._zk.create_async(paths.topic_path(name), paths.encode_topic(placement))
+        try:
+            result.get(timeout=max(0.0, deadline - time.monotonic()))
+        except NodeExistsError:
+            raise TopicAlreadyExistsError(f"topic {name!r} already exists") from None
+        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
+            raise RequestTimedOutError(
+                f"topic {name!r}: ZooKeeper did not confirm the write before the request's deadline "
+                f"({type(exc).__name__}); the topic may still be created: check with describe"
+            ) from exc
 
     def delete_topic(self, name: str) -> None:
         validate_topic_name(name)

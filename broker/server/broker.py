@@ -240,9 +240,11 @@ class Broker:
             raise BrokerShuttingDownError("broker is shutting down")
 
     def create_topic(
-        self, name: str, partitions: int, config: Mapping[str, Any], validate_only: bool = False
+        self, name: str, partitions: int, config: Mapping[str, Any], validate_only: bool = False,
+        *, deadline: float | None = None,
     ) -> TopicPlacement | None:
-        """Validate and create one topic. ``partitions <= 0`` takes the broker default."""
+        """Validate and create one topic. ``partitions <= 0`` takes the broker default.
+        ``deadline`` (``time.monotonic()``): the caller's, passed to the coordinator."""
         self._check_serving()
         validate_topic_name(name)
         overrides = validate_topic_config(config, allow_partitions=False)
@@ -262,7 +264,7 @@ class Broker:
             if name in self._placements:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists", topic=name)
             return None
-        return self.coordinator.create_topic(name, partitions, overrides)
+        return self.coordinator.create_topic(name, partitions, overrides, deadline=deadline)
 
     def delete_topic(self, name: str) -> None:
         self._check_serving()

@@ -118,6 +118,15 @@ def _abort(context: grpc.ServicerContext, err: AnnalError) -> None:
     context.abort(grpc_status_for(err), err.message)
 
 
+def _caller_deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's gRPC deadline as a ``time.monotonic()`` time, less a margin for the
+    answer to travel back (None when the caller set none)."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e9:
+        return None
+    return time.monotonic() + max(0.0, remaining - 0.25)
+
+
 def results_outcome(resp: Any) -> str:
     """The metrics error label of an answer whose per-item ``results`` carry error codes
     (CreateTopics, DeleteTopics, Produce, ListOffsets): the protocol name of the first error
@@ -173,10 +182,12 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
     @_rpc("CreateTopics")
     def CreateTopics(self, request: pb.CreateTopicsRequest, context: grpc.ServicerContext) -> pb.CreateTopicsResponse:
         results = []
+        deadline = _caller_deadline(context)
         for topic in request.topics:
             config = {f: getattr(topic.config, f) for f in TOPIC_CONFIG_FIELDS if topic.config.HasField(f)}
             try:
-                self.broker.create_topic(topic.name, topic.partitions, config, request.validate_only)
+                self.broker.create_topic(topic.name, topic.partitions, config, request.validate_only,
+                                         deadline=deadline)
                 results.append(pb.TopicResult(name=topic.name))
             except AnnalError as err:
                 log.info("create topic %r refused: %s", topic.name[:100], err.message)

@@ -111,3 +111,38 @@ def test_zookeeper_paused_twice_past_session_timeout_every_view_converges(zk_clu
 def test_zookeeper_paused_ten_times_past_session_timeout_every_view_converges(zk_cluster: ZkCluster) -> None:
     times = run_pauses(zk_cluster, 10)
     print(f"[zk-pause] rounds=10 max_converged_s={max(times):.2f}")
+
+
+@pytest.mark.timeout(120)
+def test_create_topic_during_a_zookeeper_freeze_fails_within_its_timeout_and_is_never_applied(
+    zk_cluster: ZkCluster,
+) -> None:
+    """A CreateTopics sent while the broker's ZooKeeper connection is suspended fails with
+    RequestTimedOutError ("was not created") before the caller's deadline, and the topic does
+    not appear once ZooKeeper answers again (the write was never queued)."""
+    import uuid
+
+    from annal.client import NewTopic
+    from annal.errors import RequestTimedOutError
+    from annal.zookeeper import paths as zk_paths
+
+    (b,) = zk_cluster.start(1)
+    zk_cluster.wait_registered({1})
+    name = "frozen-" + uuid.uuid4().hex[:8]
+    connects_before = len(_sessions(zk_cluster)[1])
+    zk_cluster.zk.server.pause()
+    try:
+        b.wait_for_log(r"ZooKeeper connection SUSPENDED", timeout=30)
+        with Admin(bootstrap_servers=b.bootstrap, request_timeout_ms=3000) as admin:
+            with pytest.raises(RequestTimedOutError) as info:
+                admin.create_topics([NewTopic(name, 1)])
+        assert "was not created" in str(info.value), info.value
+    finally:
+        zk_cluster.zk.server.resume()
+    # Once the broker is connected again (any request kazoo had queued is sent first on
+    # reconnection), the topic must still not exist.
+    wait_until(lambda: len(_sessions(zk_cluster)[1]) > connects_before, 60, "the broker reconnects")
+    wait_until(lambda: zk_cluster.registered() == {1}, 30, "the broker is registered again")
+    with Admin(bootstrap_servers=b.bootstrap, request_timeout_ms=5000) as admin:
+        assert name not in admin.list_topics()
+    assert zk_cluster.client().exists(zk_paths.topic_path(name)) is None
