@@ -18,7 +18,7 @@ and measures:
 * **duplicates after the session expiry**: the member's records read twice after that outage
   (its session expired: it resumed at its last successful commit), and the records it read
   from its last successful commit before the freeze (less one auto-commit interval, the age of
-  the positions it wrote) to the resume: the bound.
+  the positions it wrote) to the moment it lost its partitions: the bound.
 
 Prints one line per run and the medians, with the load average.
 """
@@ -188,7 +188,13 @@ def run_outage(outage_s: float, session_timeout_ms: int) -> dict[str, float]:
             admin.create_topics([NewTopic(topic, 2)])
         member_consumer = Consumer(group_id="bench", zookeeper=local.cluster.zookeeper, auto_offset_reset="earliest",
                                    enable_auto_commit=True, auto_commit_interval_ms=200, fetch_max_wait_ms=100)
-        member_consumer.subscribe([topic])
+        lost_at: list[float] = []
+
+        class _Listener:
+            def on_partitions_lost(self, _tps: Any) -> None:
+                lost_at.append(time.monotonic())
+
+        member_consumer.subscribe([topic], listener=_Listener())
         plain_consumer = Consumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100)
         plain_consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
         member, plain = _Reader(member_consumer), _Reader(plain_consumer)
@@ -237,8 +243,11 @@ def run_outage(outage_s: float, session_timeout_ms: int) -> dict[str, float]:
         "read_rate_fraction": member_in / plain_in if plain_in else 0.0,
         "duplicates_after_expiry": float(duplicates),
         # The bound: records read from the positions of the last successful commit (taken up
-        # to one auto_commit_interval_ms before it succeeded) to the resume.
-        "read_since_last_commit": float(sum(1 for t, _, _ in member.seen if last_commit_at - 0.2 <= t < resumed_at)),
+        # to one auto_commit_interval_ms before it succeeded) to the moment the member lost its
+        # partitions (it learns of the expiry after the resume).
+        "read_since_last_commit": float(sum(
+            1 for t, _, _ in member.seen if last_commit_at - 0.2 <= t < (lost_at[0] if lost_at else resumed_at)
+        )),
     }
 
 

@@ -64,7 +64,13 @@ def run_outage(zk_cluster: ZkCluster, outage_s: float) -> dict[str, float]:
         admin.create_topics([NewTopic(topic, 2)])
     member_consumer = Consumer(group_id="g", zookeeper=zk_cluster.hosts, auto_offset_reset="earliest",
                                enable_auto_commit=True, auto_commit_interval_ms=200, fetch_max_wait_ms=100)
-    member_consumer.subscribe([topic])
+    lost_at: list[float] = []
+
+    class _Listener:
+        def on_partitions_lost(self, _tps: object) -> None:
+            lost_at.append(time.monotonic())
+
+    member_consumer.subscribe([topic], listener=_Listener())
     plain_consumer = Consumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100)
     plain_consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
     member, plain = _Reader(member_consumer), _Reader(plain_consumer)
@@ -118,9 +124,11 @@ def run_outage(zk_cluster: ZkCluster, outage_s: float) -> dict[str, float]:
     assert not member.errors and not plain.errors, (member.errors, plain.errors)
     duplicates = len(member.seen) - len({(p, o) for _, p, o in member.seen})
     # Records read twice are those read after the last commit that succeeded before the expiry:
-    # with commits going on during the outage only as far as ZooKeeper answered, that is at
-    # most what the member read from shortly before the pause to the resume.
-    read_since_pause = sum(1 for t, _, _ in member.seen if paused_at - 1.0 <= t < resumed_at)
+    # no commit succeeds during the freeze, so that is at most what the member read from
+    # shortly before the pause (one auto-commit interval and a write) to the moment it lost
+    # its partitions (it learns of the expiry only after the resume).
+    lost = lost_at[0] if lost_at else time.monotonic()
+    read_since_pause = sum(1 for t, _, _ in member.seen if paused_at - 1.0 <= t < lost)
     assert duplicates <= read_since_pause, (duplicates, read_since_pause)
     out = {"member_in_outage": member_in_outage, "plain_in_outage": plain_in_outage,
            "duplicates": duplicates, "read_since_pause": read_since_pause}
