@@ -241,6 +241,9 @@ def run_outage(outage_s: float, session_timeout_ms: int) -> dict[str, float]:
         "member_read_in_outage": float(member_in),
         "plain_read_in_outage": float(plain_in),
         "read_rate_fraction": member_in / plain_in if plain_in else 0.0,
+        # 1 when the member's session expired on the resume (ZooKeeper may instead revalidate a
+        # session whose client reconnects before its expiry thread runs: then 0 duplicates).
+        "member_session_expired": 1.0 if lost_at else 0.0,
         "duplicates_after_expiry": float(duplicates),
         # The bound: records read from the positions of the last successful commit (taken up
         # to one auto_commit_interval_ms before it succeeded) to the moment the member lost its

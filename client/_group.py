@@ -428,8 +428,12 @@ class GroupMember:
 
     def commit_owned(self, offsets: Mapping[TopicPartition, int]) -> int:
         """Write the offsets of the partitions this member owns now (the auto-commit
-        thread's write); raises kazoo's errors."""
+        thread's write); raises kazoo's errors. Nothing is written once the session was lost
+        and until ``poll`` has handled it: the claims are gone and another member may own the
+        partitions already."""
         with self._offsets_lock:
+            if self._session_lost:
+                return 0
             return self._write_offsets({tp: off for tp, off in offsets.items() if tp in self._owned})
 
     def _write_offsets(self, offsets: Mapping[TopicPartition, int]) -> int:
