@@ -57,9 +57,10 @@ class Coordinator(abc.ABC):
         RequestTimedOutError is raised."""
 
     @abc.abstractmethod
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, *, deadline: float | None = None) -> None:
         """Delete a topic; its brokers drop its partitions. Raises
-        UnknownTopicOrPartitionError."""
+        UnknownTopicOrPartitionError; RequestTimedOutError past ``deadline`` (the caller's,
+        ``time.monotonic()``)."""
 
     @abc.abstractmethod
     def add_listener(self, listener: PlacementListener) -> None:

@@ -102,7 +102,7 @@ class StandaloneCoordinator(Coordinator):
         self._notify()
         return placement
 
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, *, deadline: float | None = None) -> None:
         self._require_started()
         with self._lock:
             if name not in self._topics:

@@ -297,7 +297,25 @@ class ZooKeeperCoordinator(Coordinator):
         self._wait_for(lambda: name in self._topics, min(5.0, max(0.0, deadline - time.monotonic())))
         return placement
 
-    def _read_by(self, deadline: float, topic: str, call: Callable[..., Any], *args: Any) -> Any:
+    def _request_deletion_by(self, deadline: float, name: str) -> None:
+        if not self._zk.connected or time.monotonic() >= deadline:
+            raise RequestTimedOutError(
+                f"topic {name!r} was not deleted: the broker is not connected to ZooKeeper"
+            )
+        result = self._zk.create_async(paths.delete_topic_path(name), b"")
+        try:
+            result.get(timeout=max(0.0, deadline - time.monotonic()))
+        except NodeExistsError:
+            pass  # already requested; wait for the controller like the first caller
+        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
+            raise RequestTimedOutError(
+                f"topic {name!r}: ZooKeeper did not confirm the deletion request before the "
+                f"request's deadline ({type(exc).__name__}); the topic may still be deleted"
+            ) from exc
+
+    def _read_by(
+        self, deadline: float, topic: str, call: Callable[..., Any], *args: Any, what: str = "created"
+    ) -> Any:
         """A ZooKeeper read before a topic creation, retried on connection loss until ``deadline``;
         RequestTimedOutError (nothing written) past it."""
         while True:
@@ -309,7 +327,7 @@ class ZooKeeperCoordinator(Coordinator):
             except (ConnectionLoss, KazooTimeoutError):
                 self._stopping.wait(min(0.1, max(0.0, deadline - time.monotonic())))
         raise RequestTimedOutError(
-            f"topic {topic!r} was not created: ZooKeeper did not answer before the request's deadline"
+            f"topic {topic!r} was not {what}: ZooKeeper did not answer before the request's deadline"
         )
 
     def _write_placement_by(self, deadline: float, placement: TopicPlacement) -> None:
@@ -333,36 +351,43 @@ class ZooKeeperCoordinator(Coordinator):
                 f"({type(exc).__name__}); the topic may still be created: check with describe"
             ) from exc
 
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, *, deadline: float | None = None) -> None:
+        """Request the deletion (``/admin/delete_topics/<name>``) and wait for the controller to
+        finish it, within ``deadline`` (the caller's) and ``delete_timeout_ms``. The request
+        is written only while connected and before the deadline (as in ``create_topic``)."""
         validate_topic_name(name)
         path = paths.topic_path(name)
+        own = time.monotonic() + self.delete_timeout_ms / 1000.0
+        deadline = own if deadline is None else min(deadline, own)
         try:
-            if self._zk.retry(self._zk.exists, path) is None:
+            if self._read_by(deadline, name, self._zk.exists_async, path, what="deleted") is None:
                 raise UnknownTopicOrPartitionError(f"unknown topic {name!r}")
-            try:
-                self._zk.retry(self._zk.create, paths.delete_topic_path(name), b"")
-            except NodeExistsError:
-                pass  # already requested; wait for the controller like the first caller
+            self._request_deletion_by(deadline, name)
             # The controller removes the request last: its absence means the deletion is done.
             request = paths.delete_topic_path(name)
             gone = threading.Event()
-            deadline = time.monotonic() + self.delete_timeout_ms / 1000.0
-            while time.monotonic() < deadline:
+            finished = False
+            while not finished and time.monotonic() < deadline:
                 gone.clear()
-                if self._zk.retry(self._zk.exists, request, watch=lambda _e: gone.set()) is None:
+                try:
+                    finished = self._read_by(deadline, name, self._zk.exists_async, request,
+                                             lambda _e: gone.set(), what="deleted") is None
+                except RequestTimedOutError:
                     break
-                gone.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            else:
+                if not finished:
+                    gone.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            if not finished:
                 raise RequestTimedOutError(
-                    f"deletion of {name!r} was requested but no controller finished it within "
-                    f"{self.delete_timeout_ms} ms (controller id {self.controller_id()}); it stays pending"
+                    f"deletion of {name!r} was requested but not finished before the request's deadline "
+                    f"(at most delete_timeout_ms={self.delete_timeout_ms}; controller id "
+                    f"{self.controller_id()}); it stays pending and completes when a controller carries it out"
                 )
         except AnnalError:
             raise
         except (KazooException, KazooTimeoutError) as exc:
             raise NetworkError(f"ZooKeeper unavailable while deleting topic {name!r}: {exc!r}") from exc
         self._refresher.mark(topics=True)
-        self._wait_for(lambda: name not in self._topics, 5.0)
+        self._wait_for(lambda: name not in self._topics, min(5.0, max(0.0, deadline - time.monotonic())))
 
     # -- registration -------------------------------------------------------------------
 

@@ -266,11 +266,11 @@ class Broker:
             return None
         return self.coordinator.create_topic(name, partitions, overrides, deadline=deadline)
 
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, *, deadline: float | None = None) -> None:
         self._check_serving()
         if not is_valid_topic_name(name):
             raise UnknownTopicOrPartitionError(f"topic {name[:60]!r} does not exist", topic=name)
-        self.coordinator.delete_topic(name)
+        self.coordinator.delete_topic(name, deadline=deadline)
 
     def metadata(self, topics: Sequence[str] | None = None) -> tuple[dict[int, BrokerInfo], list[TopicMetadata]]:
         """Live brokers and, for ``topics`` (all when empty), placements plus local offsets.

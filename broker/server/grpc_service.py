@@ -197,9 +197,10 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
     @_rpc("DeleteTopics")
     def DeleteTopics(self, request: pb.DeleteTopicsRequest, context: grpc.ServicerContext) -> pb.DeleteTopicsResponse:
         results = []
+        deadline = _caller_deadline(context)
         for name in request.names:
             try:
-                self.broker.delete_topic(name)
+                self.broker.delete_topic(name, deadline=deadline)
                 results.append(pb.TopicResult(name=name))
             except AnnalError as err:
                 results.append(pb.TopicResult(name=name, error_code=err.code, error_message=err.message))

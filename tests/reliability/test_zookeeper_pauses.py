@@ -114,12 +114,13 @@ def test_zookeeper_paused_ten_times_past_session_timeout_every_view_converges(zk
 
 
 @pytest.mark.timeout(120)
-def test_create_topic_during_a_zookeeper_freeze_fails_within_its_timeout_and_is_never_applied(
+def test_create_and_delete_topic_during_a_zookeeper_freeze_fail_within_their_timeout_and_are_never_applied(
     zk_cluster: ZkCluster,
 ) -> None:
-    """A CreateTopics sent while the broker's ZooKeeper connection is suspended fails with
-    RequestTimedOutError ("was not created") before the caller's deadline, and the topic does
-    not appear once ZooKeeper answers again (the write was never queued)."""
+    """CreateTopics and DeleteTopics sent while the broker's ZooKeeper connection is suspended
+    fail with RequestTimedOutError ("was not created" / "was not deleted") before the caller's
+    deadline, and neither is applied once ZooKeeper answers again (the writes were never
+    queued)."""
     import uuid
 
     from annal.client import NewTopic
@@ -129,6 +130,9 @@ def test_create_topic_during_a_zookeeper_freeze_fails_within_its_timeout_and_is_
     (b,) = zk_cluster.start(1)
     zk_cluster.wait_registered({1})
     name = "frozen-" + uuid.uuid4().hex[:8]
+    kept = "kept-" + uuid.uuid4().hex[:8]
+    with Admin(bootstrap_servers=b.bootstrap) as admin:
+        admin.create_topics([NewTopic(kept, 1)])
     connects_before = len(_sessions(zk_cluster)[1])
     zk_cluster.zk.server.pause()
     try:
@@ -137,6 +141,10 @@ def test_create_topic_during_a_zookeeper_freeze_fails_within_its_timeout_and_is_
             with pytest.raises(RequestTimedOutError) as info:
                 admin.create_topics([NewTopic(name, 1)])
         assert "was not created" in str(info.value), info.value
+        with Admin(bootstrap_servers=b.bootstrap, request_timeout_ms=3000) as admin:
+            with pytest.raises(RequestTimedOutError) as info:
+                admin.delete_topics([kept])
+        assert "was not deleted" in str(info.value), info.value
     finally:
         zk_cluster.zk.server.resume()
     # Once the broker is connected again (any request kazoo had queued is sent first on
@@ -144,5 +152,7 @@ def test_create_topic_during_a_zookeeper_freeze_fails_within_its_timeout_and_is_
     wait_until(lambda: len(_sessions(zk_cluster)[1]) > connects_before, 60, "the broker reconnects")
     wait_until(lambda: zk_cluster.registered() == {1}, 30, "the broker is registered again")
     with Admin(bootstrap_servers=b.bootstrap, request_timeout_ms=5000) as admin:
-        assert name not in admin.list_topics()
+        topics = admin.list_topics()
+    assert name not in topics and kept in topics
     assert zk_cluster.client().exists(zk_paths.topic_path(name)) is None
+    assert zk_cluster.client().exists(zk_paths.delete_topic_path(kept)) is None
