@@ -38,7 +38,7 @@ from kazoo.retry import KazooRetry
 
 from annal.zookeeper import paths
 from annal.cluster import TopicPlacement
-from annal.zookeeper.reads import read_children_data
+from annal.zookeeper.reads import read_children_data, read_partition_states, with_partition_states
 from annal.zookeeper.refresh import WatchRefresher
 from annal.errors import LeaderNotAvailableError, NetworkError
 
@@ -175,6 +175,9 @@ class ZooKeeperMetadataSource:
                     -1,
                     0,
                     0 if leader in brokers else LeaderNotAvailableError.code,
+                    placement.replicas_of(p),
+                    placement.isr_of(p),
+                    placement.leader_epoch_of(p),
                 )
                 for p, leader in sorted(placement.partitions.items())
             )
@@ -215,6 +218,9 @@ class ZooKeeperMetadataSource:
         self._refresher.mark(topics=True)
         return False if self._closed.is_set() else None
 
+    def _on_partition_state(self, _event: object) -> None:
+        self._refresher.mark(topics=True)
+
     def _on_controller(self, data: bytes | None, _stat: object) -> bool | None:
         with self._lock:
             self._controller_id = paths.decode_controller(data) if data is not None else -1
@@ -251,6 +257,10 @@ class ZooKeeperMetadataSource:
                     fresh_topics[child] = paths.decode_topic(child, data)
                 except ValueError:
                     continue
+            # The leaders and ISRs live in the partition states (docs/replication.md).
+            fresh_topics = with_partition_states(
+                fresh_topics, read_partition_states(self.client, fresh_topics, self._on_partition_state)
+            )
         with self._lock:
             if fresh_brokers is not None:
                 if fresh_brokers.keys() != self._brokers.keys():

@@ -48,9 +48,12 @@ class Coordinator(abc.ABC):
         """Every topic's placement."""
 
     @abc.abstractmethod
-    def create_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> TopicPlacement:
-        """Create a topic and place its partitions. Raises TopicAlreadyExistsError,
-        InvalidTopicError, InvalidPartitionsError or InvalidConfigError."""
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any], replication_factor: int = 1
+    ) -> TopicPlacement:
+        """Create a topic and place ``replication_factor`` replicas of each partition. Raises
+        TopicAlreadyExistsError, InvalidTopicError, InvalidPartitionsError,
+        InvalidReplicationFactorError or InvalidConfigError."""
 
     @abc.abstractmethod
     def delete_topic(self, name: str) -> None:

@@ -56,13 +56,15 @@ from kazoo.retry import KazooRetry
 
 from annal.zookeeper import paths
 from annal.broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
-from annal.zookeeper.reads import read_children_data
+from annal.zookeeper.reads import read_children_data, read_partition_states, with_partition_states
+from annal.broker.coordination.controller import bump_controller_epoch, elect_leaders, initial_states
 from annal.zookeeper.refresh import WatchRefresher
 from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     InvalidConfigError,
     InvalidPartitionsError,
+    InvalidReplicationFactorError,
     NetworkError,
     RequestTimedOutError,
     TopicAlreadyExistsError,
@@ -250,7 +252,9 @@ class ZooKeeperCoordinator(Coordinator):
             snapshot = dict(self._topics)
         listener(snapshot)
 
-    def create_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> TopicPlacement:
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any], replication_factor: int = 1
+    ) -> TopicPlacement:
         validate_topic_name(name)
         if isinstance(partitions, bool) or not isinstance(partitions, int) or not 1 <= partitions <= MAX_PARTITIONS:
             raise InvalidPartitionsError(f"partitions must be an integer in 1..{MAX_PARTITIONS}, got {partitions!r}")
@@ -265,17 +269,33 @@ class ZooKeeperCoordinator(Coordinator):
             ids = [int(b) for b in live if b.isdigit()]
             if not ids:
                 raise BrokerNotAvailableError("no live brokers registered in ZooKeeper to place partitions on")
-            placement = TopicPlacement(
-                name=name,
-                partitions=paths.place_partitions(partitions, ids, random.randrange(len(ids))),
-                config=config,
+            if not 1 <= replication_factor <= len(ids):
+                raise InvalidReplicationFactorError(
+                    f"replication factor {replication_factor} needs as many live brokers; {len(ids)} are live"
+                )
+            replicas = paths.assign_replicas(
+                partitions, replication_factor, ids, random.randrange(len(ids)), random.randrange(len(ids))
             )
-            try:
-                # No retry wrapper: a create retried after a lost reply would see NodeExists
-                # for our own write. Check the data instead when that happens.
-                self._zk.create(paths.topic_path(name), paths.encode_topic(placement))
-            except NodeExistsError:
-                raise TopicAlreadyExistsError(f"topic {name!r} already exists") from None
+            placement = TopicPlacement(
+                name=name, partitions={p: r[0] for p, r in replicas.items()}, config=config,
+                replicas=replicas, isr=dict(replicas),
+            )
+            # The placement and every partition's first state in one transaction: a reader
+            # never sees a topic whose states are missing for good.
+            tx = self._zk.transaction()
+            tx.create(paths.topic_path(name), paths.encode_topic(placement))
+            tx.create(paths.partitions_path(name), b"")
+            for p, state in initial_states(replicas).items():
+                tx.create(paths.partition_state_path(name, p).rsplit("/", 1)[0], b"")
+                tx.create(paths.partition_state_path(name, p), paths.encode_partition_state(state))
+            # No retry wrapper: a create retried after a lost reply would see NodeExists
+            # for our own write.
+            results = tx.commit()
+            if any(isinstance(r, NodeExistsError) for r in results):
+                raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
         except AnnalError:
             raise
         except (KazooException, KazooTimeoutError) as exc:
@@ -441,11 +461,16 @@ class ZooKeeperCoordinator(Coordinator):
 
     def _on_brokers_changed(self, _children: list[str]) -> bool | None:
         self._refresher.mark(brokers=True)
+        self._deletions_kick.set()  # the controller elects leaders for a dead broker's partitions
         return False if self._stopping.is_set() else None
 
     def _on_topics_changed(self, _children: list[str]) -> bool | None:
         self._refresher.mark(topics=True)
         return False if self._stopping.is_set() else None
+
+    def _on_partition_state_changed(self, _event: object) -> None:
+        """One-shot data watch on every partition state (re-set by each re-read)."""
+        self._refresher.mark(topics=True)
 
     def _on_delete_requests(self, children: list[str]) -> bool | None:
         if children:
@@ -486,6 +511,9 @@ class ZooKeeperCoordinator(Coordinator):
                     placed[child] = paths.decode_topic(child, data)
                 except ValueError as exc:
                     log.warning("ignoring bad topic placement %s: %s", child, exc)
+            states = read_partition_states(self._zk, placed, self._on_partition_state_changed,
+                                           self.session_timeout_ms / 1000.0)
+            placed = with_partition_states(placed, states)
             with self._lock:
                 changed = placed != self._topics
                 self._topics = placed
@@ -543,7 +571,12 @@ class ZooKeeperCoordinator(Coordinator):
         if not self._claim_controller_node(gen, sid):
             return
         self._is_controller = True
-        log.info("broker %d is now the controller (session %s)", self._me.broker_id, _hex(sid))
+        try:
+            controller_epoch = bump_controller_epoch(self._zk)
+        except (KazooException, KazooTimeoutError):
+            return
+        log.info("broker %d is now the controller (session %s, epoch %d)", self._me.broker_id, _hex(sid),
+                 controller_epoch)
         self._deletions_kick.set()
         try:
             while not self._stopping.is_set() and gen == self._session_gen:
@@ -555,6 +588,10 @@ class ZooKeeperCoordinator(Coordinator):
                     self._process_deletions()
                 except (KazooException, KazooTimeoutError) as exc:
                     log.info("controller: deletions deferred (%r)", exc)
+                try:
+                    self._elect_leaders(controller_epoch)
+                except (KazooException, KazooTimeoutError) as exc:
+                    log.info("controller: leader election deferred (%r)", exc)
         finally:
             self._is_controller = False
             log.info("broker %d resigns as controller", self._me.broker_id)
@@ -565,6 +602,20 @@ class ZooKeeperCoordinator(Coordinator):
                         self._zk.delete(paths.CONTROLLER, version=stat.version)
                 except (KazooException, KazooTimeoutError):
                     pass
+
+    def _elect_leaders(self, controller_epoch: int) -> None:
+        # Read live brokers and topics straight from ZooKeeper: the cached view may lag.
+        live = {int(b) for b in self._zk.get_children(paths.BROKER_IDS) if b.isdigit()}
+        placed: dict[str, TopicPlacement] = {}
+        for child, data in self._read_all(paths.BROKER_TOPICS).items():
+            if self._zk.exists(paths.delete_topic_path(child)) is not None:
+                continue
+            try:
+                placed[child] = paths.decode_topic(child, data)
+            except ValueError:
+                continue
+        if elect_leaders(self._zk, placed, live, controller_epoch, timeout_s=self.session_timeout_ms / 1000.0):
+            self._refresher.mark(topics=True)
 
     def _claim_controller_node(self, gen: int, sid: int | None) -> bool:
         assert self._me is not None

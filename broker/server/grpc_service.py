@@ -51,7 +51,7 @@ log = logging.getLogger("annal.grpc")
 
 TOPIC_CONFIG_FIELDS = (
     "segment_bytes", "segment_ms", "retention_bytes", "retention_ms",
-    "flush_messages", "flush_ms", "max_message_bytes",
+    "flush_messages", "flush_ms", "max_message_bytes", "min_insync_replicas", "unclean_leader_election_enable",
 )
 
 
@@ -163,7 +163,8 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
         for topic in request.topics:
             config = {f: getattr(topic.config, f) for f in TOPIC_CONFIG_FIELDS if topic.config.HasField(f)}
             try:
-                self.broker.create_topic(topic.name, topic.partitions, config, request.validate_only)
+                self.broker.create_topic(topic.name, topic.partitions, config, request.validate_only,
+                                         replication_factor=topic.replication_factor)
                 results.append(pb.TopicResult(name=topic.name))
             except AnnalError as err:
                 log.info("create topic %r refused: %s", topic.name[:100], err.message)
@@ -196,6 +197,7 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
                     partition=p.partition, leader=p.leader, log_start_offset=p.log_start_offset,
                     log_end_offset=p.log_end_offset, size_bytes=p.size_bytes,
                     error_code=p.error.code if p.error else 0,
+                    replicas=list(p.replicas), isr=list(p.isr), leader_epoch=p.leader_epoch,
                 )
             if t.config:
                 for f in TOPIC_CONFIG_FIELDS:
