@@ -116,3 +116,128 @@ def test_replicated_topic_placement_state_and_identical_replicas(zk_cluster: ZkC
         copies = {bid: _log_bytes(b.data_dir, "rep", p, end) for bid, b in zk_cluster.brokers.items()}
         assert len(copies[1]) > 0
         assert copies[1] == copies[2] == copies[3], f"replicas of rep-{p} differ"
+
+
+class _Load:
+    """An acks=all producer writing unique values to every partition, and a consumer reading
+    them, both in threads, while brokers are bounced."""
+
+    def __init__(self, zk_cluster: ZkCluster, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.stop = threading.Event()
+        self.acked: set[bytes] = set()
+        self.failed = 0
+        self.errors: list[BaseException] = []
+        self.consumed: set[bytes] = set()
+        self.producer = Producer(bootstrap_servers=zk_cluster.bootstrap, acks="all", linger_ms=2,
+                                 delivery_timeout_ms=60000, request_timeout_ms=10000, retry_backoff_ms=100)
+        self.consumer = Consumer(bootstrap_servers=zk_cluster.bootstrap, auto_offset_reset="earliest")
+        self.consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._produce, daemon=True),
+                         threading.Thread(target=self._consume, daemon=True)]
+        self._consume_stop = threading.Event()
+        for t in self._threads:
+            t.start()
+
+    def _acked(self, value: bytes, _meta: Any) -> None:
+        with self._lock:
+            self.acked.add(value)
+
+    def _failed(self, _exc: Any) -> None:
+        with self._lock:
+            self.failed += 1
+
+    def _produce(self) -> None:
+        i = 0
+        try:
+            while not self.stop.is_set():
+                value = b"r%07d" % i
+                fut = self.producer.send(self.topic, value, partition=i % self.partitions)
+                fut.add_callback(self._acked, value)
+                fut.add_errback(self._failed)
+                i += 1
+                if i % 50 == 0:
+                    time.sleep(0.01)
+            self.producer.flush(90)
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+
+    def _consume(self) -> None:
+        try:
+            while not self._consume_stop.is_set():
+                batch = self.consumer.poll(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        self.consumed.add(r.value)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def acked_count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def finish(self, timeout_s: float = 90) -> None:
+        self.stop.set()
+        self._threads[0].join(timeout_s)
+        wait_until(lambda: self.acked <= self.consumed, timeout_s, "the consumer has every acknowledged record")
+        self._consume_stop.set()
+        self._threads[1].join(10)
+        self.producer.close()
+        self.consumer.close()
+
+
+def _wait_all_in_sync(zk_cluster: ZkCluster, topic: str, partitions: int, timeout_s: float = 60) -> None:
+    for p in range(partitions):
+        _wait_isr(zk_cluster, topic, p, len(zk_cluster.brokers), timeout_s)
+
+
+def _bounce_leaders(zk_cluster: ZkCluster, load: _Load, bounces: int, partition: int = 0) -> None:
+    topic = load.topic
+    for n in range(bounces):
+        _wait_all_in_sync(zk_cluster, topic, load.partitions)
+        before = _state(zk_cluster, topic, partition)
+        victim = zk_cluster.brokers[before.leader]
+        acked = load.acked_count()
+        wait_until(lambda: load.acked_count() > acked + 50, 60, "acknowledged writes before the bounce")
+        victim.kill()
+        wait_until(lambda: _state(zk_cluster, topic, partition).leader not in (-1, before.leader), 60,
+                   f"a new leader for {topic}-{partition} (bounce {n + 1})")
+        acked = load.acked_count()
+        wait_until(lambda: load.acked_count() > acked + 50, 60, "acknowledged writes to the new leader")
+        victim.start()
+
+
+def _assert_replicas_identical(zk_cluster: ZkCluster, topic: str, partitions: int) -> None:
+    for b in zk_cluster.brokers.values():
+        b.stop()
+    from annal.broker.storage import PartitionLog
+
+    for p in range(partitions):
+        ends = []
+        for b in zk_cluster.brokers.values():
+            plog = PartitionLog.open(str(b.data_dir / f"{topic}-{p}"))
+            ends.append(plog.log_end_offset)
+            plog.close()
+        end = min(ends)
+        copies = [_log_bytes(b.data_dir, topic, p, end) for b in zk_cluster.brokers.values()]
+        assert copies[0] and all(c == copies[0] for c in copies), f"replicas of {topic}-{p} differ below {end}"
+
+
+def test_leader_sigkill_bounces_lose_no_acknowledged_record(zk_cluster: ZkCluster) -> None:
+    zk_cluster.start(1, 2, 3)
+    zk_cluster.wait_registered({1, 2, 3})
+    _create(zk_cluster, "bounce", 3, 3, min_insync_replicas=2)
+    load = _Load(zk_cluster, "bounce", 3)
+    try:
+        _bounce_leaders(zk_cluster, load, bounces=3)
+        _wait_all_in_sync(zk_cluster, "bounce", 3)
+    finally:
+        load.finish()
+    assert not load.errors, load.errors
+    assert load.acked, "nothing was acknowledged"
+    lost = load.acked - load.consumed
+    assert not lost, f"{len(lost)} acknowledged record(s) lost, e.g. {sorted(lost)[:5]}"
+    _wait_all_in_sync(zk_cluster, "bounce", 3)
+    _assert_replicas_identical(zk_cluster, "bounce", 3)
