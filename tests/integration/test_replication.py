@@ -241,3 +241,105 @@ def test_leader_sigkill_bounces_lose_no_acknowledged_record(zk_cluster: ZkCluste
     assert not lost, f"{len(lost)} acknowledged record(s) lost, e.g. {sorted(lost)[:5]}"
     _wait_all_in_sync(zk_cluster, "bounce", 3)
     _assert_replicas_identical(zk_cluster, "bounce", 3)
+
+
+def test_zombie_leader_is_fenced_and_truncates_its_tail(zk_cluster: ZkCluster) -> None:
+    from harness.batches import make_batch
+    from harness.data_port import DataPortClient
+
+    zk_cluster.start(1, 2, 3)
+    zk_cluster.wait_registered({1, 2, 3})
+    _create(zk_cluster, "zombie", 1, 3, min_insync_replicas=2)
+    # A request to the stopped leader waits request_timeout_ms before the producer retries
+    # elsewhere (as Kafka's does).
+    producer = Producer(bootstrap_servers=zk_cluster.bootstrap, acks="all", linger_ms=1, delivery_timeout_ms=90000,
+                        request_timeout_ms=5000)
+    try:
+        for i in range(100):
+            producer.send("zombie", b"before%d" % i, partition=0)
+        producer.flush(30)
+        old = _state(zk_cluster, "zombie", 0)
+        zombie = zk_cluster.brokers[old.leader]
+        client = DataPortClient(*zombie.fetch_address)
+        os.kill(zombie.pid, signal.SIGSTOP)
+        try:
+            # Past the session timeout the controller elects another ISR member.
+            wait_until(lambda: _state(zk_cluster, "zombie", 0).leader not in (-1, old.leader), 60,
+                       "a new leader while the old one is stopped")
+            futures = [producer.send("zombie", b"after%d" % i, partition=0) for i in range(100)]
+            producer.flush(60)
+            assert all(f.get(5).offset >= 0 for f in futures)
+            # Queued in the zombie's socket: handled the moment it resumes, before it has
+            # heard from ZooKeeper.
+            cid = client.send_produce([("zombie", 0, make_batch(5, prefix=b"zombie"))], acks=-1, timeout_ms=15000)
+        finally:
+            os.kill(zombie.pid, signal.SIGCONT)
+        resp = client.recv_produce(cid)
+        client.close()
+        (part,) = resp.partitions
+        assert part.error_code != 0, "a fenced leader acknowledged an acks=all write"
+        wait_until(lambda: old.leader in _state(zk_cluster, "zombie", 0).isr, 60, "the old leader back in the ISR")
+    finally:
+        producer.close()
+    consumer = Consumer(bootstrap_servers=zk_cluster.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    try:
+        consumer.assign([TopicPartition("zombie", 0)])
+        values = [r.value for r in consumer]
+    finally:
+        consumer.close()
+    assert sum(1 for v in values if v.startswith(b"before")) == 100
+    assert sum(1 for v in values if v.startswith(b"after")) == 100
+    assert not [v for v in values if v.startswith(b"zombie")]
+    _wait_all_in_sync(zk_cluster, "zombie", 1)
+    _assert_replicas_identical(zk_cluster, "zombie", 1)
+
+
+def test_follower_without_its_partition_directory_recovers_by_fetching(zk_cluster: ZkCluster) -> None:
+    import shutil
+
+    zk_cluster.start(1, 2, 3)
+    zk_cluster.wait_registered({1, 2, 3})
+    _create(zk_cluster, "disk", 1, 3, min_insync_replicas=2)
+    producer = Producer(bootstrap_servers=zk_cluster.bootstrap, acks="all", linger_ms=1)
+    try:
+        for i in range(2000):
+            producer.send("disk", b"d%d" % i, partition=0)
+        producer.flush(30)
+        leader = _state(zk_cluster, "disk", 0).leader
+        follower = zk_cluster.brokers[next(b for b in (1, 2, 3) if b != leader)]
+        follower.kill()
+        shutil.rmtree(follower.data_dir / "disk-0")
+        follower.start()
+        for i in range(2000, 2500):
+            producer.send("disk", b"d%d" % i, partition=0)
+        producer.flush(30)
+    finally:
+        producer.close()
+    _wait_all_in_sync(zk_cluster, "disk", 1)
+    _assert_replicas_identical(zk_cluster, "disk", 1)
+
+
+def test_controlled_shutdown_moves_leadership_with_only_retriable_errors(zk_cluster: ZkCluster) -> None:
+    zk_cluster.start(1, 2, 3)
+    zk_cluster.wait_registered({1, 2, 3})
+    _create(zk_cluster, "clean", 3, 3, min_insync_replicas=2)
+    load = _Load(zk_cluster, "clean", 3)
+    try:
+        _wait_all_in_sync(zk_cluster, "clean", 3)
+        acked = load.acked_count()
+        wait_until(lambda: load.acked_count() > acked + 100, 60, "acknowledged writes")
+        before = _state(zk_cluster, "clean", 0)
+        victim = zk_cluster.brokers[before.leader]
+        assert victim.stop() == 0
+        after = _state(zk_cluster, "clean", 0)
+        # Leadership moved before the broker left (not after its session expired).
+        assert after.leader not in (-1, before.leader) and after.leader_epoch == before.leader_epoch + 1
+        acked = load.acked_count()
+        wait_until(lambda: load.acked_count() > acked + 100, 60, "acknowledged writes to the new leader")
+        victim.start()
+        _wait_all_in_sync(zk_cluster, "clean", 3)
+    finally:
+        load.finish()
+    assert not load.errors, load.errors
+    assert load.failed == 0, f"{load.failed} record(s) failed during a controlled shutdown"
+    assert not load.acked - load.consumed
