@@ -343,3 +343,28 @@ def test_controlled_shutdown_moves_leadership_with_only_retriable_errors(zk_clus
     assert not load.errors, load.errors
     assert load.failed == 0, f"{load.failed} record(s) failed during a controlled shutdown"
     assert not load.acked - load.consumed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_twenty_leader_sigkill_bounces_lose_no_acknowledged_record(zk_cluster: ZkCluster) -> None:
+    """Kafka's replication_test bar: >= 20 hard bounces of a partition's leader under an
+    acks=all load with min ISR 2; every acknowledged record is consumed and the replicas are
+    identical below the high watermark. The counts are printed for docs/reliability.md."""
+    zk_cluster.start(1, 2, 3)
+    zk_cluster.wait_registered({1, 2, 3})
+    _create(zk_cluster, "bounce20", 3, 3, min_insync_replicas=2)
+    load = _Load(zk_cluster, "bounce20", 3)
+    bounces = int(os.environ.get("ANNAL_BOUNCES", "20"))
+    try:
+        _bounce_leaders(zk_cluster, load, bounces=bounces)
+        _wait_all_in_sync(zk_cluster, "bounce20", 3)
+    finally:
+        load.finish(timeout_s=180)
+    lost = load.acked - load.consumed
+    print(f"\nreplication bounces: {bounces} hard bounces, {len(load.acked)} records acknowledged, "
+          f"{load.failed} failed (not acknowledged), {len(lost)} acknowledged records lost")
+    assert not load.errors, load.errors
+    assert not lost, f"{len(lost)} acknowledged record(s) lost, e.g. {sorted(lost)[:5]}"
+    _wait_all_in_sync(zk_cluster, "bounce20", 3)
+    _assert_replicas_identical(zk_cluster, "bounce20", 3)
