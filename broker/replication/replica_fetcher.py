@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from annal.errors import (
     AnnalError,
+    LocalUsageError,
     NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     RemoteProtocolError,
@@ -240,6 +241,10 @@ class ReplicaFetcher:
                 if len(r.records):
                     try:
                         f.plog.append_as_follower(r.records)
+                    except (LocalUsageError, UnknownTopicOrPartitionError):
+                        # The log was closed or deleted (shutting down, topic deleted).
+                        self.remove(f.topic, f.partition)
+                        continue
                     except AnnalError as exc:
                         log.warning("%s-%d: fetched batches do not continue the log (%s); truncating again",
                                     f.topic, f.partition, exc.message)

@@ -79,6 +79,7 @@ class ReplicaManager:
         self._placements: Mapping[str, TopicPlacement] = {}
         self._isr_kick = threading.Event()
         self._stopped = threading.Event()
+        self._shutting_down = False
         self.isr_shrinks = 0
         self.isr_expands = 0
         self._thread = threading.Thread(target=self._isr_loop, name="annal-isr", daemon=True)
@@ -93,6 +94,14 @@ class ReplicaManager:
         seen: set[Key] = set()
         with self._lock:
             self._placements = placements
+            if self._stopped.is_set() or self._shutting_down:
+                # Leaving: lead nothing new, follow nothing (a follower that fetched now
+                # would be taken back into the ISR just before it goes).
+                for key, st in list(self._leaders.items()):
+                    if placements.get(key[0]) is None or placements[key[0]].partitions.get(key[1]) != me:
+                        self._leaders.pop(key).fenced = True
+                self._hw_changed.notify_all()
+                return
             for name, placement in placements.items():
                 for p, leader in placement.partitions.items():
                     replicas = placement.replicas_of(p)
@@ -219,6 +228,10 @@ class ReplicaManager:
                 )
         return st.leader_epoch
 
+    def replication_factor(self, topic: str, partition: int) -> int:
+        st = self._leaders.get((topic, partition))
+        return len(st.replicas) if st is not None else 1
+
     def _min_isr(self, topic: str) -> int:
         placement = self._placements.get(topic)
         overrides = placement.config if placement is not None else {}
@@ -235,7 +248,8 @@ class ReplicaManager:
             with self._lock:
                 self._hw_changed.notify_all()
             self.broker.notify_append(topic, partition)  # consumers waiting for the HW
-        if replica_id not in st.isr and replica_id in st.caught_up():
+        if replica_id not in st.isr and replica_id in st.caught_up() \
+                and replica_id in self.broker.coordinator.brokers():
             self._isr_kick.set()
         return st.high_watermark
 
@@ -300,7 +314,9 @@ class ReplicaManager:
                 if plog is None:
                     continue
                 lagging = st.lagging(now, lag_max)
-                joining = st.caught_up()
+                live = self.broker.coordinator.brokers()
+                # Only registered brokers join: one that is leaving may still fetch.
+                joining = tuple(b for b in st.caught_up() if b in live)
                 if not lagging and not joining:
                     continue
                 old_isr = st.isr
@@ -355,7 +371,14 @@ class ReplicaManager:
         live = set(self.broker.coordinator.brokers())
         moved = 0
         with self._lock:
+            self._shutting_down = True
             leaders = list(self._leaders.items())
+            for key in list(self._following):
+                self._stop_following(key)
+            fetchers = list(self._fetchers.values())
+            self._fetchers.clear()
+        for f in fetchers:
+            f.close()
         for key, st in leaders:
             if st.fenced:
                 continue

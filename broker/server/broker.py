@@ -385,8 +385,8 @@ class Broker:
         """Append ``batches`` (each one or more whole RecordBatch v2 batches) to a partition.
 
         All batches are validated before any is written: one bad batch fails the partition and
-        nothing of it is appended. With ``acks == -1`` the log is flushed (fdatasync) before this
-        returns. Raises ``AnnalError`` subclasses (CorruptRecordError, InvalidRecordError,
+        nothing of it is appended. With ``acks == -1`` and one replica the log is flushed
+        (fdatasync) before this returns. Raises ``AnnalError`` subclasses (CorruptRecordError, InvalidRecordError,
         MessageSizeTooLargeError, UnsupportedCompressionTypeError, NotLeaderForPartitionError, ...).
         In a replicated cluster, acks=-1 also waits (up to ``timeout_ms``) until every in-sync
         replica has the batches (docs/replication.md).
@@ -419,9 +419,12 @@ class Broker:
         if rep is not None:
             rep.on_append(topic, partition, plog)
         if acks == -1:
-            plog.flush()
-            if rep is not None:
+            if rep is not None and rep.replication_factor(topic, partition) > 1:
+                # Kafka's acks=all: every in-sync replica has the batch (in its page cache);
+                # the copies, not an fdatasync, are what survives a broker's loss.
                 rep.wait_for_replicas(topic, partition, next_offset, timeout_ms)
+            else:
+                plog.flush()  # one copy: acks=all means on this disk
         return AppendResult(tuple(offsets), plog.log_end_offset, len(buf), records)
 
     # ------------------------------------------------------------------ fetch
