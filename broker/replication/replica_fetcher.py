@@ -255,9 +255,11 @@ class ReplicaFetcher:
                 leader_leo = r.high_watermark
                 if 0 <= leader_leo < f.plog.log_end_offset:
                     f.truncating = True
-                else:
-                    log.warning("%s-%d: offset %d is below the leader's log start %d",
+                elif r.log_start_offset > f.plog.log_end_offset:
+                    log.warning("%s-%d: log end %d is below the leader's log start %d; starting again there",
                                 f.topic, f.partition, f.plog.log_end_offset, r.log_start_offset)
+                    f.plog.truncate_fully_and_start_at(r.log_start_offset)
+                else:
                     f.backoff_until = time.monotonic() + 1.0
             elif r.error_code in (NotLeaderForPartitionError.code, UnknownTopicOrPartitionError.code):
                 f.backoff_until = time.monotonic() + 0.1

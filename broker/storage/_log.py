@@ -228,7 +228,7 @@ class PartitionLog:
         self._publish(segments)
         # Which leader epoch wrote which offsets (``leader-epoch-checkpoint``, KIP-101).
         self.leader_epochs = LeaderEpochCache(path)
-        self.leader_epochs.truncate_from_end(self._head.log_end_offset + 1)
+        self.leader_epochs.truncate_from_end(self._head.log_end_offset)
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -715,7 +715,27 @@ class PartitionLog:
             self._recovery_point = min(self._recovery_point, seg.next_offset)
             self._publish(segs)
             # A batch straddling ``offset`` went whole: drop epochs past the new end too.
-            self.leader_epochs.truncate_from_end(seg.next_offset + 1)
+            self.leader_epochs.truncate_from_end(seg.next_offset)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete every segment and restart the log empty at ``offset`` (Kafka's name): a
+        follower whose log lies wholly before the leader's log start (retention deleted what
+        it needs) starts again where the leader's log starts."""
+        with self._lock:
+            self._check_open()
+            self._truncations += 1
+            for s in self._head.segments:
+                s.delete()
+            new = LogSegment(self.path, offset, self.config.segment_config, self._cache)
+            for p in (new.log_path, new.index_path, new.time_index_path):
+                if os.path.exists(p):
+                    os.unlink(p)
+            new.make_active()
+            self._dir_dirty = True
+            self._log_start_offset = offset
+            self._recovery_point = offset
+            self._publish([new])
+            self.leader_epochs.clear()
 
     # --- close, delete ---------------------------------------------------------------------------------
 

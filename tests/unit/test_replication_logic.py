@@ -147,3 +147,45 @@ def test_epoch_request_and_response_round_trip_in_framing() -> None:
     assert fr.decode_request(fr.encode_epoch_request(req)[4:]) == req._replace(partitions=list(req.partitions))
     resp = fr.EpochResponse(9, 0, [fr.EpochPartitionResult("t", 1, 0, 3, 1234), fr.EpochPartitionResult("u", 0, 6)])
     assert fr.decode_epoch_response(fr.encode_epoch_response(resp)[4:]) == resp._replace(partitions=list(resp.partitions))
+
+
+def _batch(n: int) -> bytes:
+    from annal.record import BatchBuilder
+
+    b = BatchBuilder()
+    for i in range(n):
+        b.append_value(1000 + i, b"x%d" % i)
+    return b.build(0)
+
+
+def test_follower_append_keeps_offsets_and_epochs_and_reads_stop_at_the_high_watermark(tmp_path: Path) -> None:
+    from annal.broker.storage import PartitionLog
+    from annal.errors import CorruptRecordError
+
+    leader = PartitionLog.open(str(tmp_path / "l"), segment_bytes=4096)
+    follower = PartitionLog.open(str(tmp_path / "f"), segment_bytes=4096)
+    for epoch in (0, 0, 2, 2, 5):
+        leader.append_batches(_batch(3), leader_epoch=epoch)
+    assert leader.leader_epochs.entries() == [(0, 0), (2, 6), (5, 12)]
+    with leader.read(0, 1 << 20) as r:
+        everything = r.tobytes()
+        follower.append_as_follower(everything)
+    assert follower.log_end_offset == 15 and follower.leader_epochs.entries() == leader.leader_epochs.entries()
+    with follower.read(0, 1 << 20) as r:
+        assert r.tobytes() == everything
+    # Not the follower's log end: refused, nothing written.
+    with leader.read(3, 1 << 20) as r:
+        with pytest.raises(CorruptRecordError):
+            follower.append_as_follower(r.tobytes())
+    assert follower.log_end_offset == 15
+    # A consumer's read stops at the high watermark (a batch boundary).
+    with leader.read(0, 1 << 20, max_offset=6) as r:
+        assert r.high_watermark == 6 and everything.startswith(r.tobytes()) and 0 < r.size < len(everything)
+    with leader.read(9, 1 << 20, max_offset=6) as r:
+        assert r.size == 0
+    follower.truncate_to(7)  # the batch holding 6..8 goes whole
+    assert follower.log_end_offset == 6 and follower.leader_epochs.entries() == [(0, 0)]
+    follower.truncate_fully_and_start_at(100)
+    assert (follower.log_start_offset, follower.log_end_offset, follower.leader_epochs.entries()) == (100, 100, [])
+    leader.close()
+    follower.close()
