@@ -212,7 +212,8 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
         for part in request.partitions:
             r = resp.results.add(topic=part.topic, partition=part.partition)
             try:
-                res = self.broker.append(part.topic, part.partition, part.batches, request.acks)
+                res = self.broker.append(part.topic, part.partition, part.batches, request.acks,
+                                         request.timeout_ms if request.timeout_ms > 0 else 30_000)
                 r.base_offsets.extend(res.base_offsets)
                 r.log_end_offset = res.log_end_offset
             except AnnalError as err:
