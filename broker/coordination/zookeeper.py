@@ -278,7 +278,7 @@ class ZooKeeperCoordinator(Coordinator):
             )
             placement = TopicPlacement(
                 name=name, partitions={p: r[0] for p, r in replicas.items()}, config=config,
-                replicas=replicas, isr=dict(replicas),
+                replicas=replicas, isr=dict(replicas), leader_epochs={p: 0 for p in replicas},
             )
             # The placement and every partition's first state in one transaction: a reader
             # never sees a topic whose states are missing for good.

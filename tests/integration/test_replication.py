@@ -74,7 +74,7 @@ def _wait_isr(zk_cluster: ZkCluster, topic: str, partition: int, size: int, time
                f"{topic}-{partition} ISR of {size}")
 
 
-def test_replicated_topic_placement_state_and_identical_replicas(zk_cluster: ZkCluster) -> None:
+def test_replicated_topic_placement_state_and_identical_replicas(zk_cluster: ZkCluster, capsys: Any) -> None:
     zk_cluster.start(1, 2, 3)
     zk_cluster.wait_registered({1, 2, 3})
     _create(zk_cluster, "rep", 3, 3, min_insync_replicas=2)
@@ -90,6 +90,17 @@ def test_replicated_topic_placement_state_and_identical_replicas(zk_cluster: ZkC
         (desc,) = admin.describe_topics(["rep"])
     for pm in desc.partitions:
         assert pm.replicas == replicas[pm.partition] and sorted(pm.isr) == [1, 2, 3]
+    # Kafka's describe shape.
+    from annal.client.console import topics as topics_cli
+
+    capsys.readouterr()
+    assert topics_cli.main(["describe", "--bootstrap-server", zk_cluster.bootstrap.split(",")[0], "--topic", "rep"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Topic: rep\tPartitionCount: 3\tReplicationFactor: 3\tConfigs: ")
+    for p, line in enumerate(lines[1:]):
+        r = ",".join(map(str, replicas[p]))
+        assert f"\tPartition: {p}\tLeader: {replicas[p][0]}\tReplicas: {r}\tIsr: " in line
+        assert sorted(line.split("Isr: ")[1].split()[0].split(",")) == ["1", "2", "3"]
 
     producer = Producer(bootstrap_servers=zk_cluster.bootstrap, acks="all", linger_ms=1)
     try:
