@@ -381,3 +381,53 @@ def test_twenty_leader_sigkill_bounces_lose_no_acknowledged_record(zk_cluster: Z
     assert not lost, f"{len(lost)} acknowledged record(s) lost, e.g. {sorted(lost)[:5]}"
     _wait_all_in_sync(zk_cluster, "bounce20", 3)
     _assert_replicas_identical(zk_cluster, "bounce20", 3)
+
+
+def test_lagging_followers_leave_the_isr_and_min_insync_replicas_refuses_acks_all(zk_cluster: ZkCluster) -> None:
+    from annal.errors import NotEnoughReplicasError
+    from harness.batches import make_batch
+    from harness.data_port import DataPortClient
+
+    # Followers paused for longer than the lag time but well within the session timeout:
+    # the leader, not the controller, takes them out of the ISR.
+    zk_cluster.session_timeout_ms = 30000
+    for i in (1, 2, 3):
+        b = zk_cluster._factory(f"broker{i}", start=False, broker_id=i,
+                                config={"replica_lag_time_max_ms": 1000},
+                                extra_args=["--zookeeper", zk_cluster.zk.hosts,
+                                            "--zookeeper-session-timeout-ms", "30000"])
+        zk_cluster.brokers[i] = b
+        b.start()
+    zk_cluster.wait_registered({1, 2, 3})
+    _create(zk_cluster, "lag", 1, 3, min_insync_replicas=2)
+    leader_id = _state(zk_cluster, "lag", 0).leader
+    leader = zk_cluster.brokers[leader_id]
+    a, b = (zk_cluster.brokers[i] for i in (1, 2, 3) if i != leader_id)
+    client = DataPortClient(*leader.fetch_address)
+    try:
+        (ok,) = client.produce([("lag", 0, make_batch(3))], acks=-1).partitions
+        assert ok.error_code == 0
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: len(_state(zk_cluster, "lag", 0).isr) == 2, 30, "the ISR without the paused follower")
+            (ok,) = client.produce([("lag", 0, make_batch(3))], acks=-1).partitions
+            assert ok.error_code == 0  # two in sync: enough
+            os.kill(b.pid, signal.SIGSTOP)
+            try:
+                wait_until(lambda: _state(zk_cluster, "lag", 0).isr == (leader_id,), 30, "the leader alone in the ISR")
+                before = _state(zk_cluster, "lag", 0)
+                (refused,) = client.produce([("lag", 0, make_batch(3))], acks=-1).partitions
+                assert refused.error_code == NotEnoughReplicasError.code
+                (one,) = client.produce([("lag", 0, make_batch(3))], acks=1).partitions
+                assert one.error_code == 0  # acks=1 does not need the ISR
+                assert _state(zk_cluster, "lag", 0).leader_epoch == before.leader_epoch
+            finally:
+                os.kill(b.pid, signal.SIGCONT)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        wait_until(lambda: len(_state(zk_cluster, "lag", 0).isr) == 3, 30, "both followers back in the ISR")
+        (ok,) = client.produce([("lag", 0, make_batch(3))], acks=-1).partitions
+        assert ok.error_code == 0
+    finally:
+        client.close()
+    _assert_replicas_identical(zk_cluster, "lag", 1)
