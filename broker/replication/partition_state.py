@@ -48,11 +48,16 @@ class LeaderState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        # Kafka starts every follower as caught up "now": a new leader gives each a full
-        # replica_lag_time_max_ms to show up.
+        # Kafka starts every ISR follower as caught up "now" with the high watermark (it had
+        # at least that much to be in sync): a new leader gives each a full
+        # replica_lag_time_max_ms to show up. A replica outside the ISR is unknown until it
+        # fetches: it must not look caught up (it would join the ISR without the records).
         for b in self.replicas:
             if b != self.me:
-                self.followers[b] = FollowerProgress(self.high_watermark, self.now_ms)
+                if b in self.isr:
+                    self.followers[b] = FollowerProgress(self.high_watermark, self.now_ms)
+                else:
+                    self.followers[b] = FollowerProgress(-1, 0.0)
 
     def update_follower(self, broker_id: int, fetch_offset: int, leader_leo: int, now_ms: float) -> bool:
         """A fetch from follower ``broker_id`` at ``fetch_offset`` (its log end offset) while
@@ -108,7 +113,7 @@ class LeaderState:
         with self._lock:
             return tuple(
                 b for b, f in self.followers.items()
-                if b not in self.isr and b in self.replicas
+                if b not in self.isr and b in self.replicas and f.last_fetch_ms > 0
                 and f.log_end_offset >= self.high_watermark and f.log_end_offset >= self.epoch_start_offset
             )
 

@@ -189,3 +189,14 @@ def test_follower_append_keeps_offsets_and_epochs_and_reads_stop_at_the_high_wat
     assert (follower.log_start_offset, follower.log_end_offset, follower.leader_epochs.entries()) == (100, 100, [])
     leader.close()
     follower.close()
+
+
+def test_a_replica_outside_the_isr_joins_only_after_fetching_up_to_the_high_watermark() -> None:
+    st_ = LeaderState(1, 4, (1, 2, 3), (1, 2), 50, 60, now_ms=0.0)
+    assert st_.caught_up() == ()  # 3 has not fetched from this leader yet
+    st_.update_follower(2, 60, 60, 1.0)
+    assert st_.high_watermark == 60
+    st_.update_follower(3, 40, 60, 2.0)
+    assert st_.caught_up() == ()  # below the high watermark
+    st_.update_follower(3, 60, 60, 3.0)
+    assert st_.caught_up() == (3,)
