@@ -336,6 +336,23 @@ class ReplicaManager:
                     log.info("%s-%d: ISR expands to %s (caught up: %s)", key[0], key[1], list(new_isr), list(joining))
 
     def _write_isr(self, key: Key, st: LeaderState, new_isr: tuple[int, ...], plog: Any) -> bool:
+        # While the change is being written, the high watermark waits for the old ISR and the
+        # new one together (KIP-497's "maximal ISR"): once ZooKeeper names a joining replica
+        # in sync, the controller may elect it, so it must already have everything acknowledged.
+        old_isr = st.isr
+        maximal = tuple(dict.fromkeys(old_isr + new_isr))
+        with self._lock:
+            st.set_isr(maximal, plog.log_end_offset)
+        done = False
+        try:
+            done = self._write_isr_znode(key, st, new_isr, plog)
+        finally:
+            if not done:
+                with self._lock:
+                    st.set_isr(old_isr, plog.log_end_offset)
+        return done
+
+    def _write_isr_znode(self, key: Key, st: LeaderState, new_isr: tuple[int, ...], plog: Any) -> bool:
         path = paths.partition_state_path(*key)
         for _attempt in range(3):
             try:
@@ -351,6 +368,11 @@ class ReplicaManager:
                     st.fenced = True
                     self._hw_changed.notify_all()
                 return False
+            # The controller may have changed the ISR since this leader last read it (a dead
+            # broker left it): apply this change to ZooKeeper's version, not to an older copy.
+            removed = set(st.isr) - set(new_isr)
+            new_isr = tuple(b for b in cur.isr if b not in removed) + tuple(
+                b for b in new_isr if b not in cur.isr and b not in removed)
             new = PartitionState(self.me_id, st.leader_epoch, new_isr, cur.controller_epoch)
             try:
                 self.zk.set(path, paths.encode_partition_state(new), version=stat.version)
