@@ -12,6 +12,11 @@ Leadership: a request for a partition this broker does not lead raises ``NotLead
 ``UnknownTopicOrPartitionError``. Topic names are validated (``annal.topic_names``) before any
 name can reach the file system.
 
+Replication (ZooKeeper mode, docs/replication.md): ``replication`` is the
+``ReplicaManager``; the logs of partitions this broker follows are open too, consumers read
+below the high watermark it computes, followers' fetches (``replica_id >= 0``) read past it,
+and acks=-1 on a replicated partition waits for the in-sync replicas.
+
 Long-poll: ``add_waiter(partitions, wake)`` registers a callback that every append to one of
 those partitions calls (from the appending thread); fetches wait on timers and these wake-ups,
 never in polling loops.
