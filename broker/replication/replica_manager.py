@@ -208,9 +208,15 @@ class ReplicaManager:
     def _leader(self, topic: str, partition: int) -> LeaderState:
         st = self._leaders.get((topic, partition))
         if st is None or st.fenced:
+            details: dict[str, Any] = {}
+            placement = self._placements.get(topic)
+            leader = placement.partitions.get(partition, -1) if placement is not None else -1
+            info = self.broker_info(leader) if leader not in (-1, self.me_id) else None
+            if info is not None:
+                details["leader"] = info  # the client's hint, as Broker.leader_log gives
             raise NotLeaderForPartitionError(
                 f"broker {self.me_id} is not (or no longer) the leader of {topic}-{partition}",
-                topic=topic, partition=partition,
+                topic=topic, partition=partition, **details,
             )
         return st
 
