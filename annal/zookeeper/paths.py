@@ -227,6 +227,7 @@ def decode_topic(name: str, data: bytes | None) -> TopicPlacement:
         config=config,
         replicas=replicas,
         isr=dict(replicas),
+        leader_epochs={p: 0 for p in replicas},  # a new topic's states: preferred leader, epoch 0
     )
 
 
