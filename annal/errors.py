@@ -38,6 +38,9 @@ __all__ = [
     "InvalidRequiredAcksError",
     "TopicAlreadyExistsError",
     "InvalidPartitionsError",
+    "InvalidReplicationFactorError",
+    "NotEnoughReplicasError",
+    "NotEnoughReplicasAfterAppendError",
     "InvalidConfigError",
     "InvalidRequestError",
     "StorageError",
@@ -192,6 +195,24 @@ class InvalidTopicError(AnnalError):
     reason = "INVALID_TOPIC_EXCEPTION"
 
 
+class NotEnoughReplicasError(AnnalError):
+    """acks=all was refused: the partition's in-sync replica set is smaller than the topic's
+    min_insync_replicas, so the batch was not appended."""
+
+    code = 19
+    retriable = True
+    reason = "NOT_ENOUGH_REPLICAS"
+
+
+class NotEnoughReplicasAfterAppendError(AnnalError):
+    """acks=all: the batch was appended, but the in-sync replica set shrank below
+    min_insync_replicas before it was answered; the producer may retry (and may duplicate)."""
+
+    code = 20
+    retriable = True
+    reason = "NOT_ENOUGH_REPLICAS_AFTER_APPEND"
+
+
 class InvalidRequiredAcksError(AnnalError):
     """acks must be 0, 1 or all (-1)."""
 
@@ -204,6 +225,13 @@ class TopicAlreadyExistsError(AnnalError):
 
     code = 36
     reason = "TOPIC_ALREADY_EXISTS"
+
+
+class InvalidReplicationFactorError(AnnalError):
+    """The replication factor is not positive or exceeds the number of live brokers."""
+
+    code = 38
+    reason = "INVALID_REPLICATION_FACTOR"
 
 
 class InvalidPartitionsError(AnnalError):

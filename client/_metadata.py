@@ -50,6 +50,8 @@ _CONFIG_KEYS = (
     "flush_messages",
     "flush_ms",
     "max_message_bytes",
+    "min_insync_replicas",
+    "unclean_leader_election_enable",
 )
 
 
@@ -94,6 +96,9 @@ def snapshot_from_response(resp: annal_pb2.MetadataResponse, asked: Iterable[str
                         p.log_end_offset,
                         p.size_bytes,
                         p.error_code,
+                        tuple(p.replicas),
+                        tuple(p.isr),
+                        p.leader_epoch,
                     )
                     for p in t.partitions
                 ),

@@ -40,7 +40,12 @@ from kazoo.retry import KazooRetry
 
 from annal.zookeeper import paths
 from annal.cluster import TopicPlacement
-from annal.zookeeper.reads import read_children_data, read_controller_id
+from annal.zookeeper.reads import (
+    read_children_data,
+    read_controller_id,
+    read_partition_states,
+    with_partition_states,
+)
 from annal.zookeeper.refresh import WatchRefresher
 from annal.errors import LeaderNotAvailableError, NetworkError
 
@@ -174,6 +179,9 @@ class ZooKeeperMetadataSource:
                     -1,
                     0,
                     0 if leader in brokers else LeaderNotAvailableError.code,
+                    placement.replicas_of(p),
+                    placement.isr_of(p),
+                    placement.leader_epoch_of(p),
                 )
                 for p, leader in sorted(placement.partitions.items())
             )
@@ -204,6 +212,9 @@ class ZooKeeperMetadataSource:
         self._refresher.on_session_state(state)
         if state == KazooState.LOST:
             log.warning("ZooKeeper session of the client expired; metadata will be re-read")
+
+    def _on_partition_state(self, _event: object) -> None:
+        self._refresher.mark(topics=True)
 
     def _read_and_push(self, *, brokers: bool, topics: bool) -> None:
         """The refresher's read: re-read, then hand the new state to the attached metadata."""
@@ -240,6 +251,10 @@ class ZooKeeperMetadataSource:
                     fresh_topics[child] = paths.decode_topic(child, data)
                 except ValueError:
                     continue
+            # The leaders and ISRs live in the partition states (docs/replication.md).
+            fresh_topics = with_partition_states(
+                fresh_topics, read_partition_states(self.client, fresh_topics, self._on_partition_state)
+            )
         with self._lock:
             if controller is not None:
                 self._controller_id = controller

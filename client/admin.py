@@ -103,7 +103,8 @@ class Admin:
                     f"num_partitions of {nt.name!r} must be an int >= 1, not {nt.num_partitions!r}"
                 )
             topics.append(
-                annal_pb2.NewTopic(name=nt.name, partitions=nt.num_partitions, config=_topic_config(nt.topic_configs))
+                annal_pb2.NewTopic(name=nt.name, partitions=nt.num_partitions, config=_topic_config(nt.topic_configs),
+                                   replication_factor=int(nt.replication_factor))
             )
         resp = self._call("CreateTopics", annal_pb2.CreateTopicsRequest(topics=topics, validate_only=validate_only))
         out = self._raise_first(resp.results)

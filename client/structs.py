@@ -76,12 +76,16 @@ class NewTopic:
     """A topic to create with ``Admin.create_topics``.
 
     ``topic_configs`` keys are the broker's topic config names: segment_bytes, segment_ms,
-    retention_bytes, retention_ms, flush_messages, flush_ms, max_message_bytes (integers).
+    retention_bytes, retention_ms, flush_messages, flush_ms, max_message_bytes,
+    min_insync_replicas, unclean_leader_election_enable (integers). ``replication_factor``:
+    copies of each partition (-1: the broker's ``default_replication_factor``), as Kafka's
+    ``NewTopic(name, num_partitions, replication_factor)``.
     """
 
     name: str
     num_partitions: int
     topic_configs: Mapping[str, int] = field(default_factory=dict)
+    replication_factor: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,9 @@ class PartitionMetadata:
     log_end_offset: int
     size_bytes: int
     error_code: int = 0
+    replicas: tuple[int, ...] = ()
+    isr: tuple[int, ...] = ()
+    leader_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

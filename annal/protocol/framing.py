@@ -16,6 +16,8 @@ in docs/protocol.md)::
 
     FETCH request    max_wait_ms int32 | min_bytes int32 | partition_count int32 |
                      [topic string | partition int32 | offset int64 | max_bytes int32]*
+    FETCH request v1 replica_id int32 | then as v0 (a follower's fetch: replica_id is its
+                     broker id, and the leader reads past the high watermark for it)
     FETCH response   partition_count int32 |
                      [topic string | partition int32 | error_code int16 | error_message string |
                       high_watermark int64 | log_start_offset int64 | records_bytes int32 |
@@ -25,6 +27,11 @@ in docs/protocol.md)::
     PRODUCE response partition_count int32 |
                      [topic string | partition int32 | error_code int16 | error_message string |
                       base_offset int64 | log_end_offset int64 | leader_id int32]*
+    OFFSET_FOR_LEADER_EPOCH request   partition_count int32 |
+                     [topic string | partition int32 | leader_epoch int32]*
+    OFFSET_FOR_LEADER_EPOCH response  partition_count int32 |
+                     [topic string | partition int32 | error_code int16 | leader_epoch int32 |
+                      end_offset int64]*
 
 Copies: a frame is received into its own ``bytearray`` (``get_buffer`` hands out that very
 buffer once the length prefix is known, so ``recv_into`` fills it with no copy at all), and the
@@ -53,6 +60,14 @@ from annal.errors import InvalidRequestError, NetworkError, RemoteProtocolError
 __all__ = [
     "API_PRODUCE",
     "API_FETCH",
+    "API_OFFSET_FOR_LEADER_EPOCH",
+    "EpochPartition",
+    "EpochRequest",
+    "EpochPartitionResult",
+    "EpochResponse",
+    "encode_epoch_request",
+    "encode_epoch_response",
+    "decode_epoch_response",
     "API_VERSION",
     "LENGTH_SIZE",
     "REQUEST_HEADER_SIZE",
@@ -88,7 +103,9 @@ __all__ = [
 
 API_PRODUCE = 0
 API_FETCH = 1
+API_OFFSET_FOR_LEADER_EPOCH = 2
 API_VERSION = 0
+FETCH_REPLICA_VERSION = 1  # FETCH with a replica id
 
 LENGTH_SIZE = 4
 REQUEST_HEADER_SIZE = 8  # api_key, api_version, correlation_id
@@ -114,6 +131,8 @@ _PRODUCE_REQ_HEAD = struct.Struct(">hii")  # acks, timeout_ms, partition_count
 _PRODUCE_REQ_PART = struct.Struct(">ii")  # partition, records_bytes
 _PRODUCE_RESP_PART_A = struct.Struct(">ih")  # partition, error_code
 _PRODUCE_RESP_PART_B = struct.Struct(">qqi")  # base_offset, log_end_offset, leader_id
+_EPOCH_REQ_PART = struct.Struct(">ii")  # partition, leader_epoch
+_EPOCH_RESP_PART = struct.Struct(">ihiq")  # partition, error_code, leader_epoch, end_offset
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -144,6 +163,35 @@ class FetchRequest(NamedTuple):
     max_wait_ms: int
     min_bytes: int
     partitions: Sequence[FetchPartition]
+    replica_id: int = -1  # >= 0: a follower's fetch (FETCH v1)
+
+
+class EpochPartition(NamedTuple):
+    topic: str
+    partition: int
+    leader_epoch: int
+
+
+class EpochRequest(NamedTuple):
+    """OffsetsForLeaderEpoch (KIP-101): for each partition, the end offset of the largest
+    leader epoch <= ``leader_epoch`` in the leader's log."""
+
+    correlation_id: int
+    partitions: Sequence[EpochPartition]
+
+
+class EpochPartitionResult(NamedTuple):
+    topic: str
+    partition: int
+    error_code: int = 0
+    leader_epoch: int = -1
+    end_offset: int = -1
+
+
+class EpochResponse(NamedTuple):
+    correlation_id: int
+    error_code: int = 0
+    partitions: Sequence[EpochPartitionResult] = ()
 
 
 class ProducePartition(NamedTuple):
@@ -196,7 +244,7 @@ class ProduceResponse(NamedTuple):
     partitions: Sequence[ProducePartitionResult] = ()
 
 
-Request = Union[FetchRequest, ProduceRequest]
+Request = Union[FetchRequest, ProduceRequest, EpochRequest]
 
 
 # --------------------------------------------------------------------------- frame reader
@@ -439,10 +487,17 @@ def _frame(parts: list[Buffer]) -> bytes:
 
 
 def encode_fetch_request(req: FetchRequest) -> bytes:
-    parts: list[Buffer] = [
-        _REQ_HEADER.pack(API_FETCH, API_VERSION, req.correlation_id),
-        _FETCH_REQ_HEAD.pack(req.max_wait_ms, req.min_bytes, len(req.partitions)),
-    ]
+    if req.replica_id >= 0:
+        parts: list[Buffer] = [
+            _REQ_HEADER.pack(API_FETCH, FETCH_REPLICA_VERSION, req.correlation_id),
+            _I32.pack(req.replica_id),
+            _FETCH_REQ_HEAD.pack(req.max_wait_ms, req.min_bytes, len(req.partitions)),
+        ]
+    else:
+        parts = [
+            _REQ_HEADER.pack(API_FETCH, API_VERSION, req.correlation_id),
+            _FETCH_REQ_HEAD.pack(req.max_wait_ms, req.min_bytes, len(req.partitions)),
+        ]
     for p in req.partitions:
         parts.append(encode_string(p.topic))
         parts.append(_FETCH_REQ_PART.pack(p.partition, p.offset, p.max_bytes))
@@ -649,8 +704,20 @@ def decode_request(frame: Buffer) -> Request:
             return fast
     hdr = decode_request_header(mv)
     cur = _Cursor(mv, REQUEST_HEADER_SIZE, hdr.correlation_id)
-    if hdr.api_version != API_VERSION:
+    replica_id = -1
+    if hdr.api_key == API_FETCH and hdr.api_version == FETCH_REPLICA_VERSION:
+        (replica_id,) = cur.unpack(_I32, "replica_id")
+    elif hdr.api_version != API_VERSION:
         raise cur.fail(f"api_version {hdr.api_version} is not supported (only {API_VERSION})")
+    if hdr.api_key == API_OFFSET_FOR_LEADER_EPOCH:
+        n = cur.count("partition_count", 2 + _EPOCH_REQ_PART.size)
+        eparts = []
+        for _ in range(n):
+            topic = cur.string("topic")
+            partition, epoch = cur.unpack(_EPOCH_REQ_PART, "epoch partition")
+            eparts.append(EpochPartition(topic, partition, epoch))
+        cur.done()
+        return EpochRequest(hdr.correlation_id, eparts)
     if hdr.api_key == API_FETCH:
         max_wait_ms, min_bytes = cur.unpack(_FETCH_REQ_WAIT, "fetch header")
         n = cur.count("partition_count", 2 + _FETCH_REQ_PART.size)
@@ -660,7 +727,7 @@ def decode_request(frame: Buffer) -> Request:
             partition, offset, max_bytes = cur.unpack(_FETCH_REQ_PART, "fetch partition")
             fparts.append(FetchPartition(topic, partition, offset, max_bytes))
         cur.done()
-        return FetchRequest(hdr.correlation_id, max_wait_ms, min_bytes, fparts)
+        return FetchRequest(hdr.correlation_id, max_wait_ms, min_bytes, fparts, replica_id)
     if hdr.api_key == API_PRODUCE:
         acks, timeout_ms = cur.unpack(_PRODUCE_REQ_ACKS, "produce header")
         n = cur.count("partition_count", 2 + _PRODUCE_REQ_PART.size)
@@ -744,3 +811,41 @@ def decode_produce_response(frame: Buffer) -> ProduceResponse:
         parts.append(ProducePartitionResult(topic, partition, error_code, message, base, leo, leader))
     cur.done()
     return ProduceResponse(cid, 0, parts)
+
+
+def encode_epoch_request(req: EpochRequest) -> bytes:
+    parts: list[Buffer] = [
+        _REQ_HEADER.pack(API_OFFSET_FOR_LEADER_EPOCH, API_VERSION, req.correlation_id),
+        _I32.pack(len(req.partitions)),
+    ]
+    for p in req.partitions:
+        parts.append(encode_string(p.topic))
+        parts.append(_EPOCH_REQ_PART.pack(p.partition, p.leader_epoch))
+    return _frame(parts)
+
+
+def encode_epoch_response(resp: EpochResponse) -> bytes:
+    parts: list[Buffer] = [_RESP_HEADER.pack(resp.correlation_id, resp.error_code)]
+    if not resp.error_code:
+        parts.append(_I32.pack(len(resp.partitions)))
+        for p in resp.partitions:
+            parts.append(encode_string(p.topic))
+            parts.append(_EPOCH_RESP_PART.pack(p.partition, p.error_code, p.leader_epoch, p.end_offset))
+    return _frame(parts)
+
+
+def decode_epoch_response(frame: Buffer) -> EpochResponse:
+    mv = _as_view(frame)
+    cid, code = decode_response_header(mv)
+    cur = _Cursor(mv, RESPONSE_HEADER_SIZE, cid, RemoteProtocolError)
+    if code:
+        cur.done()
+        return EpochResponse(cid, code, ())
+    n = cur.count("partition_count", 2 + _EPOCH_RESP_PART.size)
+    parts = []
+    for _ in range(n):
+        topic = cur.string("topic")
+        partition, error_code, epoch, end = cur.unpack(_EPOCH_RESP_PART, "epoch result")
+        parts.append(EpochPartitionResult(topic, partition, error_code, epoch, end))
+    cur.done()
+    return EpochResponse(cid, 0, parts)

@@ -5,8 +5,13 @@ so several clusters, or several tests, can share one ZooKeeper ensemble::
 
     /brokers/ids/<broker_id>             ephemeral  {"host", "port", "fetch_port", "version",
                                                     "start_time_ms"}
-    /brokers/topics/<topic>              persistent {"partitions": {"<p>": broker_id},
-                                                    "config": {...}}
+    /brokers/topics/<topic>              persistent {"partitions": {"<p>": [replica ids,
+                                                    preferred leader first]}, "config": {...}}
+    /brokers/topics/<topic>/partitions/<p>/state
+                                         persistent {"leader", "leader_epoch", "isr",
+                                                    "controller_epoch", "version"}; written
+                                                    only with the version it was read at
+    /controller_epoch                    persistent, data = the controller epoch (ASCII int)
     /controller                          ephemeral  {"broker_id", "version", "timestamp_ms"}
     /controller_election/<lock nodes>    ephemeral sequential contenders (kazoo Election)
     /admin/delete_topics/<topic>         persistent request, removed by the controller when done
@@ -25,7 +30,7 @@ import json
 import re
 from typing import Any, Mapping
 
-from annal.cluster import BrokerInfo, TopicPlacement
+from annal.cluster import BrokerInfo, PartitionState, TopicPlacement
 
 __all__ = [
     "DEFAULT_CHROOT",
@@ -35,6 +40,12 @@ __all__ = [
     "CONTROLLER_ELECTION",
     "DELETE_TOPICS",
     "CONSUMERS",
+    "CONTROLLER_EPOCH",
+    "partition_state_path",
+    "partitions_path",
+    "encode_partition_state",
+    "decode_partition_state",
+    "assign_replicas",
     "LAYOUT_VERSION",
     "split_hosts",
     "with_default_chroot",
@@ -68,6 +79,7 @@ CONTROLLER = "/controller"
 CONTROLLER_ELECTION = "/controller_election"
 DELETE_TOPICS = "/admin/delete_topics"
 CONSUMERS = "/consumers"
+CONTROLLER_EPOCH = "/controller_epoch"
 
 _GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -96,6 +108,14 @@ def broker_path(broker_id: int) -> str:
 
 def topic_path(topic: str) -> str:
     return f"{BROKER_TOPICS}/{topic}"
+
+
+def partitions_path(topic: str) -> str:
+    return f"{BROKER_TOPICS}/{topic}/partitions"
+
+
+def partition_state_path(topic: str, partition: int) -> str:
+    return f"{BROKER_TOPICS}/{topic}/partitions/{int(partition)}/state"
 
 
 def delete_topic_path(topic: str) -> str:
@@ -178,21 +198,64 @@ def encode_topic(placement: TopicPlacement) -> bytes:
     return _dumps(
         {
             "version": LAYOUT_VERSION,
-            "partitions": {str(p): int(b) for p, b in sorted(placement.partitions.items())},
+            "partitions": {str(p): list(placement.replicas_of(p)) for p in sorted(placement.partitions)},
             "config": dict(placement.config),
         }
     )
 
 
 def decode_topic(name: str, data: bytes | None) -> TopicPlacement:
-    """Raises ValueError on data that is not a topic placement."""
+    """Raises ValueError on data that is not a topic placement.
+
+    The leader of each partition is its preferred replica here; the partition states
+    (``decode_partition_state``) say who leads now. A single broker id instead of a list is
+    read as a one-replica partition (the layout before replication)."""
     obj = _loads(data)
     try:
-        partitions = {int(p): int(b) for p, b in obj["partitions"].items()}
+        replicas: dict[int, tuple[int, ...]] = {}
+        for p, r in obj["partitions"].items():
+            ids = (int(r),) if isinstance(r, int) else tuple(int(b) for b in r)
+            if not ids:
+                raise ValueError(f"partition {p} has no replicas")
+            replicas[int(p)] = ids
         config = dict(obj.get("config") or {})
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"bad placement for topic {name!r}: {obj!r}") from exc
-    return TopicPlacement(name=name, partitions=partitions, config=config)
+    return TopicPlacement(
+        name=name,
+        partitions={p: r[0] for p, r in replicas.items()},
+        config=config,
+        replicas=replicas,
+        isr=dict(replicas),
+        leader_epochs={p: 0 for p in replicas},  # a new topic's states: preferred leader, epoch 0
+    )
+
+
+def encode_partition_state(state: PartitionState) -> bytes:
+    return _dumps(
+        {
+            "version": LAYOUT_VERSION,
+            "leader": int(state.leader),
+            "leader_epoch": int(state.leader_epoch),
+            "isr": [int(b) for b in state.isr],
+            "controller_epoch": int(state.controller_epoch),
+        }
+    )
+
+
+def decode_partition_state(data: bytes | None, zk_version: int = -1) -> PartitionState:
+    """Raises ValueError on data that is not a partition state."""
+    obj = _loads(data)
+    try:
+        return PartitionState(
+            leader=int(obj["leader"]),
+            leader_epoch=int(obj["leader_epoch"]),
+            isr=tuple(int(b) for b in obj["isr"]),
+            controller_epoch=int(obj.get("controller_epoch", 0)),
+            zk_version=int(zk_version),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"bad partition state {obj!r}") from exc
 
 
 def encode_controller(broker_id: int, *, timestamp_ms: int) -> bytes:
@@ -230,3 +293,31 @@ def place_partitions(partitions: int, live_broker_ids: list[int] | set[int], sta
     n = len(ids)
     return {p: ids[(start + p) % n] for p in range(partitions)}
 
+
+
+def assign_replicas(
+    partitions: int, replication_factor: int, live_broker_ids: list[int] | set[int], start: int, shift: int
+) -> dict[int, tuple[int, ...]]:
+    """Kafka's rack-unaware replica assignment (``AdminUtils.assignReplicasToBrokers``).
+
+    The first replica of partition p (its preferred leader) is ``ids[(start + p) % n]``, so
+    leaders spread evenly; the others follow it at a distance of ``1 + (shift + j) % (n - 1)``
+    brokers, with ``shift`` bumped after every n partitions, so that the followers of one
+    broker's partitions are spread over the others too. No broker holds two replicas of a
+    partition. ``start`` and ``shift`` are chosen at random by the caller."""
+    ids = sorted(set(int(b) for b in live_broker_ids))
+    n = len(ids)
+    if not ids:
+        raise ValueError("no live brokers to place partitions on")
+    if not 1 <= replication_factor <= n:
+        raise ValueError(f"replication factor {replication_factor} needs that many live brokers; {n} are live")
+    out: dict[int, tuple[int, ...]] = {}
+    for p in range(partitions):
+        if p > 0 and p % n == 0:
+            shift += 1
+        first = (start + p) % n
+        replicas = [ids[first]]
+        for j in range(replication_factor - 1):
+            replicas.append(ids[(first + 1 + (shift + j) % (n - 1)) % n])
+        out[p] = tuple(replicas)
+    return out

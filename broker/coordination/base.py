@@ -49,10 +49,17 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     def create_topic(
-        self, name: str, partitions: int, config: Mapping[str, Any], *, deadline: float | None = None
+        self,
+        name: str,
+        partitions: int,
+        config: Mapping[str, Any],
+        replication_factor: int = 1,
+        *,
+        deadline: float | None = None,
     ) -> TopicPlacement:
-        """Create a topic and place its partitions. Raises TopicAlreadyExistsError,
-        InvalidTopicError, InvalidPartitionsError or InvalidConfigError. ``deadline``
+        """Create a topic and place ``replication_factor`` replicas of each partition. Raises
+        TopicAlreadyExistsError, InvalidTopicError, InvalidPartitionsError,
+        InvalidReplicationFactorError or InvalidConfigError. ``deadline``
         (``time.monotonic()``) is the caller's: past it the topic is not created and
         RequestTimedOutError is raised."""
 

@@ -80,9 +80,21 @@ class StandaloneCoordinator(Coordinator):
     # -- changes
 
     def create_topic(
-        self, name: str, partitions: int, config: Mapping[str, Any], *, deadline: float | None = None
+        self,
+        name: str,
+        partitions: int,
+        config: Mapping[str, Any],
+        replication_factor: int = 1,
+        *,
+        deadline: float | None = None,
     ) -> TopicPlacement:
         me = self._require_started()
+        if replication_factor != 1:
+            from annal.errors import InvalidReplicationFactorError
+
+            raise InvalidReplicationFactorError(
+                f"a standalone broker holds one copy: replication factor {replication_factor} is not possible"
+            )
         validate_topic_name(name)
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             raise InvalidPartitionsError(f"partitions must be a positive integer, not {partitions!r}")

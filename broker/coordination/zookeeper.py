@@ -63,13 +63,20 @@ from kazoo.retry import KazooRetry
 
 from annal.zookeeper import paths
 from annal.broker.coordination.base import BrokerInfo, Coordinator, PlacementListener, TopicPlacement
-from annal.zookeeper.reads import read_children_data, read_controller_id
+from annal.zookeeper.reads import (
+    read_children_data,
+    read_controller_id,
+    read_partition_states,
+    with_partition_states,
+)
+from annal.broker.coordination.controller import bump_controller_epoch, elect_leaders, initial_states
 from annal.zookeeper.refresh import WatchRefresher
 from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     InvalidConfigError,
     InvalidPartitionsError,
+    InvalidReplicationFactorError,
     NetworkError,
     RequestTimedOutError,
     TopicAlreadyExistsError,
@@ -257,10 +264,16 @@ class ZooKeeperCoordinator(Coordinator):
         listener(snapshot)
 
     def create_topic(
-        self, name: str, partitions: int, config: Mapping[str, Any], *, deadline: float | None = None
+        self,
+        name: str,
+        partitions: int,
+        config: Mapping[str, Any],
+        replication_factor: int = 1,
+        *,
+        deadline: float | None = None,
     ) -> TopicPlacement:
-        """Write ``/brokers/topics/<name>`` (module docstring), within ``deadline`` (the
-        caller's; default ``create_timeout_ms`` from now). Every ZooKeeper call waits at most
+        """Write ``/brokers/topics/<name>`` and each partition's first state (module
+        docstring), within ``deadline`` (the caller's; default ``create_timeout_ms`` from now). Every ZooKeeper call waits at most
         until the deadline, and the placement is written only while connected and before the
         deadline, so a caller that got RequestTimedOutError("not created") can rely on it: the
         write was never sent (kazoo would otherwise queue it and apply it on reconnection).
@@ -282,10 +295,16 @@ class ZooKeeperCoordinator(Coordinator):
             ids = [int(b) for b in live if b.isdigit()]
             if not ids:
                 raise BrokerNotAvailableError("no live brokers registered in ZooKeeper to place partitions on")
+            if not 1 <= replication_factor <= len(ids):
+                raise InvalidReplicationFactorError(
+                    f"replication factor {replication_factor} needs as many live brokers; {len(ids)} are live"
+                )
+            replicas = paths.assign_replicas(
+                partitions, replication_factor, ids, random.randrange(len(ids)), random.randrange(len(ids))
+            )
             placement = TopicPlacement(
-                name=name,
-                partitions=paths.place_partitions(partitions, ids, random.randrange(len(ids))),
-                config=config,
+                name=name, partitions={p: r[0] for p, r in replicas.items()}, config=config,
+                replicas=replicas, isr=dict(replicas), leader_epochs={p: 0 for p in replicas},
             )
             self._write_placement_by(deadline, placement)
         except AnnalError:
@@ -339,17 +358,27 @@ class ZooKeeperCoordinator(Coordinator):
                 if time.monotonic() >= deadline else
                 f"topic {name!r} was not created: the broker is not connected to ZooKeeper"
             )
-        # Not retried: a create retried after a lost reply would see NodeExists for our own write.
-        result = self._zk.create_async(paths.topic_path(name), paths.encode_topic(placement))
+        # The placement and every partition's first state in one transaction: a reader never
+        # sees a topic whose states are missing for good. Not retried: a create retried after a
+        # lost reply would see NodeExists for our own write.
+        tx = self._zk.transaction()
+        tx.create(paths.topic_path(name), paths.encode_topic(placement))
+        tx.create(paths.partitions_path(name), b"")
+        for p, state in initial_states(placement.replicas).items():
+            tx.create(paths.partition_state_path(name, p).rsplit("/", 1)[0], b"")
+            tx.create(paths.partition_state_path(name, p), paths.encode_partition_state(state))
         try:
-            result.get(timeout=max(0.0, deadline - time.monotonic()))
-        except NodeExistsError:
-            raise TopicAlreadyExistsError(f"topic {name!r} already exists") from None
+            results = tx.commit_async().get(timeout=max(0.0, deadline - time.monotonic()))
         except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
             raise RequestTimedOutError(
                 f"topic {name!r}: ZooKeeper did not confirm the write before the request's deadline "
                 f"({type(exc).__name__}); the topic may still be created: check with describe"
             ) from exc
+        if any(isinstance(r, NodeExistsError) for r in results):
+            raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
 
     def delete_topic(self, name: str, *, deadline: float | None = None) -> None:
         """Request the deletion (``/admin/delete_topics/<name>``) and wait for the controller to
@@ -514,6 +543,10 @@ class ZooKeeperCoordinator(Coordinator):
 
     # -- watches and refresh ------------------------------------------------------------
 
+    def _on_partition_state_changed(self, _event: object) -> None:
+        """One-shot data watch on every partition state (re-set by each re-read)."""
+        self._refresher.mark(topics=True)
+
     def _on_delete_requests(self, children: list[str]) -> bool | None:
         if children:
             self._deletions_kick.set()
@@ -542,10 +575,13 @@ class ZooKeeperCoordinator(Coordinator):
                 except ValueError as exc:
                     log.warning("ignoring bad broker registration %s: %s", child, exc)
             with self._lock:
-                if fresh != self._brokers:
+                changed_brokers = fresh != self._brokers
+                if changed_brokers:
                     log.info("live brokers: %s", sorted(fresh))
                 self._brokers = fresh
                 self._changed.notify_all()
+            if changed_brokers:
+                self._deletions_kick.set()  # the controller elects leaders for a dead broker's partitions
         if topics:
             placed: dict[str, TopicPlacement] = {}
             for child, data in self._read_all(paths.BROKER_TOPICS, self._refresher.watch_topics).items():
@@ -553,6 +589,9 @@ class ZooKeeperCoordinator(Coordinator):
                     placed[child] = paths.decode_topic(child, data)
                 except ValueError as exc:
                     log.warning("ignoring bad topic placement %s: %s", child, exc)
+            states = read_partition_states(self._zk, placed, self._on_partition_state_changed,
+                                           self.session_timeout_ms / 1000.0)
+            placed = with_partition_states(placed, states)
             with self._lock:
                 changed = placed != self._topics
                 self._topics = placed
@@ -610,7 +649,12 @@ class ZooKeeperCoordinator(Coordinator):
         if not self._claim_controller_node(gen, sid):
             return
         self._is_controller = True
-        log.info("broker %d is now the controller (session %s)", self._me.broker_id, _hex(sid))
+        try:
+            controller_epoch = bump_controller_epoch(self._zk)
+        except (KazooException, KazooTimeoutError):
+            return
+        log.info("broker %d is now the controller (session %s, epoch %d)", self._me.broker_id, _hex(sid),
+                 controller_epoch)
         self._deletions_kick.set()
         try:
             while not self._stopping.is_set() and gen == self._session_gen:
@@ -622,6 +666,10 @@ class ZooKeeperCoordinator(Coordinator):
                     self._process_deletions()
                 except (KazooException, KazooTimeoutError) as exc:
                     log.info("controller: deletions deferred (%r)", exc)
+                try:
+                    self._elect_leaders(controller_epoch)
+                except (KazooException, KazooTimeoutError) as exc:
+                    log.info("controller: leader election deferred (%r)", exc)
         finally:
             self._is_controller = False
             log.info("broker %d resigns as controller", self._me.broker_id)
@@ -632,6 +680,20 @@ class ZooKeeperCoordinator(Coordinator):
                         self._zk.delete(paths.CONTROLLER, version=stat.version)
                 except (KazooException, KazooTimeoutError):
                     pass
+
+    def _elect_leaders(self, controller_epoch: int) -> None:
+        # Read live brokers and topics straight from ZooKeeper: the cached view may lag.
+        live = {int(b) for b in self._zk.get_children(paths.BROKER_IDS) if b.isdigit()}
+        placed: dict[str, TopicPlacement] = {}
+        for child, data in self._read_all(paths.BROKER_TOPICS).items():
+            if self._zk.exists(paths.delete_topic_path(child)) is not None:
+                continue
+            try:
+                placed[child] = paths.decode_topic(child, data)
+            except ValueError:
+                continue
+        if elect_leaders(self._zk, placed, live, controller_epoch, timeout_s=self.session_timeout_ms / 1000.0):
+            self._refresher.mark(topics=True)
 
     def _claim_controller_node(self, gen: int, sid: int | None) -> bool:
         assert self._me is not None

@@ -12,6 +12,11 @@ Leadership: a request for a partition this broker does not lead raises ``NotLead
 ``UnknownTopicOrPartitionError``. Topic names are validated (``annal.topic_names``) before any
 name can reach the file system.
 
+Replication (ZooKeeper mode, docs/replication.md): ``replication`` is the
+``ReplicaManager``; the logs of partitions this broker follows are open too, consumers read
+below the high watermark it computes, followers' fetches (``replica_id >= 0``) read past it,
+and acks=-1 on a replicated partition waits for the in-sync replicas.
+
 Long-poll: ``add_waiter(partitions, wake)`` registers a callback that every append to one of
 those partitions calls (from the appending thread); fetches wait on timers and these wake-ups,
 never in polling loops.
@@ -41,7 +46,13 @@ from annal.errors import (
     NotLeaderForPartitionError,
     UnknownTopicOrPartitionError,
 )
-from annal.broker.server.config import MAX_PARTITIONS, NEVER, BrokerConfig, validate_topic_config
+from annal.broker.server.config import (
+    MAX_PARTITIONS,
+    NEVER,
+    REPLICATION_TOPIC_KEYS,
+    BrokerConfig,
+    validate_topic_config,
+)
 from annal.broker.server.metrics import BrokerMetrics, PartitionStat
 from annal.record import iter_batch_positions, parse_header
 from annal.topic_names import is_valid_topic_name, validate_topic_name
@@ -83,6 +94,9 @@ class PartitionMetadata:
     log_end_offset: int = -1
     size_bytes: int = -1
     error: AnnalError | None = None
+    replicas: tuple[int, ...] = ()
+    isr: tuple[int, ...] = ()
+    leader_epoch: int = 0
 
 
 def _leaderless(topic: str, partition: int, placed: int) -> PartitionMetadata:
@@ -125,6 +139,7 @@ class Broker:
         self._closed = False
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
+        self.replication: Any = None  # annal.broker.replication.ReplicaManager in a ZooKeeper cluster
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,6 +160,11 @@ class Broker:
         """Join the cluster as ``me`` and start following placements and the maintenance timer."""
         self.me = me
         self.coordinator.start(me)
+        zk = getattr(self.coordinator, "kazoo_client", None)
+        if zk is not None:
+            from annal.broker.replication.replica_manager import ReplicaManager
+
+            self.replication = ReplicaManager(self, zk)
         self.coordinator.add_listener(self._on_placements)
         self._maintenance_thread = threading.Thread(
             target=self._maintenance_loop, name="annal-maintenance", daemon=True
@@ -161,9 +181,17 @@ class Broker:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
+    def controlled_shutdown(self) -> int:
+        """Hand the partitions this broker leads to other in-sync replicas before it stops
+        (Kafka's controlled shutdown); returns how many moved. Safe to call more than once."""
+        rep = self.replication
+        return rep.controlled_shutdown() if rep is not None else 0
+
     def close(self) -> None:
         """Stop the timer, flush and close every log, leave the cluster. Idempotent."""
         self.begin_shutdown()
+        if self.replication is not None:
+            self.replication.close()
         self._closed = True
         self._maintenance_stop.set()
         if self._maintenance_thread is not None:
@@ -195,7 +223,8 @@ class Broker:
                     continue
                 wanted = None
                 for partition, leader in placement.partitions.items():
-                    if leader == me.broker_id and self.logs is not None:
+                    if (leader == me.broker_id or me.broker_id in placement.replicas_of(partition)) \
+                            and self.logs is not None:
                         try:
                             wanted = wanted or self._log_config(placement.config)
                             plog = self.logs.get_or_create(name, partition, wanted)
@@ -208,6 +237,9 @@ class Broker:
                 if name not in old:
                     log.info("topic %s: %d partition(s), config %s", name, placement.partition_count,
                              dict(placement.config) or "defaults")
+            if self.replication is not None:
+                # Leaders and followers switch before requests are routed by the new map.
+                self.replication.on_placements(new)
             self._placements = new
             for name in old.keys() - new.keys():
                 if self.logs is not None:
@@ -228,6 +260,8 @@ class Broker:
 
         merged: dict[str, Any] = self.config.topic_config(overrides)
         merged.pop("partitions", None)
+        for key in REPLICATION_TOPIC_KEYS:
+            merged.pop(key, None)
         for key in ("flush_messages", "flush_ms"):
             if merged.get(key) == NEVER:
                 merged[key] = None
@@ -241,10 +275,13 @@ class Broker:
 
     def create_topic(
         self, name: str, partitions: int, config: Mapping[str, Any], validate_only: bool = False,
-        *, deadline: float | None = None,
+        replication_factor: int = -1,
+        *,
+        deadline: float | None = None,
     ) -> TopicPlacement | None:
-        """Validate and create one topic. ``partitions <= 0`` takes the broker default.
-        ``deadline`` (``time.monotonic()``): the caller's, passed to the coordinator."""
+        """Validate and create one topic. ``partitions <= 0`` takes the broker default, and
+        ``replication_factor <= 0`` the broker's ``default_replication_factor``. ``deadline``
+        (``time.monotonic()``): the caller's, passed to the coordinator."""
         self._check_serving()
         validate_topic_name(name)
         overrides = validate_topic_config(config, allow_partitions=False)
@@ -264,7 +301,9 @@ class Broker:
             if name in self._placements:
                 raise TopicAlreadyExistsError(f"topic {name!r} already exists", topic=name)
             return None
-        return self.coordinator.create_topic(name, partitions, overrides, deadline=deadline)
+        if replication_factor is None or replication_factor <= 0:
+            replication_factor = self.config.default_replication_factor
+        return self.coordinator.create_topic(name, partitions, overrides, replication_factor, deadline=deadline)
 
     def delete_topic(self, name: str, *, deadline: float | None = None) -> None:
         self._check_serving()
@@ -292,11 +331,20 @@ class Broker:
                     parts.append(_leaderless(name, partition, leader))
                     continue
                 plog = self._local_log(name, partition) if self.me and leader == self.me.broker_id else None
+                replicas = placement.replicas_of(partition)
+                isr = placement.isr_of(partition)
+                epoch = placement.leader_epoch_of(partition)
                 if plog is not None:
-                    parts.append(PartitionMetadata(partition, leader, plog.log_start_offset, plog.log_end_offset,
-                                                   plog.size_bytes))
+                    end = plog.log_end_offset
+                    if self.replication is not None:
+                        try:
+                            end = self.replication.high_watermark(name, partition, plog)
+                        except AnnalError:
+                            pass
+                    parts.append(PartitionMetadata(partition, leader, plog.log_start_offset, end,
+                                                   plog.size_bytes, None, replicas, isr, epoch))
                 else:
-                    parts.append(PartitionMetadata(partition, leader))
+                    parts.append(PartitionMetadata(partition, leader, replicas=replicas, isr=isr, leader_epoch=epoch))
             out.append(TopicMetadata(name, tuple(parts), self.config.topic_config(placement.config)))
         return live, out
 
@@ -357,13 +405,16 @@ class Broker:
 
     # ------------------------------------------------------------------ produce
 
-    def append(self, topic: str, partition: int, batches: Sequence[Buffer], acks: int) -> AppendResult:
+    def append(self, topic: str, partition: int, batches: Sequence[Buffer], acks: int,
+               timeout_ms: int = 30_000) -> AppendResult:
         """Append ``batches`` (each one or more whole RecordBatch v2 batches) to a partition.
 
         All batches are validated before any is written: one bad batch fails the partition and
-        nothing of it is appended. With ``acks == -1`` the log is flushed (fdatasync) before this
-        returns. Raises ``AnnalError`` subclasses (CorruptRecordError, InvalidRecordError,
+        nothing of it is appended. With ``acks == -1`` and one replica the log is flushed
+        (fdatasync) before this returns. Raises ``AnnalError`` subclasses (CorruptRecordError, InvalidRecordError,
         MessageSizeTooLargeError, UnsupportedCompressionTypeError, NotLeaderForPartitionError, ...).
+        In a replicated cluster, acks=-1 also waits (up to ``timeout_ms``) until every in-sync
+        replica has the batches (docs/replication.md).
         """
         self._check_serving()
         if acks not in (0, 1, -1):
@@ -377,7 +428,9 @@ class Broker:
             buf = b"".join(batches)
         counts = _record_counts(buf)
         active_before = plog.active_segment
-        base = plog.append_batches(buf)  # validates every batch (CRC, lengths, size) first
+        rep = self.replication
+        epoch = rep.check_produce(topic, partition, acks) if rep is not None else None
+        base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
         if plog.active_segment is not active_before:
             log.info("rolled %s-%d: new segment at offset %d", topic, partition, plog.active_segment.base_offset)
         offsets = []
@@ -385,16 +438,23 @@ class Broker:
         for n in counts:
             offsets.append(next_offset)
             next_offset += n
-        if acks == -1:
-            plog.flush()
         records = sum(counts)
         self.metrics.record_append(topic, len(buf), records)
-        self.notify_append(topic, partition)
+        self.notify_append(topic, partition)  # followers' fetches too
+        if rep is not None:
+            rep.on_append(topic, partition, plog)
+        if acks == -1:
+            if rep is not None and rep.replication_factor(topic, partition) > 1:
+                # Kafka's acks=all: every in-sync replica has the batch (in its page cache);
+                # the copies, not an fdatasync, are what survives a broker's loss.
+                rep.wait_for_replicas(topic, partition, next_offset, timeout_ms)
+            else:
+                plog.flush()  # one copy: acks=all means on this disk
         return AppendResult(tuple(offsets), plog.log_end_offset, len(buf), records)
 
     # ------------------------------------------------------------------ fetch
 
-    def read(self, topic: str, partition: int, offset: int, max_bytes: int) -> Any:
+    def read(self, topic: str, partition: int, offset: int, max_bytes: int, replica_id: int = -1) -> Any:
         """A ``LogReadResult`` starting at the batch holding ``offset``: whole batches up to
         ``max_bytes``, at least one. The caller must ``release()`` it. Raises
         ``OffsetOutOfRangeError`` (with the valid range), ``InvalidFetchSizeError``, ..."""
@@ -402,7 +462,26 @@ class Broker:
             raise InvalidFetchSizeError(f"max_bytes must be positive, not {max_bytes}", max_bytes=max_bytes)
         # The log checks the range itself (OffsetOutOfRangeError with log_start_offset and
         # log_end_offset in details) against one consistent snapshot.
-        return self.leader_log(topic, partition).read(offset, max_bytes)
+        plog = self.leader_log(topic, partition)
+        rep = self.replication
+        if rep is None:
+            return plog.read(offset, max_bytes)
+        if replica_id >= 0:
+            # A follower: its fetch offset is its log end offset; it reads past the HW.
+            hw = rep.on_replica_fetch(topic, partition, replica_id, offset, plog)
+            result = plog.read(offset, max_bytes)
+            result.high_watermark = hw
+            return result
+        return plog.read(offset, max_bytes, max_offset=rep.high_watermark(topic, partition, plog))
+
+    def offset_for_leader_epoch(self, topic: str, partition: int, leader_epoch: int) -> tuple[int, int]:
+        """OffsetsForLeaderEpoch (KIP-101) on the leader: ``(epoch, end_offset)``."""
+        self.leader_log(topic, partition)
+        rep = self.replication
+        if rep is None:
+            plog = self.leader_log(topic, partition)
+            return plog.leader_epochs.end_offset_for(leader_epoch, plog.log_end_offset)
+        return rep.epoch_end_offset(topic, partition, leader_epoch)
 
     def list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int]:
         """``(offset, timestamp)``: -2 earliest, -1 latest, else the first batch with a max
@@ -411,6 +490,8 @@ class Broker:
         if timestamp == EARLIEST_TIMESTAMP:
             return plog.log_start_offset, -1
         if timestamp == LATEST_TIMESTAMP:
+            if self.replication is not None:
+                return self.replication.high_watermark(topic, partition, plog), -1
             return plog.log_end_offset, -1
         if timestamp < 0:
             from annal.errors import InvalidRequestError

@@ -35,6 +35,7 @@ from annal.errors import InvalidConfigError, InvalidPartitionsError
 
 __all__ = [
     "NEVER",
+    "REPLICATION_TOPIC_KEYS",
     "TOPIC_CONFIG_KEYS",
     "DEFAULT_TOPIC_CONFIG",
     "MAX_PARTITIONS",
@@ -57,7 +58,14 @@ _TOPIC_KEYS: dict[str, tuple[int, int, bool]] = {
     "flush_ms": (NEVER, 0, False),
     # Kafka's default (1 MiB + 12): the largest batch a topic accepts.
     "max_message_bytes": (1024 * 1024 + 12, 61, False),
+    # Replication (docs/replication.md): acks=all is refused with NOT_ENOUGH_REPLICAS while
+    # fewer replicas than this are in sync; 1 lets a lone leader acknowledge.
+    "min_insync_replicas": (1, 1, False),
+    # 1: a replica outside the ISR may lead when no ISR member is alive (records may be lost).
+    "unclean_leader_election_enable": (0, 0, False),
 }
+# Topic keys that configure replication, not the log (the storage LogConfig does not take them).
+REPLICATION_TOPIC_KEYS = frozenset({"min_insync_replicas", "unclean_leader_election_enable"})
 TOPIC_CONFIG_KEYS = frozenset(_TOPIC_KEYS)
 DEFAULT_TOPIC_CONFIG: Mapping[str, int] = MappingProxyType({k: v[0] for k, v in _TOPIC_KEYS.items()})
 
@@ -83,6 +91,8 @@ def validate_topic_config(config: Mapping[str, Any], *, allow_partitions: bool =
                 f"partitions must be between 1 and {MAX_PARTITIONS}, not {value}", partitions=value
             )
         maximum = 2**31 - 1 if key in ("segment_bytes", "max_message_bytes") else NEVER
+        if key == "unclean_leader_election_enable":
+            maximum = 1
         if value > maximum or (value < minimum and not (unlimited and value == -1)):
             limit = f"in [{minimum}, {maximum}]" + (" or -1" if unlimited else "")
             raise InvalidConfigError(f"topic config {key}={value} is out of range (must be {limit})", key=key)
@@ -112,6 +122,13 @@ class BrokerConfig:
     grpc_workers: int = 16
     maintenance_interval_ms: int = 1000
     shutdown_timeout_ms: int = 15_000
+    # Replication (Kafka's names): replicas of a topic created without a replication factor;
+    # a follower that has not caught up with the leader's log end for this long leaves the
+    # ISR; a follower's fetch waits at most this long for new records.
+    default_replication_factor: int = 1
+    replica_lag_time_max_ms: int = 10_000
+    replica_fetch_wait_max_ms: int = 500
+    replica_fetch_max_bytes: int = 1024 * 1024
     topic_defaults: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TOPIC_CONFIG))
 
     def __post_init__(self) -> None:
@@ -126,7 +143,8 @@ class BrokerConfig:
         if self.log_level.upper() not in _LOG_LEVELS:
             raise InvalidConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}")
         for name in ("request_timeout_ms", "max_request_bytes", "grpc_workers", "maintenance_interval_ms",
-                     "shutdown_timeout_ms", "zookeeper_session_timeout_ms"):
+                     "shutdown_timeout_ms", "zookeeper_session_timeout_ms", "default_replication_factor",
+                     "replica_lag_time_max_ms", "replica_fetch_wait_max_ms", "replica_fetch_max_bytes"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise InvalidConfigError(f"{name} must be a positive integer, not {v!r}", key=name)

@@ -470,7 +470,10 @@ class DataPortServer:
             conn.close()
             return
         conn.busy = True
-        if isinstance(req, fr.FetchRequest):
+        if isinstance(req, fr.EpochRequest):
+            conn.write(fr.encode_epoch_response(self._offsets_for_leader_epoch(req)))
+            conn.busy = False
+        elif isinstance(req, fr.FetchRequest):
             started = time.perf_counter()
             if req.max_wait_ms > 0 and req.min_bytes > 0 and req.partitions and not self.broker.shutting_down:
                 _LongPoll(self, conn, req, started).start()
@@ -499,13 +502,25 @@ class DataPortServer:
 
     # ------------------------------------------------------------------ FETCH
 
+    def _offsets_for_leader_epoch(self, req: fr.EpochRequest) -> fr.EpochResponse:
+        """A follower asks where its latest leader epoch ends in this leader's log (KIP-101);
+        answered from the epoch cache in memory, on the loop."""
+        out = []
+        for p in req.partitions:
+            try:
+                epoch, end = self.broker.offset_for_leader_epoch(p.topic, p.partition, p.leader_epoch)
+                out.append(fr.EpochPartitionResult(p.topic, p.partition, 0, epoch, end))
+            except AnnalError as err:
+                out.append(fr.EpochPartitionResult(p.topic, p.partition, err.code))
+        return fr.EpochResponse(req.correlation_id, 0, out)
+
     def _read_all(self, req: fr.FetchRequest) -> ReadResults:
         out: ReadResults = []
         broker = self.broker
         cap = self.fetch_max_bytes
         for p in req.partitions:
             try:
-                out.append((p, broker.read(p.topic, p.partition, p.offset, min(p.max_bytes, cap)), None))
+                out.append((p, broker.read(p.topic, p.partition, p.offset, min(p.max_bytes, cap), req.replica_id), None))
             except AnnalError as err:
                 out.append((p, None, err))
         return out
@@ -615,7 +630,7 @@ class DataPortServer:
         out = []
         for p in req.partitions:
             try:
-                res = self.broker.append(p.topic, p.partition, (p.records,), req.acks)
+                res = self.broker.append(p.topic, p.partition, (p.records,), req.acks, req.timeout_ms)
                 base = res.base_offsets[0] if res.base_offsets else -1
                 out.append(fr.ProducePartitionResult(p.topic, p.partition, 0, "", base, res.log_end_offset, -1))
             except AnnalError as err:

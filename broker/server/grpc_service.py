@@ -52,7 +52,7 @@ log = logging.getLogger("annal.grpc")
 
 TOPIC_CONFIG_FIELDS = (
     "segment_bytes", "segment_ms", "retention_bytes", "retention_ms",
-    "flush_messages", "flush_ms", "max_message_bytes",
+    "flush_messages", "flush_ms", "max_message_bytes", "min_insync_replicas", "unclean_leader_election_enable",
 )
 
 
@@ -187,7 +187,7 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
             config = {f: getattr(topic.config, f) for f in TOPIC_CONFIG_FIELDS if topic.config.HasField(f)}
             try:
                 self.broker.create_topic(topic.name, topic.partitions, config, request.validate_only,
-                                         deadline=deadline)
+                                         replication_factor=topic.replication_factor, deadline=deadline)
                 results.append(pb.TopicResult(name=topic.name))
             except AnnalError as err:
                 log.info("create topic %r refused: %s", topic.name[:100], err.message)
@@ -221,6 +221,7 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
                     partition=p.partition, leader=p.leader, log_start_offset=p.log_start_offset,
                     log_end_offset=p.log_end_offset, size_bytes=p.size_bytes,
                     error_code=p.error.code if p.error else 0,
+                    replicas=list(p.replicas), isr=list(p.isr), leader_epoch=p.leader_epoch,
                 )
             if t.config:
                 for f in TOPIC_CONFIG_FIELDS:
@@ -235,7 +236,8 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
         for part in request.partitions:
             r = resp.results.add(topic=part.topic, partition=part.partition)
             try:
-                res = self.broker.append(part.topic, part.partition, part.batches, request.acks)
+                res = self.broker.append(part.topic, part.partition, part.batches, request.acks,
+                                         request.timeout_ms if request.timeout_ms > 0 else 30_000)
                 r.base_offsets.extend(res.base_offsets)
                 r.log_end_offset = res.log_end_offset
             except AnnalError as err:

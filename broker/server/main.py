@@ -132,7 +132,8 @@ async def _serve(config: Any) -> int:
 
     lock = DataDirLock(config.data_dir)
     lock.acquire()  # raises DataDirLockedError (exit 2) before anything is opened
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="annal-io")
+    # acks=all produces wait on these threads for the followers (docs/replication.md).
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="annal-io")
     loop.set_default_executor(executor)
     broker = Broker(config, _make_coordinator(config))
     grpc_server = None
@@ -180,6 +181,14 @@ async def _serve(config: Any) -> int:
         await stop.wait()
         log.info("shutting down: no new requests; finishing those in flight")
     finally:
+        try:
+            # Controlled shutdown: other in-sync replicas take over the partitions led here
+            # while this broker still answers, so producers see only NOT_LEADER and move on.
+            moved = await loop.run_in_executor(None, broker.controlled_shutdown)
+            if moved:
+                log.info("controlled shutdown: leadership of %d partition(s) moved to other replicas", moved)
+        except Exception:
+            log.exception("controlled shutdown failed; stopping anyway")
         broker.begin_shutdown()
         grace = config.shutdown_timeout_ms / 1000
         stopped = grpc_server.stop(grace) if grpc_server is not None else None

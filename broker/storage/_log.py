@@ -26,6 +26,7 @@ import bisect
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass, fields, replace
@@ -43,9 +44,12 @@ from annal.errors import (
 )
 from annal.broker.storage._checkpoint import fsync_dir
 from annal.broker.storage._handles import HandleCache
+from annal.broker.storage._leader_epoch import LeaderEpochCache
 from annal.broker.storage._recovery import RecoveryReport, load_segments
 from annal.broker.storage._segment import LogSegment, SegmentConfig, SegmentHandle
 from annal.record import BatchHeader, check_records, set_base_offset, validate_batch
+
+_EPOCH_AT = struct.Struct(">i")  # partitionLeaderEpoch, bytes 12..16 of a batch (not under the CRC)
 
 __all__ = ["LogConfig", "PartitionLog", "LogReadResult", "ReadChunk"]
 
@@ -222,6 +226,9 @@ class PartitionLog:
         self._deleted = False
         self._head = _Head(0, (), (), 0)
         self._publish(segments)
+        # Which leader epoch wrote which offsets (``leader-epoch-checkpoint``, KIP-101).
+        self.leader_epochs = LeaderEpochCache(path)
+        self.leader_epochs.truncate_from_end(self._head.log_end_offset)
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -318,9 +325,11 @@ class PartitionLog:
 
     # --- append ------------------------------------------------------------------------------------
 
-    def _validate(self, buf: bytes | bytearray | memoryview) -> tuple[bytearray | memoryview, list[BatchHeader]]:
+    def _validate(self, buf: bytes | bytearray | memoryview,
+                  walk_records: bool = True) -> tuple[bytearray | memoryview, list[BatchHeader]]:
         """Validate every batch in ``buf`` (nothing touched yet) and return a writable buffer
-        holding them plus their headers."""
+        holding them plus their headers. ``walk_records=False`` checks batches (lengths, CRC)
+        but not each record: for batches a leader already walked."""
         view = memoryview(buf)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
@@ -335,7 +344,8 @@ class PartitionLog:
             # Every record is walked too, as Kafka's LogValidator does: a batch with a valid
             # CRC over malformed records would otherwise be stored and stop every consumer
             # at its offset for good.
-            check_records(view, pos, hd)
+            if walk_records:
+                check_records(view, pos, hd)
             if hd.records_count > max_offsets:
                 raise MessageSizeTooLargeError(
                     f"batch of {hd.records_count} records exceeds the {max_offsets} offsets a segment "
@@ -356,13 +366,45 @@ class PartitionLog:
             raise CorruptRecordError(f"append takes one batch, got {len(headers)}; use append_batches")
         return self._append(buf, headers)
 
-    def append_batches(self, buf: bytes | bytearray | memoryview) -> int:
+    def append_batches(self, buf: bytes | bytearray | memoryview, leader_epoch: int | None = None) -> int:
         """Append back-to-back batches (a produce request's records): all are validated first,
-        then written in one write; returns the first base offset."""
+        then written in one write; returns the first base offset. ``leader_epoch`` (a leader of a
+        replicated partition) is stamped into each batch's partitionLeaderEpoch and recorded in
+        the leader epoch cache."""
         data, headers = self._validate(buf)
-        return self._append(data, headers)
+        return self._append(data, headers, leader_epoch)
 
-    def _append(self, data: bytearray | memoryview, headers: list[BatchHeader]) -> int:
+    def append_as_follower(self, buf: bytes | bytearray | memoryview) -> int:
+        """Append batches fetched from the leader as they are: their offsets are kept (the
+        first must be this log's end offset, the rest contiguous) and their leader epochs go
+        into the epoch cache. Each batch's lengths and CRC are checked (the network could have
+        damaged it) but not each record: the leader walked them before storing them, as
+        Kafka's followers trust it. Returns the new log end offset."""
+        data, headers = self._validate(buf, walk_records=False)
+        with self._lock:
+            self._check_open()
+            expected = self._head.log_end_offset
+            for hd in headers:
+                if hd.base_offset != expected:
+                    raise CorruptRecordError(
+                        f"{self.path}: fetched batch at offset {hd.base_offset}, expected {expected}",
+                        offset=hd.base_offset)
+                expected = hd.base_offset + hd.records_count
+            seg = self._head.segments[-1]
+            total = len(data)
+            count = sum(h.records_count for h in headers)
+            if (not seg.can_fit(total, count, len(headers))
+                    or (seg.size > 0 and _now_ms() - seg.created_ms >= self.config.segment_ms)):
+                seg = self._roll_locked()
+            for hd in headers:
+                if hd.partition_leader_epoch > self.leader_epochs.latest_epoch:
+                    self.leader_epochs.assign(hd.partition_leader_epoch, hd.base_offset)
+            seg.append(memoryview(data), headers)
+            self._publish()
+            self._unflushed_messages += count
+            return self._head.log_end_offset
+
+    def _append(self, data: bytearray | memoryview, headers: list[BatchHeader], leader_epoch: int | None = None) -> int:
         flush = False
         total = len(data)
         count = sum(h.records_count for h in headers)
@@ -377,8 +419,14 @@ class PartitionLog:
             offset = first
             pos = 0
             fixed: list[BatchHeader] = []
+            if leader_epoch is not None:
+                if leader_epoch > self.leader_epochs.latest_epoch:
+                    self.leader_epochs.assign(leader_epoch, first)
             for hd in headers:
                 set_base_offset(data, offset, pos)
+                if leader_epoch is not None:
+                    _EPOCH_AT.pack_into(data, pos + 12, leader_epoch)
+                    hd = hd._replace(partition_leader_epoch=leader_epoch)
                 fixed.append(hd._replace(base_offset=offset))
                 offset += hd.records_count
                 pos += hd.batch_length + 12
@@ -394,7 +442,7 @@ class PartitionLog:
 
     # --- read ----------------------------------------------------------------------------------------
 
-    def read(self, offset: int, max_bytes: int) -> LogReadResult:
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> LogReadResult:
         """Whole batches from the one holding ``offset``: at least one batch (even if larger than
         ``max_bytes``), then following batches, across segments, while the total stays within
         ``max_bytes``. ``offset == log_end_offset`` gives an empty result;
@@ -413,6 +461,15 @@ class PartitionLog:
                     offset=offset, log_start_offset=lso, log_end_offset=leo)
             if offset == leo:
                 return LogReadResult([], leo, lso, offset, [])
+            if max_offset is not None and max_offset < leo:
+                # A consumer of a replicated partition reads only below the high watermark,
+                # which always falls on a batch boundary (followers copy whole batches).
+                if offset >= max_offset:
+                    return LogReadResult([], max_offset, lso, offset, [])
+                try:
+                    head = self._head_until(head, max_offset)
+                except (FileNotFoundError, IndexError):
+                    continue
             try:
                 return self._read_from(head, offset, max_bytes, lso)
             except (FileNotFoundError, IndexError):
@@ -421,6 +478,18 @@ class PartitionLog:
         raise OffsetOutOfRangeError(
             f"offset {offset} moved out of the log while reading",
             offset=offset, log_start_offset=self._log_start_offset, log_end_offset=self.log_end_offset)
+
+    @staticmethod
+    def _head_until(head: _Head, end_offset: int) -> _Head:
+        """``head`` cut at ``end_offset`` (a batch boundary below its log end offset)."""
+        i = bisect.bisect_right(head.bases, end_offset) - 1
+        seg = head.segments[i]
+        h = seg.acquire()
+        try:
+            size = h.index.lookup(end_offset - seg.base_offset) if end_offset > seg.base_offset else 0
+        finally:
+            h.release()
+        return _Head(end_offset, head.segments[:i + 1], head.bases[:i + 1], size)
 
     def _read_from(self, head: _Head, offset: int, max_bytes: int, lso: int) -> LogReadResult:
         i = bisect.bisect_right(head.bases, offset) - 1
@@ -629,6 +698,7 @@ class PartitionLog:
             if offset >= segs[-1].next_offset:
                 return
             self._truncations += 1
+            self.leader_epochs.truncate_from_end(offset)
             if offset <= self._log_start_offset:
                 for s in segs:
                     s.delete()
@@ -648,6 +718,28 @@ class PartitionLog:
             seg.unflushed = False
             self._recovery_point = min(self._recovery_point, seg.next_offset)
             self._publish(segs)
+            # A batch straddling ``offset`` went whole: drop epochs past the new end too.
+            self.leader_epochs.truncate_from_end(seg.next_offset)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete every segment and restart the log empty at ``offset`` (Kafka's name): a
+        follower whose log lies wholly before the leader's log start (retention deleted what
+        it needs) starts again where the leader's log starts."""
+        with self._lock:
+            self._check_open()
+            self._truncations += 1
+            for s in self._head.segments:
+                s.delete()
+            new = LogSegment(self.path, offset, self.config.segment_config, self._cache)
+            for p in (new.log_path, new.index_path, new.time_index_path):
+                if os.path.exists(p):
+                    os.unlink(p)
+            new.make_active()
+            self._dir_dirty = True
+            self._log_start_offset = offset
+            self._recovery_point = offset
+            self._publish([new])
+            self.leader_epochs.clear()
 
     # --- close, delete ---------------------------------------------------------------------------------
 

@@ -1,14 +1,15 @@
 """``annal topics create|list|describe|delete``: manage topics (Kafka's kafka-topics.sh).
 
-    annal topics create --bootstrap-server 127.0.0.1:9092 --topic t --partitions 3 --config retention_ms=60000
+    annal topics create --bootstrap-server 127.0.0.1:9092 --topic t --partitions 3 --replication-factor 3 \
+        --config retention_ms=60000 --config min_insync_replicas=2
     annal topics list
     annal topics describe [--topic t]
     annal topics delete --topic t
 
 ``describe`` prints Kafka's shape: one line per topic, then one per partition::
 
-    Topic: t	PartitionCount: 3	Configs: retention_ms=60000,...
-    	Topic: t	Partition: 0	Leader: 0	LogStartOffset: 0	LogEndOffset: 42
+    Topic: t	PartitionCount: 3	ReplicationFactor: 3	Configs: retention_ms=60000,...
+    	Topic: t	Partition: 0	Leader: 2	Replicas: 2,3,1	Isr: 2,3,1	LogStartOffset: 0	LogEndOffset: 42
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_bootstrap(parser)
     parser.add_argument("--topic", action="append", default=None, help="topic name (repeatable)")
     parser.add_argument("--partitions", type=int, default=1, help="partitions of a new topic (default 1)")
+    parser.add_argument(
+        "--replication-factor", type=int, default=-1,
+        help="copies of each partition of a new topic (default: the broker's default_replication_factor)",
+    )
     parser.add_argument(
         "--config", action="append", default=[], metavar="KEY=VALUE",
         help="topic config of a new topic, e.g. retention_ms=60000 (repeatable)",
@@ -68,7 +73,7 @@ def _run(admin: Admin, args: argparse.Namespace) -> int:
     if args.action == "create":
         configs = parse_configs(args.config)
         results = admin.create_topics(
-            [NewTopic(t, args.partitions, configs) for t in topics], raise_errors=False
+            [NewTopic(t, args.partitions, configs, args.replication_factor) for t in topics], raise_errors=False
         )
         status = 0
         for name, err in results.items():
@@ -93,10 +98,15 @@ def _run(admin: Admin, args: argparse.Namespace) -> int:
         return 0
     for desc in admin.describe_topics(topics or None):
         shown = ",".join(f"{k}={v}" for k, v in sorted(desc.configs.items()))
-        print(f"Topic: {desc.name}\tPartitionCount: {desc.partition_count}\tConfigs: {shown}")
+        rf = max((len(p.replicas) for p in desc.partitions), default=1) or 1
+        print(f"Topic: {desc.name}\tPartitionCount: {desc.partition_count}\tReplicationFactor: {rf}"
+              f"\tConfigs: {shown}")
         for p in desc.partitions:
+            replicas = ",".join(str(b) for b in p.replicas) or str(p.leader)
+            isr = ",".join(str(b) for b in p.isr) or replicas
             print(
                 f"\tTopic: {desc.name}\tPartition: {p.partition}\tLeader: {p.leader}"
+                f"\tReplicas: {replicas}\tIsr: {isr}"
                 f"\tLogStartOffset: {p.log_start_offset}\tLogEndOffset: {p.log_end_offset}"
                 f"\tSizeBytes: {p.size_bytes}"
             )

@@ -49,9 +49,11 @@ def test_topics_produce_consume_end_to_end(broker):
     r = annal("topics", "describe", *bs, "--topic", topic)
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode().splitlines()
-    assert out[0].startswith(f"Topic: {topic}\tPartitionCount: 2\tConfigs: ")
+    assert out[0].startswith(f"Topic: {topic}\tPartitionCount: 2\tReplicationFactor: 1\tConfigs: ")
     assert "retention_ms=3600000" in out[0]
     assert out[1].startswith(f"\tTopic: {topic}\tPartition: 0\tLeader: ")
+    leader = out[1].split("Leader: ")[1].split()[0]
+    assert f"\tReplicas: {leader}\tIsr: {leader}\t" in out[1]  # one copy
     assert out[2].startswith(f"\tTopic: {topic}\tPartition: 1\tLeader: ")
     ends = [int(line.split("LogEndOffset: ")[1].split()[0]) for line in out[1:3]]
     assert sum(ends) == 21

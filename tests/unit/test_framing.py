@@ -23,6 +23,7 @@ fetch_requests = st.builds(
     max_wait_ms=i32,
     min_bytes=i32,
     partitions=st.lists(st.builds(fr.FetchPartition, topics, i32, i64, i32), max_size=5),
+    replica_id=st.one_of(st.just(-1), st.integers(0, 2**31 - 1)),
 )
 produce_requests = st.builds(
     fr.ProduceRequest,

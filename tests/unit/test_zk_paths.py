@@ -23,7 +23,14 @@ def test_broker_and_topic_data_round_trip() -> None:
     data = paths.encode_broker(info, start_time_ms=123)
     assert paths.decode_broker(3, data) == info
     placement = TopicPlacement("orders", {0: 1, 1: 2, 2: 3}, {"retention_ms": 1000})
-    assert paths.decode_topic("orders", paths.encode_topic(placement)) == placement
+    decoded = paths.decode_topic("orders", paths.encode_topic(placement))
+    assert decoded.partitions == placement.partitions and decoded.config == placement.config
+    assert decoded.replicas == {0: (1,), 1: (2,), 2: (3,)}
+    replicated = TopicPlacement("r", {0: 2, 1: 3}, {}, replicas={0: (2, 3, 1), 1: (3, 1, 2)})
+    decoded = paths.decode_topic("r", paths.encode_topic(replicated))
+    assert decoded.replicas == replicated.replicas and decoded.partitions == {0: 2, 1: 3}
+    # The layout before replication: one broker id per partition.
+    assert paths.decode_topic("old", b'{"partitions": {"0": 4}}').replicas == {0: (4,)}
     assert paths.decode_controller(paths.encode_controller(2, timestamp_ms=1)) == 2
     assert paths.decode_controller(b"garbage") == -1
     assert paths.decode_offset(paths.encode_offset(42)) == 42
