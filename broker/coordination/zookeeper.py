@@ -552,7 +552,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._deletions_kick.set()
         return False if self._stopping.is_set() else None
 
-    def _read_all(self, parent: str, watch: Callable[[Any], None]) -> dict[str, bytes | None]:
+    def _read_all(self, parent: str, watch: Callable[[Any], None] | None = None) -> dict[str, bytes | None]:
         return read_children_data(self._zk, parent, self.session_timeout_ms / 1000.0, watch=watch)
 
     def _refresh_controller(self) -> None:
