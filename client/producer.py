@@ -20,6 +20,7 @@ from annal.errors import (
     ProducerClosedError,
     UnknownTopicOrPartitionError,
 )
+from annal.record import _impl as _codec_impl
 from annal.record import compression_from_name
 
 from annal.client._accumulator import FutureRecordMetadata, RecordAccumulator
@@ -230,6 +231,14 @@ class Producer:
         ):
             # The hot path: plain bytes, no key, partition, headers or timestamp. Written out
             # here rather than in a helper, since a Python call costs as much as this body.
+            nat = _codec_impl.native
+            if nat is not None:
+                # Compiled: clock, lock, sticky batch, append and future in one call (None:
+                # no open sticky batch, or it is full: the slow path below handles it).
+                future = nat.send_value(self._lock, self._sticky, topic, value, _FRM)
+                if future is not None:
+                    return future  # type: ignore[no-any-return]
+                return self._send_slow(topic, value, None, None, None, _time_ns() // 1000000)
             ts = _time_ns() // 1000000
             lock = self._lock
             lock.acquire()
