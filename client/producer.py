@@ -178,6 +178,13 @@ class Producer:
         self._on_metadata(self._metadata)  # a watching source may have filled it already
         self._sticky = self._accumulator.sticky
         self._lock = self._accumulator.lock
+        nat = _codec_impl.native
+        if nat is not None and self._plain and type(self).send is Producer.send:
+            # The compiled send(): ``send(topic, value)`` with a bytes value appends to the
+            # sticky batch in C (clock, lock, append, future); any other call, or no open
+            # sticky batch, runs the Python send() below. An instance attribute, so a
+            # subclass that overrides send() is left alone.
+            self.send = nat.Send(self, self._lock, self._sticky, FutureRecordMetadata, Producer.send)  # type: ignore[method-assign]
         self._sender.start()
 
     def _make_metadata(
@@ -231,14 +238,6 @@ class Producer:
         ):
             # The hot path: plain bytes, no key, partition, headers or timestamp. Written out
             # here rather than in a helper, since a Python call costs as much as this body.
-            nat = _codec_impl.native
-            if nat is not None:
-                # Compiled: clock, lock, sticky batch, append and future in one call (None:
-                # no open sticky batch, or it is full: the slow path below handles it).
-                future = nat.send_value(self._lock, self._sticky, topic, value, _FRM)
-                if future is not None:
-                    return future  # type: ignore[no-any-return]
-                return self._send_slow(topic, value, None, None, None, _time_ns() // 1000000)
             ts = _time_ns() // 1000000
             lock = self._lock
             lock.acquire()
@@ -351,6 +350,8 @@ class Producer:
             return
         self._closed = True
         self._plain = False
+        if "send" in self.__dict__:
+            self.send.disable()  # type: ignore[attr-defined]  # the compiled send(): Python's from now on
         self._accumulator.closing = True
         if timeout is not None and timeout <= 0:
             self._sender.force_close()

@@ -12,8 +12,9 @@
  *                     the type's tp_alloc, as tuple.__new__ does), or a check-only walk for the
  *                     broker's validation. It never raises for bad data: it returns False and
  *                     the caller runs the Python decoder, which raises the precise error.
- *   send_value        Producer.send()'s plain-bytes path: the CreateTime clock read, the
- *                     accumulator lock, the sticky batch, the append and the returned future.
+ *   Send              Producer.send() as a C callable (vectorcall) whose plain-bytes path does
+ *                     the CreateTime clock read, the accumulator lock, the sticky batch, the
+ *                     append and the returned future; any other call goes to the Python send().
  *
  * A record (signed zig-zag varints), as drawn in _builder.py:
  *   length varint | attributes int8 | timestampDelta varlong | offsetDelta varint |
@@ -27,6 +28,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -105,7 +108,10 @@ static PyTypeObject BuilderType;
 
 static int builder_reserve(BuilderObject *self, Py_ssize_t extra) {
     if (self->len + extra <= self->cap) return 0;
-    Py_ssize_t cap = self->cap ? self->cap : 4096;
+    /* First allocation: the whole batch_size (the accumulator reserves that much anyway),
+     * so a batch is not copied by realloc while it fills. */
+    Py_ssize_t cap = self->cap ? self->cap
+                               : (self->batch_size < 4096 ? 4096 : self->batch_size > (1 << 20) ? (1 << 20) : self->batch_size);
     while (cap < self->len + extra) {
         if (cap > PY_SSIZE_T_MAX / 2) { PyErr_NoMemory(); return -1; }
         cap *= 2;
@@ -683,28 +689,119 @@ static PyObject *decode_records(PyObject *module, PyObject *const *args, Py_ssiz
 
 /* ----------------------------------------------------------------------- send() fast path */
 
-/* send_value(lock, sticky, topic, value, future_type) -> future or None.
- * The producer's plain-bytes send(): the record's CreateTime (time.time_ns() // 10**6, the
- * wall clock), then under the accumulator's lock the topic's sticky batch and its native
- * builder's append; the future is future_type((batch, offset_delta, timestamp)) made with
- * tp_alloc. None: no sticky batch, a batch that is full or not native, or an unhashable topic:
- * the caller then takes its slow path, which opens a batch or explains the error. */
-static PyObject *send_value(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "send_value takes 5 arguments");
-        return NULL;
+/* The accumulator's lock. Calling its acquire() costs ~550 instructions, most of them
+ * parsing the (absent) arguments, more than the rest of a send; so for CPython's own
+ * _thread.lock of 3.11 and 3.12, whose layout is this (Modules/_threadmodule.c), the lock is
+ * taken as its acquire() does it: a non-blocking PyThread_acquire_lock_timed and the
+ * `locked` flag. When that fails (another thread holds it), or on any other lock type or
+ * version, the lock's acquire() method is called, which blocks with the GIL released. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+#define DIRECT_LOCK 1
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock_lock;
+    PyObject *in_weakreflist;
+    char locked;
+} cpython_lockobject;
+#else
+#define DIRECT_LOCK 0
+#endif
+
+typedef struct {
+    PyObject *lock;
+    PyObject *acquire; /* bound methods */
+    PyObject *release;
+    int direct;        /* lock is a _thread.lock of the layout above */
+    PyTypeObject *batch_type; /* ProducerBatch, once seen, and where its `builder` slot is */
+    Py_ssize_t builder_offset;
+    PyObject *last_ts; /* the previous record's timestamp int: one per millisecond, shared */
+    int64_t last_ts_value;
+} SendState;
+
+static int state_init(SendState *st, PyObject *lock) {
+    st->lock = Py_NewRef(lock);
+    st->acquire = PyObject_GetAttr(lock, str_acquire);
+    st->release = st->acquire ? PyObject_GetAttr(lock, str_release) : NULL;
+    if (st->release == NULL) return -1;
+    st->direct = 0;
+#if DIRECT_LOCK
+    PyTypeObject *lt = Py_TYPE(lock);
+    st->direct = strcmp(lt->tp_name, "_thread.lock") == 0 && lt->tp_basicsize == sizeof(cpython_lockobject);
+#endif
+    st->batch_type = NULL;
+    st->builder_offset = -1;
+    st->last_ts = NULL;
+    return 0;
+}
+
+static void state_clear(SendState *st) {
+    Py_CLEAR(st->lock);
+    Py_CLEAR(st->acquire);
+    Py_CLEAR(st->release);
+    Py_CLEAR(st->batch_type);
+    Py_CLEAR(st->last_ts);
+}
+
+static inline int state_acquire(SendState *st) {
+#if DIRECT_LOCK
+    if (st->direct) {
+        cpython_lockobject *lo = (cpython_lockobject *)st->lock;
+        if (PyThread_acquire_lock_timed(lo->lock_lock, 0, 0) == PY_LOCK_ACQUIRED) {
+            lo->locked = 1;
+            return 0;
+        }
     }
-    PyObject *lock = args[0], *sticky = args[1], *topic = args[2], *value = args[3];
-    PyTypeObject *ftype = (PyTypeObject *)args[4];
-    if (!PyBytes_CheckExact(value) || !PyDict_CheckExact(sticky) || !PyType_Check(args[4]) ||
-        !PyType_IsSubtype(ftype, &PyTuple_Type))
-        Py_RETURN_NONE;
+#endif
+    PyObject *r = PyObject_CallNoArgs(st->acquire);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static inline int state_release(SendState *st) {
+#if DIRECT_LOCK
+    if (st->direct) {
+        cpython_lockobject *lo = (cpython_lockobject *)st->lock;
+        lo->locked = 0;
+        PyThread_release_lock(lo->lock_lock);
+        return 0;
+    }
+#endif
+    PyObject *r = PyObject_CallNoArgs(st->release);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* batch.builder: read from its slot when the batch's type has `builder` as a __slots__
+ * member (ProducerBatch; the type check keeps the offset valid), else by getattr. */
+static PyObject *batch_builder(SendState *st, PyObject *batch) {
+    PyTypeObject *bt = Py_TYPE(batch);
+    if (bt != st->batch_type) {
+        Py_XSETREF(st->batch_type, (PyTypeObject *)Py_NewRef(bt));
+        st->builder_offset = -1;
+        PyObject *descr = _PyType_Lookup(bt, str_builder); /* borrowed */
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+            if (m->type == T_OBJECT_EX || m->type == T_OBJECT) st->builder_offset = m->offset;
+        }
+    }
+    if (st->builder_offset >= 0) {
+        PyObject *b = *(PyObject **)((char *)batch + st->builder_offset);
+        if (b == NULL) return Py_NewRef(Py_None);
+        return Py_NewRef(b);
+    }
+    return PyObject_GetAttr(batch, str_builder);
+}
+
+/* The plain-bytes send under the lock: the future, Py_None (take the slow path), or NULL
+ * with an exception. */
+static PyObject *fast_send(SendState *st, PyObject *sticky, PyObject *topic, PyObject *value, PyTypeObject *ftype) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
+    /* time.time_ns() // 10**6, the record's CreateTime */
     int64_t ts = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    PyObject *r = PyObject_CallMethodNoArgs(lock, str_acquire);
-    if (r == NULL) return NULL;
-    Py_DECREF(r);
+    if (state_acquire(st) < 0) return NULL;
     PyObject *result = NULL;
     PyObject *batch = PyDict_GetItemWithError(sticky, topic); /* borrowed */
     if (batch == NULL) {
@@ -716,7 +813,7 @@ static PyObject *send_value(PyObject *module, PyObject *const *args, Py_ssize_t 
         goto release;
     }
     Py_INCREF(batch);
-    PyObject *builder = PyObject_GetAttr(batch, str_builder);
+    PyObject *builder = batch_builder(st, batch);
     if (builder == NULL) { Py_DECREF(batch); goto release; }
     if (Py_TYPE(builder) != &BuilderType) {
         Py_DECREF(builder);
@@ -732,31 +829,31 @@ static PyObject *send_value(PyObject *module, PyObject *const *args, Py_ssize_t 
         result = Py_NewRef(Py_None);
         goto release;
     }
-    PyObject *d = PyLong_FromSsize_t(delta);
-    PyObject *t = d ? PyLong_FromLongLong(ts) : NULL;
-    PyObject *fut = t ? ftype->tp_alloc(ftype, 3) : NULL;
+    if (st->last_ts == NULL || st->last_ts_value != ts) {
+        Py_XSETREF(st->last_ts, PyLong_FromLongLong(ts));
+        st->last_ts_value = ts;
+    }
+    PyObject *d = st->last_ts ? PyLong_FromSsize_t(delta) : NULL;
+    PyObject *fut = d ? ftype->tp_alloc(ftype, 3) : NULL;
     if (fut == NULL) {
         Py_XDECREF(d);
-        Py_XDECREF(t);
         Py_DECREF(batch);
         goto release;
     }
     PyTuple_SET_ITEM(fut, 0, batch);
     PyTuple_SET_ITEM(fut, 1, d);
-    PyTuple_SET_ITEM(fut, 2, t);
+    PyTuple_SET_ITEM(fut, 2, Py_NewRef(st->last_ts));
     result = fut;
 release:;
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *rr = PyObject_CallMethodNoArgs(lock, str_release);
-    if (rr == NULL) {
+    if (state_release(st) < 0) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
         Py_XDECREF(tb);
         Py_XDECREF(result);
         return NULL;
     }
-    Py_DECREF(rr);
     if (et != NULL) {
         PyErr_Restore(et, ev, tb);
         Py_XDECREF(result);
@@ -764,6 +861,156 @@ release:;
     }
     return result;
 }
+
+/* send_value(lock, sticky, topic, value, future_type) -> future or None: fast_send for a
+ * caller written in Python (Producer installs the Send type below instead). */
+static PyObject *send_value(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "send_value takes 5 arguments");
+        return NULL;
+    }
+    PyObject *lock = args[0], *sticky = args[1], *topic = args[2], *value = args[3];
+    PyTypeObject *ftype = (PyTypeObject *)args[4];
+    if (!PyBytes_CheckExact(value) || !PyDict_CheckExact(sticky) || !PyType_Check(args[4]) ||
+        !PyType_IsSubtype(ftype, &PyTuple_Type))
+        Py_RETURN_NONE;
+    SendState st;
+    memset(&st, 0, sizeof(st));
+    PyObject *r = state_init(&st, lock) == 0 ? fast_send(&st, sticky, topic, value, ftype) : NULL;
+    state_clear(&st);
+    return r;
+}
+
+/* Send(producer, lock, sticky, future_type, fallback): Producer.send as a C callable, set
+ * on the instance by Producer.__init__. send(topic, value) with a bytes value and no other
+ * argument takes fast_send; every other call, and a fast path that answers None, goes to
+ * fallback(producer, *args, **kwargs), the Python Producer.send. The producer is held by a
+ * weak reference (it holds this object: no cycle). disable() routes every call to the
+ * fallback (close() calls it, so send() after close raises as it always did). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *producer_ref;
+    SendState st;
+    PyObject *sticky;
+    PyTypeObject *ftype;
+    PyObject *fallback;
+    int enabled;
+    vectorcallfunc vectorcall;
+} SendObject;
+
+static PyObject *send_call_fallback(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *producer = PyWeakref_GetObject(self->producer_ref); /* borrowed */
+    if (producer == NULL) return NULL;
+    if (producer == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "the producer of this send() no longer exists");
+        return NULL;
+    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **stack = total + 1 <= 8 ? small : PyMem_Malloc(sizeof(PyObject *) * (size_t)(total + 1));
+    if (stack == NULL) return PyErr_NoMemory();
+    Py_INCREF(producer);
+    stack[0] = producer;
+    for (Py_ssize_t i = 0; i < total; i++) stack[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(self->fallback, stack, (size_t)(nargs + 1), kwnames);
+    Py_DECREF(producer);
+    if (stack != small) PyMem_Free(stack);
+    return r;
+}
+
+static PyObject *send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->enabled && nargs == 2 && kwnames == NULL && PyBytes_CheckExact(args[1])) {
+        PyObject *r = fast_send(&self->st, self->sticky, args[0], args[1], self->ftype);
+        if (r == NULL) return NULL;
+        if (r != Py_None) return r;
+        Py_DECREF(r);
+    }
+    return send_call_fallback(self, args, nargsf, kwnames);
+}
+
+static int send_init(SendObject *self, PyObject *args, PyObject *kwds) {
+    PyObject *producer, *lock, *sticky, *ftype, *fallback;
+    if (!PyArg_ParseTuple(args, "OOO!O!O", &producer, &lock, &PyDict_Type, &sticky, &PyType_Type, &ftype, &fallback))
+        return -1;
+    if (!PyType_IsSubtype((PyTypeObject *)ftype, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "future_type must be a tuple subclass");
+        return -1;
+    }
+    Py_XSETREF(self->producer_ref, PyWeakref_NewRef(producer, NULL));
+    if (self->producer_ref == NULL) return -1;
+    state_clear(&self->st);
+    if (state_init(&self->st, lock) < 0) return -1;
+    Py_XSETREF(self->sticky, Py_NewRef(sticky));
+    Py_XSETREF(self->ftype, (PyTypeObject *)Py_NewRef(ftype));
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    self->enabled = 1;
+    self->vectorcall = (vectorcallfunc)send_vectorcall;
+    return 0;
+}
+
+static int send_traverse(SendObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->producer_ref);
+    Py_VISIT(self->st.lock);
+    Py_VISIT(self->st.acquire);
+    Py_VISIT(self->st.release);
+    Py_VISIT(self->sticky);
+    Py_VISIT(self->ftype);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int send_clear(SendObject *self) {
+    Py_CLEAR(self->producer_ref);
+    state_clear(&self->st);
+    Py_CLEAR(self->sticky);
+    Py_CLEAR(self->ftype);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void send_dealloc(SendObject *self) {
+    PyObject_GC_UnTrack(self);
+    send_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *send_disable(SendObject *self, PyObject *unused) {
+    self->enabled = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *send_get_doc(SendObject *self, void *c) {
+    if (self->fallback == NULL) Py_RETURN_NONE;
+    return PyObject_GetAttrString(self->fallback, "__doc__");
+}
+
+static PyMethodDef send_methods[] = {
+    {"disable", (PyCFunction)send_disable, METH_NOARGS, "Route every call to the Python send() from now on."},
+    {NULL},
+};
+
+static PyGetSetDef send_getset[] = {
+    {"__doc__", (getter)send_get_doc, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject SendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "annal.record._native.Send",
+    .tp_basicsize = sizeof(SendObject),
+    .tp_dealloc = (destructor)send_dealloc,
+    .tp_vectorcall_offset = offsetof(SendObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_traverse = (traverseproc)send_traverse,
+    .tp_clear = (inquiry)send_clear,
+    .tp_methods = send_methods,
+    .tp_getset = send_getset,
+    .tp_init = (initproc)send_init,
+    .tp_new = PyType_GenericNew,
+};
 
 /* setup(crc32c, compress, check_codec): the Python callables the builder uses. */
 static PyObject *setup(PyObject *module, PyObject *args) {
@@ -790,14 +1037,15 @@ static struct PyModuleDef moduledef = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&BuilderType) < 0) return NULL;
+    if (PyType_Ready(&BuilderType) < 0 || PyType_Ready(&SendType) < 0) return NULL;
     str_acquire = PyUnicode_InternFromString("acquire");
     str_release = PyUnicode_InternFromString("release");
     str_builder = PyUnicode_InternFromString("builder");
     if (!str_acquire || !str_release || !str_builder) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "BatchBuilder", (PyObject *)&BuilderType) < 0) {
+    if (PyModule_AddObjectRef(m, "BatchBuilder", (PyObject *)&BuilderType) < 0 ||
+        PyModule_AddObjectRef(m, "Send", (PyObject *)&SendType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
