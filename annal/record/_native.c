@@ -919,9 +919,30 @@ static PyObject *send_call_fallback(SendObject *self, PyObject *const *args, siz
     return r;
 }
 
+/* True when a send() call is the plain case: send(topic, value) with a bytes value, and key,
+ * partition, headers and timestamp_ms, if passed at all (by position or by name), None. */
+static int plain_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *optional[] = {"key", "partition", "headers", "timestamp_ms"};
+    if (nargs < 2 || nargs > 6 || !PyBytes_CheckExact(args[1])) return 0;
+    for (Py_ssize_t i = 2; i < nargs; i++)
+        if (args[i] != Py_None) return 0;
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t j = 0; j < nkw; j++) {
+            if (args[nargs + j] != Py_None) return 0;
+            int known = 0;
+            /* a name also given by position is the Python send()'s TypeError to raise */
+            for (Py_ssize_t k = nargs - 2; k < 4 && !known; k++)
+                known = k >= 0 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, j), optional[k]) == 0;
+            if (!known) return 0;
+        }
+    }
+    return 1;
+}
+
 static PyObject *send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (self->enabled && nargs == 2 && kwnames == NULL && PyBytes_CheckExact(args[1])) {
+    if (self->enabled && plain_call(args, nargs, kwnames)) {
         PyObject *r = fast_send(&self->st, self->sticky, args[0], args[1], self->ftype);
         if (r == NULL) return NULL;
         if (r != Py_None) return r;
