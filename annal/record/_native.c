@@ -52,9 +52,8 @@ static PyObject *str_builder = NULL;
 static inline uint64_t zigzag(int64_t n) { return ((uint64_t)n << 1) ^ (uint64_t)(n >> 63); }
 
 static inline Py_ssize_t uvarint_size(uint64_t u) {
-    Py_ssize_t n = 1;
-    while (u > 0x7F) { u >>= 7; n++; }
-    return n;
+    /* bits needed / 7, rounded up (1 for 0): no loop */
+    return (Py_ssize_t)((64 - __builtin_clzll(u | 1) + 6) / 7);
 }
 
 static inline Py_ssize_t varint_size(int64_t n) { return uvarint_size(zigzag(n)); }
@@ -306,14 +305,15 @@ static inline Py_ssize_t builder_append_bytes(BuilderObject *self, int64_t ts, P
     if (__builtin_sub_overflow(ts, self->base_ts, &tsd))
         return builder_append_record(self, ts, Py_None, value, NULL);
     Py_ssize_t vlen = PyBytes_GET_SIZE(value);
-    Py_ssize_t body = 1 + varint_size(tsd) + varint_size(count) + 1 + varint_size(vlen) + vlen + 1;
-    Py_ssize_t rec = varint_size(body) + body;
+    Py_ssize_t body = 1 + varint_size(tsd) + uvarint_size((uint64_t)count << 1) + 1 + uvarint_size((uint64_t)vlen << 1) + vlen + 1;
+    Py_ssize_t rec = uvarint_size((uint64_t)body << 1) + body;
     if (HEADER_SIZE + self->len + rec > self->batch_size && count) return -1;
-    if (builder_reserve(self, rec) < 0) return -2;
+    if (self->len + rec > self->cap && builder_reserve(self, rec) < 0) return -2;
     char *p = self->buf + self->len;
     p = put_varint(p, body);
     *p++ = 0;
-    p = put_varint(p, tsd);
+    if ((uint64_t)tsd < 64) *p++ = (char)(tsd << 1); /* the usual one-byte deltas */
+    else p = put_varint(p, tsd);
     p = put_varint(p, count);
     *p++ = 1;
     p = put_varint(p, vlen);
