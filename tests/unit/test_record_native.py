@@ -458,3 +458,29 @@ def test_send_object_takes_only_plain_calls_and_hands_the_rest_to_python() -> No
     del owner
     with pytest.raises(ReferenceError):
         send("t", b"v")
+
+
+def test_decoded_records_are_left_to_reference_counting() -> None:
+    """Records made of atoms (ints, bytes, str, None, header tuples) cannot be in a cycle: the
+    native decoder untracks them from the cyclic collector, as CPython does for such plain
+    tuples, unless the class has a __dict__ (an attribute could then close a cycle)."""
+    import gc
+
+    b = native.BatchBuilder(CODEC_NONE, 1 << 20)  # type: ignore[union-attr]
+    b.append(1, b"k", b"v", [("h", b"x"), ("n", None)])
+    b.append(2, None, b"w", None)
+    data = b.build()
+    h = parse_header(data)
+
+    class WithDict(tuple):
+        pass
+
+    for cls, prefix, tracked in [(Record, (), False), (_Prefixed, ("t", 1), False), (tuple, (), False), (WithDict, (), True)]:
+        out: list = []
+        assert native.decode_records(data, HEADER_SIZE, len(data), h.records_count, 0, 0, out, cls, prefix, False)  # type: ignore[union-attr]
+        assert [gc.is_tracked(r) for r in out] == [tracked, tracked]
+        assert not gc.is_tracked(out[0][-1]) and not gc.is_tracked(out[0][-1][0])
+    out = []
+    mutable_prefix = ([],)  # a prefix that is not an atom keeps the records tracked
+    assert native.decode_records(data, HEADER_SIZE, len(data), 2, 0, 0, out, tuple, mutable_prefix, False)  # type: ignore[union-attr]
+    assert all(gc.is_tracked(r) for r in out)
