@@ -21,7 +21,7 @@ native: ModuleType | None = None
 available: ModuleType | None = None  # the compiled module when it imports, even if not used
 
 try:
-    from annal.record import _native as _compiled
+    import annal.record._native as _compiled
 except ImportError:  # not built: no compiler at install time, or a source checkout
     pass
 else:
