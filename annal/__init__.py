@@ -14,6 +14,9 @@ The package is one namespace in layers, as Apache Kafka's ``clients`` module is 
 - ``annal.bench``: the ``annal-bench`` tool (imports the client and starts brokers as
   processes).
 
+``annal.native`` says whether the compiled codec (annal/record/_native.c) runs or the
+pure-Python one (``ANNAL_PURE_PYTHON=1`` forces it); ``annal --version`` prints the same.
+
 The client names below are loaded on first use, so ``import annal.record`` (as the broker
 does) does not import the client.
 """
@@ -55,7 +58,7 @@ _CLIENT_NAMES = (
     "TopicPartition",
 )
 
-__all__ = [*_CLIENT_NAMES, "errors", "__version__"]
+__all__ = [*_CLIENT_NAMES, "errors", "native", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from annal import errors
@@ -86,6 +89,10 @@ def __getattr__(name: str) -> Any:
         return value
     if name == "errors":
         return importlib.import_module("annal.errors")
+    if name == "native":
+        # True when the compiled codec and send() fast path (annal.record._native) run; False
+        # when the pure-Python code does (not built, or ANNAL_PURE_PYTHON=1).
+        return importlib.import_module("annal.record._impl").native is not None
     raise AttributeError(f"module 'annal' has no attribute {name!r}")
 
 

@@ -8,6 +8,9 @@ in the same process (for example the single-module codec from before the split i
 's/broker.errors/annal.errors/' -e 's/MessageTooLargeError/MessageSizeTooLargeError/g' >
 /tmp/rb_before.py``), interleaved: each run measures the baseline, then the current codec, so load
 changes on a shared machine hit both sides alike; it prints both medians and their ratio.
+``--compare-impls`` does the same with the two implementations of ``annal.record``: the
+pure-Python modules as the baseline and the compiled ``annal.record._native`` as the current
+one (switched in process with ``annal.record._impl.use_native``).
 Times are CPU time of this single-threaded process (``time.process_time``), so a shared
 machine's other load inflates them less than wall time would; one core, pure Python.
 
@@ -303,16 +306,32 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="a one-module codec (the API of annal.record) to measure in the same runs, interleaved, for an A/B",
     )
+    parser.add_argument(
+        "--compare-impls",
+        action="store_true",
+        help="baseline = the pure-Python codec, current = the compiled one (annal.record._native), interleaved",
+    )
     args = parser.parse_args(argv)
+    from annal.record import _impl
 
+    if args.compare_impls and _impl.available is None:
+        parser.error("--compare-impls: annal.record._native is not built in this installation")
     baseline = load_codec(args.baseline) if args.baseline else None
+    was_native = _impl.native is not None
     runs = []
     base_runs = []
-    for i in range(args.runs):
-        if baseline is not None:
-            base_runs.append(run_once(args.records, baseline))
-        runs.append(run_once(args.records))
-        print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
+    try:
+        for i in range(args.runs):
+            if baseline is not None:
+                base_runs.append(run_once(args.records, baseline))
+            if args.compare_impls:
+                _impl.use_native(False)
+                base_runs.append(run_once(args.records))
+                _impl.use_native(True)
+            runs.append(run_once(args.records))
+            print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
+    finally:
+        _impl.use_native(was_native)
     print(f"machine: {machine()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     try:
@@ -320,11 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass
     command = f".venv/bin/python -m annal.bench.codec --records {args.records} --runs {args.runs}"
-    print(f"command: {command}" + (f" --baseline {args.baseline}" if args.baseline else ""))
+    print(
+        f"command: {command}"
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+        + (" --compare-impls" if args.compare_impls else "")
+    )
+    print(f"codec: {'compiled (annal.record._native)' if _impl.native is not None or args.compare_impls else 'pure Python'}")
     print()
     result = {}
-    if baseline is not None:
-        print("| figure | unit | baseline median | current median | current / baseline | baseline runs | current runs |")
+    if base_runs:
+        b_name, c_name = ("pure Python", "compiled") if args.compare_impls else ("baseline", "current")
+        print(f"| figure | unit | {b_name} median | {c_name} median | {c_name} / {b_name} | {b_name} runs | {c_name} runs |")
         print("|---|---|---|---|---|---|---|")
         for key, (label, unit) in LABELS.items():
             b_values = [r[key] for r in base_runs]

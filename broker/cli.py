@@ -25,8 +25,37 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version_line() -> str:
+    """``annal X.Y.Z (codec: native C extension|pure Python), Python A.B.C``: which codec runs."""
+    import platform
+
+    import annal
+    from annal.record import _impl
+
+    if _impl.native is not None:
+        codec = "native C extension"
+    elif _impl.available is not None:
+        codec = "pure Python (ANNAL_PURE_PYTHON is set)"
+    else:
+        codec = "pure Python (the C extension is not built)"
+    return f"annal {annal.__version__} (codec: {codec}), Python {platform.python_version()}"
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (it imports the codec)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and which codec implementation runs, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="annal", description="Annal: a Kafka-style log broker")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

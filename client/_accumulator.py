@@ -34,6 +34,7 @@ from annal.errors import (
     BufferExhaustedError,
     KafkaTimeoutError,
 )
+import annal.record as _record
 from annal.record import HEADER_SIZE, BatchBuilder
 
 from annal.client._partitioner import StickyPartitionCache
@@ -376,7 +377,8 @@ class RecordAccumulator:
                         continue
                     if reserved:
                         now_ms = time.monotonic() * 1000.0
-                        builder = BatchBuilder(self.compression, self.batch_size, timestamp_ms)
+                        # Looked up per batch: the compiled builder, or the pure-Python one.
+                        builder = _record.BatchBuilder(self.compression, self.batch_size, timestamp_ms)
                         batch = ProducerBatch(tp, builder, now_ms, self.delivery_timeout_ms, reserved)
                         delta = batch.append(timestamp_ms, key, value, headers)
                         reserved = 0  # owned by the batch now

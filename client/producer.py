@@ -20,6 +20,7 @@ from annal.errors import (
     ProducerClosedError,
     UnknownTopicOrPartitionError,
 )
+from annal.record import _impl as _codec_impl
 from annal.record import compression_from_name
 
 from annal.client._accumulator import FutureRecordMetadata, RecordAccumulator
@@ -177,6 +178,13 @@ class Producer:
         self._on_metadata(self._metadata)  # a watching source may have filled it already
         self._sticky = self._accumulator.sticky
         self._lock = self._accumulator.lock
+        nat = _codec_impl.native
+        if nat is not None and self._plain and type(self).send is Producer.send:
+            # The compiled send(): ``send(topic, value)`` with a bytes value appends to the
+            # sticky batch in C (clock, lock, append, future); any other call, or no open
+            # sticky batch, runs the Python send() below. An instance attribute, so a
+            # subclass that overrides send() is left alone.
+            self.send = nat.Send(self, self._lock, self._sticky, FutureRecordMetadata, Producer.send)  # type: ignore[method-assign]
         self._sender.start()
 
     def _make_metadata(
@@ -342,6 +350,8 @@ class Producer:
             return
         self._closed = True
         self._plain = False
+        if "send" in self.__dict__:
+            self.send.disable()  # type: ignore[attr-defined]  # the compiled send(): Python's from now on
         self._accumulator.closing = True
         if timeout is not None and timeout <= 0:
             self._sender.force_close()

@@ -51,4 +51,7 @@ ensure_venv() {
   # the quickstart run what a user's `pip install` gets, never the source tree on sys.path.
   echo "== installing Annal from $ROOT into $VENV"
   "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$ROOT"
+  # The C extension (annal/record/_native.c) is optional: without a compiler the install
+  # succeeds with the pure-Python codec. Say once which one this installation runs.
+  echo "== $("$VENV/bin/annal" --version)"
 }

@@ -30,3 +30,37 @@ os.environ["PYTHONSAFEPATH"] = "1"
 
 if "annal" in sys.modules and ROOT in pathlib.Path(sys.modules["annal"].__file__ or "").resolve().parents:
     raise RuntimeError("annal was imported from the checkout, not the installed package; run bash scripts/test")
+
+
+# ------------------------------------------------------------------ both codec implementations
+#
+# annal.record runs the compiled annal.record._native when it is built, else the pure-Python
+# modules. Test modules that put `pytest.mark.usefixtures("codec_impl")` in their pytestmark
+# run every test once with each. ANNAL_REQUIRE_NATIVE=1 (scripts/test sets it where a C
+# compiler exists) turns a missing native build into a failure instead of a skip.
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(params=["python", "native"], scope="module")
+def codec_impl(request: pytest.FixtureRequest):
+    """Module-scoped (hypothesis refuses function-scoped fixtures under @given): every test of
+    the module runs with the pure-Python codec, then with the compiled one."""
+    from annal.record import _builder, _impl
+
+    use_native = request.param == "native"
+    if use_native and _impl.available is None:
+        if os.environ.get("ANNAL_REQUIRE_NATIVE") == "1":
+            pytest.fail("annal.record._native is not built (ANNAL_REQUIRE_NATIVE=1)")
+        pytest.skip("annal.record._native is not built in this installation")
+    before = _impl.native is not None
+    _impl.use_native(use_native)
+    # A test module that imported BatchBuilder by name gets the selected one too.
+    module = request.module
+    saved = getattr(module, "BatchBuilder", None)
+    if saved is not None:
+        module.BatchBuilder = _impl.available.BatchBuilder if use_native else _builder.BatchBuilder
+    yield request.param
+    if saved is not None:
+        module.BatchBuilder = saved
+    _impl.use_native(before)

@@ -14,6 +14,10 @@ One module per job:
   fast path).
 - ``_validate``: ``validate_records`` / ``check_records``, the walk over every record the
   broker runs before it appends a batch (as Kafka's LogValidator).
+- ``_native`` (``_native.c``, optional): the same encoder, decoder and record walk compiled
+  with the CPython C API, plus the producer's ``send()`` fast path; ``_impl`` picks it at
+  import when it is built (``ANNAL_PURE_PYTHON=1`` forces the pure-Python modules above, which
+  stay the reference: the tests run against both and compare them byte for byte).
 
 The client SDK and the broker both build on this package; it imports neither. The encoder and
 decoder are the SDK's hot path, so they trade some elegance for speed: varints of small values
@@ -54,6 +58,15 @@ from annal.record._layout import (
 )
 from annal.record._validate import check_records, validate_records
 from annal.record._varint import decode_varint, encode_varint
+from annal.record import _impl
+
+# The producer's open batch: the compiled one when annal.record._native is built (and
+# ANNAL_PURE_PYTHON is not set), else the pure-Python reference; both write the same bytes.
+if _impl.native is not None:
+    BatchBuilder = _impl.native.BatchBuilder  # type: ignore[misc]
+
+NATIVE: bool = _impl.native is not None
+"""True when the compiled codec (annal.record._native) runs, False for pure Python."""
 
 __all__ = [
     "HEADER_SIZE",

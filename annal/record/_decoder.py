@@ -29,6 +29,7 @@ from annal.record._layout import (
     parse_header,
     validate_batch,
 )
+from annal.record import _impl
 from annal.record._varint import _H, _OD1, _OD2_HI, _OD2_LO, _ZZ, decode_varint
 
 # ----------------------------------------------------------------------------- decoding
@@ -416,7 +417,14 @@ def _decode_into(
 ) -> None:
     """Append the ``count`` records of ``data[pos:end]`` to ``out`` as ``cls`` (Record,
     tuple, or a NamedTuple whose fields are ``prefix``'s then the record's five): the uniform
-    fast path when the batch has that shape, else the general decoder."""
+    fast path when the batch has that shape, else the general decoder. With the compiled
+    module (``_impl.native``) its decoder runs first; it hands back every batch it cannot
+    decode (any error) to the Python code below, which raises the precise error."""
+    nat = _impl.native
+    if nat is not None and nat.decode_records(
+        data, pos, end, count, base_offset, base_timestamp, out, cls, prefix, False
+    ):
+        return
     if _decode_uniform(data, pos, end, count, base_offset, base_timestamp, out, cls, True, prefix):
         return
     if not prefix:

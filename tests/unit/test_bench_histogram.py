@@ -115,3 +115,25 @@ def test_record_sends_equals_recording_each_latency() -> None:
     bulk.drain_into(h_bulk)
     assert h_one.encode() == h_bulk.encode()
     assert h_one.summary() == h_bulk.summary()
+
+
+def test_record_sends_folds_values_into_their_bucket_and_records_the_same_histogram() -> None:
+    """record_sends_us counts each latency as its bucket's lowest value (so the recorder holds
+    few distinct keys); the histogram it drains into equals one fed every exact value."""
+    import random
+
+    from annal.bench._histogram import LatencyHistogram, LatencyRecorder
+
+    rng = random.Random(5)
+    for _ in range(10):
+        rec, folded, exact = LatencyRecorder(), LatencyHistogram(), LatencyHistogram()
+        for _ in range(40):
+            ack = 10**12 + rng.randrange(0, 10**10)
+            spread = rng.choice([10**4, 10**6, 10**9, 3 * 10**12])
+            sends = [ack - rng.randrange(0, spread) for _ in range(rng.randrange(1, 300))]
+            rec.record_sends_us(ack, sends)
+            for s in sends:
+                exact.record_us((ack - s) // 1000)
+        rec.drain_into(folded)
+        assert list(folded._hist.counts) == list(exact._hist.counts)
+        assert folded.summary() == exact.summary()

@@ -14,6 +14,8 @@ from annal.client._accumulator import RecordAccumulator
 from annal.client._partitioner import StickyPartitionCache
 from annal.client.structs import RecordMetadata, TopicPartition
 
+pytestmark = pytest.mark.usefixtures("codec_impl")  # pure-Python and compiled codec
+
 TP0 = TopicPartition("t", 0)
 
 

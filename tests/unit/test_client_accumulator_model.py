@@ -4,6 +4,8 @@ in the order they were sent, each exactly once, with consecutive offsets."""
 
 from __future__ import annotations
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +13,8 @@ from annal.record import CODEC_NONE, decode_batch
 from annal.client._accumulator import RecordAccumulator
 from annal.client._partitioner import StickyPartitionCache
 from annal.client.structs import TopicPartition
+
+pytestmark = pytest.mark.usefixtures("codec_impl")  # pure-Python and compiled codec
 
 ops = st.lists(
     st.one_of(

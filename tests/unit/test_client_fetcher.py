@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from annal.record import encode_batch, set_base_offset
 from annal.client._fetcher import EARLIEST, PartitionState, next_offset_after
 from annal.client.structs import TopicPartition
+
+pytestmark = pytest.mark.usefixtures("codec_impl")  # pure-Python and compiled codec
 
 
 def batch(base: int, n: int) -> bytes:

@@ -24,7 +24,7 @@ from annal.errors import (
 from annal.broker.storage import LogConfig, PartitionLog
 from annal.record import CODEC_LZ4, encode_batch, iter_records, parse_header
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("codec_impl")]
 
 
 def batch(n: int = 1, ts: int = 1_000, value: bytes = b"v", compression: int = 0) -> bytes:

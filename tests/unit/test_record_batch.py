@@ -49,7 +49,7 @@ from annal.record import (
     validate_records,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("codec_impl")]
 
 CODECS = [CODEC_NONE, CODEC_LZ4]
 MIB = 1 << 20

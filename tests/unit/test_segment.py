@@ -12,7 +12,7 @@ from annal.broker.storage._index import IndexCorruptError
 from annal.broker.storage._segment import LogSegment, SegmentConfig
 from annal.record import encode_batch, parse_header, set_base_offset
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("codec_impl")]
 
 CFG = SegmentConfig(segment_bytes=8192, max_index_bytes=1024, preallocate=True)
 
