@@ -97,7 +97,7 @@ class LocalBroker:
             "--data-dir", self.data_dir,
             "--host", self.host,
             "--port", "0",
-            "--fetch-port", "0",
+            "--fetch-port", "0", "--kafka-port", "0",
             "--metrics-port", "0",
             *self.extra_args,
         ]  # fmt: skip
