@@ -26,6 +26,7 @@ from annal.kafka._schema import Encoder, message
 from annal.kafka.apis import SUPPORTED, ApiKey
 
 __all__ = ["RequestHeader", "UnsupportedVersion", "read_header", "decode_request", "encode_response",
+           "encode_request", "decode_response",
            "REQUEST_HEADER_MIN_BYTES"]
 
 REQUEST_HEADER_MIN_BYTES = 10  # api_key, api_version, correlation_id, client_id length
@@ -76,6 +77,34 @@ def decode_request(frame: bytes | bytearray | memoryview) -> tuple[RequestHeader
         err.details["correlation_id"] = header.correlation_id
         raise
     return header, body
+
+
+def encode_request(api_key: int, api_version: int, correlation_id: int, client_id: str | None,
+                   body: dict[str, Any]) -> bytes:
+    """One request frame (length prefix included), as a client sends it."""
+    msg = message(SUPPORTED[api_key].name + "Request")
+    enc = Encoder()
+    cid = None if client_id is None else client_id.encode()
+    enc.cur += api_key.to_bytes(2, "big") + api_version.to_bytes(2, "big", signed=True)
+    enc.cur += correlation_id.to_bytes(4, "big", signed=True)
+    enc.cur += (-1).to_bytes(2, "big", signed=True) if cid is None else len(cid).to_bytes(2, "big") + cid
+    if msg.is_flexible(api_version):
+        enc.cur.append(0)  # request header v2: no tagged fields
+    msg.encode(body, api_version, enc)
+    data = enc.tobytes()
+    return len(data).to_bytes(4, "big") + data
+
+
+def decode_response(api_key: int, api_version: int, frame: bytes | bytearray | memoryview) -> tuple[int, dict[str, Any]]:
+    """``(correlation_id, body)`` of one response frame (without its length prefix)."""
+    msg = message(SUPPORTED[api_key].name + "Response")
+    r = Reader(frame)
+    correlation_id = r.int32()
+    if api_key != ApiKey.API_VERSIONS and msg.is_flexible(api_version):
+        for _ in range(r.uvarint()):
+            r.uvarint()
+            r.raw(r.uvarint())
+    return correlation_id, msg.decode(r, api_version)
 
 
 def encode_response(api_key: int, api_version: int, correlation_id: int, body: dict[str, Any]) -> list[Any]:

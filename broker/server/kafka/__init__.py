@@ -15,9 +15,10 @@ def make_listener(broker: Any, config: Any) -> KafkaListener:
     """The Kafka listener of ``broker`` on ``config.host:config.kafka_port`` (not yet bound)."""
     from annal.broker.server.kafka.handlers import KafkaHandlers
 
+    from annal.broker.server.kafka.groups import GroupCoordinator
     from annal.broker.server.kafka.producers import ProducerStates
 
-    handlers = KafkaHandlers(broker, producers=ProducerStates(broker))
+    handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=ProducerStates(broker))
     listener = KafkaListener(broker, config.host, config.kafka_port, request_timeout_ms=config.request_timeout_ms,
                              max_request_bytes=config.max_request_bytes, handlers=handlers)
     return listener

@@ -72,13 +72,16 @@ class KafkaListener:
         self._lsock = lsock
         self.port = lsock.getsockname()[1]
         self.handlers.kafka_port = self.port
+        if self.handlers.groups is not None:
+            self.handlers.groups.kafka_port = self.port
         return self.port
 
     async def start(self) -> None:
         assert self._lsock is not None, "bind() first"
         self.handlers.loop = asyncio.get_running_loop()
-        if self.handlers.producers is not None:
-            self.handlers.producers.loop = self.handlers.loop
+        for part in (self.handlers.producers, self.handlers.groups):
+            if part is not None:
+                part.loop = self.handlers.loop
         self._server = await asyncio.start_server(self._serve, sock=self._lsock, limit=self.READ_BYTES)
 
     async def close(self, timeout: float) -> None:
@@ -129,7 +132,8 @@ class KafkaListener:
             log.info("kafka %s: %s; closing the connection", peer, err.message)
         except NetworkError as err:  # EOF in the middle of a frame
             log.info("kafka %s: %s", peer, err.message)
-        except (ConnectionError, OSError) as err:
+        except (ConnectionError, OSError, asyncio.SendfileNotAvailableError) as err:
+            # (asyncio reports a peer gone before the first sendfile byte as "not available")
             log.info("kafka %s: connection lost: %s", peer, err)
         except asyncio.CancelledError:
             pass
