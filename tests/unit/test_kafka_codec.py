@@ -118,3 +118,13 @@ def test_absurd_array_length_is_refused_before_allocating() -> None:
     frame[-4:] = (2**31 - 1).to_bytes(4, "big")
     with pytest.raises(InvalidRequestError):
         decode_request(frame)
+
+
+def test_the_compatibility_doc_lists_exactly_the_supported_versions() -> None:
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "kafka-compatibility.md").read_text()
+    rows = {int(m[2]): (m[1], int(m[3]), int(m[4]))
+            for m in re.finditer(r"^\| (\w+) \| (\d+) \| (\d+)-(\d+) \|", doc, re.MULTILINE)}
+    assert rows == {int(k): (v.name, v.min_version, v.max_version) for k, v in SUPPORTED.items()}
