@@ -136,13 +136,39 @@ class Message:
 
     # ------------------------------------------------------------------ decode
 
+    @lru_cache(maxsize=None)
+    def _decoder(self, version: int) -> Any:
+        from annal.kafka._codegen import make_decoder
+
+        return make_decoder(self.schema(version), version in self.flexible)
+
+    @lru_cache(maxsize=None)
+    def _encoder(self, version: int) -> Any:
+        from annal.kafka._codegen import make_encoder
+
+        return make_encoder(self.schema(version), version in self.flexible)
+
     def decode(self, reader: Reader, version: int) -> dict[str, Any]:
+        try:
+            value, reader.pos = self._decoder(version)(reader.buf, reader.pos, reader.end)
+        except UnicodeDecodeError:
+            raise InvalidRequestError("a string is not valid UTF-8") from None
+        return value  # type: ignore[no-any-return]
+
+    def decode_interpreted(self, reader: Reader, version: int) -> dict[str, Any]:
+        """The same as ``decode``, walking the schema (the reference the generated code is
+        tested against)."""
         return _decode_struct(reader, self.schema(version), version in self.flexible)
 
     # ------------------------------------------------------------------ encode
 
     def encode(self, value: dict[str, Any], version: int, enc: "Encoder | None" = None) -> "Encoder":
         enc = enc if enc is not None else Encoder()
+        self._encoder(version)(enc, value)
+        return enc
+
+    def encode_interpreted(self, value: dict[str, Any], version: int) -> "Encoder":
+        enc = Encoder()
         _encode_struct(enc, self.schema(version), version in self.flexible, value)
         return enc
 
