@@ -105,7 +105,7 @@ class Reader:
     def int64(self) -> int:
         return self.fixed(_I64)
 
-    def bool(self) -> bool:
+    def boolean(self) -> bool:
         return self.fixed(_I8) != 0
 
     def uuid(self) -> uuid.UUID:

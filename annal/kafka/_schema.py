@@ -180,7 +180,7 @@ def _decode_value(r: Reader, f: Field, kind: str, flexible: bool) -> Any:
     if kind == "string":
         return r.compact_string(f.nullable) if flexible else r.string(f.nullable)
     if kind == "bool":
-        return r.bool()
+        return r.boolean()
     if kind == "uuid":
         return r.uuid()
     if kind in ("bytes", "records"):

@@ -105,15 +105,15 @@ class OffsetStore:
             g = doc.setdefault(group, {})
             for (topic, partition), off in offsets.items():
                 g.setdefault(topic, {})[str(partition)] = int(off)
-            path = self._path()
-            tmp = path.with_name(path.name + ".tmp")
+            target = self._path()
+            tmp = target.with_name(target.name + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, json.dumps({"version": 1, "groups": doc}, sort_keys=True).encode() + b"\n")
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
 
     def fetch(self, group: str, partitions: list[tuple[str, int]] | None) -> dict[tuple[str, int], int]:
         """Committed offsets of ``partitions`` (None: every partition the group committed)."""

@@ -75,7 +75,7 @@ class KafkaHandlers:
         self.groups = groups
         self.producers = producers
         self.kafka_port = 0  # set by the listener's owner once bound (this broker's Kafka port)
-        self._dispatch = {
+        self._dispatch: dict[int, Any] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.METADATA: self.metadata,
             ApiKey.PRODUCE: self.produce,
@@ -305,7 +305,7 @@ class KafkaHandlers:
         return self._produce_answer(body, acks, results)
 
     def _produce_refused(self, body: dict[str, Any], code: int, message: str) -> Any:
-        results = {}
+        results: dict[tuple[str, int], tuple[int, str | None, int, int]] = {}
         for t in body.get("topic_data") or ():
             for p in t.get("partition_data") or ():
                 results[(t["name"], p["index"])] = (int(code), message, -1, -1)
@@ -355,7 +355,7 @@ class KafkaHandlers:
     # ------------------------------------------------------------------ fetch
 
     def _read_all(self, body: dict[str, Any]) -> list[tuple[str, int, Any, AnnalError | None]]:
-        out = []
+        out: list[tuple[str, int, Any, AnnalError | None]] = []
         broker = self.broker
         for t in body.get("topics") or ():
             name = t["topic"]
