@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 import uuid
 from typing import Any, Awaitable
 
@@ -503,6 +502,3 @@ class KafkaHandlers:
                     "node_id": a["node_id"], "host": a["host"], "port": a["port"]}
         return {"throttle_time_ms": 0, "coordinators": answers}
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
