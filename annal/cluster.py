@@ -13,12 +13,14 @@ __all__ = ["BrokerInfo", "TopicPlacement", "PartitionState"]
 
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
-    """How to reach one broker: gRPC on ``port``, the binary data port on ``fetch_port``."""
+    """How to reach one broker: gRPC on ``port``, the binary data port on ``fetch_port``, the
+    Kafka protocol on ``kafka_port`` (-1: no Kafka listener)."""
 
     broker_id: int
     host: str
     port: int
     fetch_port: int
+    kafka_port: int = -1
 
     @property
     def address(self) -> str:

@@ -48,6 +48,9 @@ __all__ = [
     "InvalidRecordError",
     "BrokerShuttingDownError",
     "GroupError",
+    "OutOfOrderSequenceNumberError",
+    "InvalidProducerEpochError",
+    "UnsupportedVersionError",
     "KafkaTimeoutError",
     "ProducerClosedError",
     "ConsumerClosedError",
@@ -275,6 +278,27 @@ class InvalidRecordError(AnnalError):
 
     code = 87
     reason = "INVALID_RECORD"
+
+
+class UnsupportedVersionError(AnnalError):
+    """The request's API or version is not one the broker answers (Kafka listener)."""
+
+    code = 35
+    reason = "UNSUPPORTED_VERSION"
+
+
+class OutOfOrderSequenceNumberError(AnnalError):
+    """An idempotent producer's batch does not follow the last sequence the leader has."""
+
+    code = 45
+    reason = "OUT_OF_ORDER_SEQUENCE_NUMBER"
+
+
+class InvalidProducerEpochError(AnnalError):
+    """An idempotent producer's epoch is older than the one the leader has seen."""
+
+    code = 47
+    reason = "INVALID_PRODUCER_EPOCH"
 
 
 class BrokerShuttingDownError(AnnalError):

@@ -32,6 +32,7 @@ from types import TracebackType
 __all__ = ["LocalBroker", "LocalBrokerError", "wait_for_port"]
 
 _READY = re.compile(r"ready: grpc=([^\s:]+):(\d+) data=([^\s:]+):(\d+)")
+_KAFKA = re.compile(r"ready: .* kafka=[^\s:]+:(\d+)")
 
 
 class LocalBrokerError(RuntimeError):
@@ -75,6 +76,7 @@ class LocalBroker:
         self.python = python
         self.port = 0
         self.fetch_port = 0
+        self.kafka_port = 0  # the Kafka protocol listener (annal.bench.kafka_clients)
         self._given_data_dir = data_dir
         self.data_dir = ""
         self._log_dir = ""
@@ -97,7 +99,7 @@ class LocalBroker:
             "--data-dir", self.data_dir,
             "--host", self.host,
             "--port", "0",
-            "--fetch-port", "0",
+            "--fetch-port", "0", "--kafka-port", "0",
             "--metrics-port", "0",
             *self.extra_args,
         ]  # fmt: skip
@@ -121,6 +123,8 @@ class LocalBroker:
                 self.host = m.group(1)
                 self.port = int(m.group(2))
                 self.fetch_port = int(m.group(4))
+                k = _KAFKA.search(self.log_tail(64 * 1024))
+                self.kafka_port = int(k.group(1)) if k else 0
                 return True
             if self.process.poll() is not None:
                 return False

@@ -33,7 +33,7 @@ from typing import Any
 
 __all__ = ["main", "parse_tables", "Row", "fraction_of_ceiling", "parse_quantity", "met_target"]
 
-AREAS = ("codec", "storage", "broker", "sdk", "cluster", "replication", "bench")
+AREAS = ("codec", "storage", "broker", "sdk", "cluster", "replication", "kafka", "bench")
 
 _ROLE_PATTERNS: list[tuple[str, tuple[str, ...]]] = [
     ("figure", ("figure", "metric", "what", "benchmark", "name")),

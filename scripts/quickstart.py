@@ -148,7 +148,8 @@ class LocalCluster:
             return [*annal, "broker", "start", "--standalone",
                     "--data-dir", str(self.data_dir / "broker"),
                     "--port", self.bootstrap_servers.rsplit(":", 1)[1],
-                    "--fetch-port", str(fetch), "--metrics-port", str(metrics)]  # fmt: skip
+                    "--fetch-port", str(fetch), "--metrics-port", str(metrics),
+                    "--kafka-port", "0"]  # fmt: skip
         return [*annal, "cluster", "up", "--brokers", str(self.brokers),
                 "--data-dir", str(self.data_dir / "cluster")]  # fmt: skip
 

@@ -34,6 +34,15 @@ ensure_zookeeper() {
   fi
 }
 
+ensure_kcat() {
+  # kcat (librdkafka's command-line client) drives the Kafka listener's tests.
+  if command -v kcat >/dev/null 2>&1; then return 0; fi
+  echo "== installing kcat (apt-get)"
+  if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat; }; then
+    die "kcat is needed by the Kafka listener's tests; run as root: apt-get update && apt-get install -y kcat"
+  fi
+}
+
 ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "== creating $VENV"

@@ -174,6 +174,7 @@ def encode_broker(info: BrokerInfo, *, start_time_ms: int) -> bytes:
             "host": info.host,
             "port": info.port,
             "fetch_port": info.fetch_port,
+            "kafka_port": info.kafka_port,
             "version": LAYOUT_VERSION,
             "start_time_ms": int(start_time_ms),
         }
@@ -189,6 +190,7 @@ def decode_broker(broker_id: int, data: bytes | None) -> BrokerInfo:
             host=str(obj["host"]),
             port=int(obj["port"]),
             fetch_port=int(obj.get("fetch_port", 0) or 0),
+            kafka_port=int(obj.get("kafka_port", -1) if obj.get("kafka_port") is not None else -1),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"bad broker registration for {broker_id}: {obj!r}") from exc

@@ -51,6 +51,7 @@ _READY = re.compile(
     r"annal broker (?P<id>\d+) ready: grpc=(?P<host>\S+):(?P<port>\d+) data=\S+:(?P<fetch>\d+) "
     r"metrics=(?:\S+:(?P<metrics>\d+)|off)"
 )
+_KAFKA = re.compile(r"annal broker \d+ ready: .* kafka=(?P<kafka>\S+)")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +84,7 @@ class _Broker:
     grpc: str = ""
     data: str = ""
     metrics: str = ""
+    kafka: str = "off"
 
 
 @dataclass
@@ -123,8 +125,10 @@ class LocalCluster:
         assert self.zookeeper is not None
         if self.base_port:
             grpc, data, metrics = (self.base_port + 3 * (broker_id - 1) + k for k in range(3))
+            # Kafka listeners side by side, 10000 above: 19092, 19093, 19094 for base 9092.
+            kafka = self.base_port + 10000 + (broker_id - 1)
         else:
-            grpc = data = metrics = 0
+            grpc = data = metrics = kafka = 0
         log_path = self.data_dir / f"broker-{broker_id}.log"
         cmd = [
             sys.executable, "-m", "annal.broker", "broker", "start",
@@ -133,6 +137,7 @@ class LocalCluster:
             "--data-dir", str(self.data_dir / f"broker-{broker_id}"),
             "--host", "127.0.0.1",
             "--port", str(grpc), "--fetch-port", str(data), "--metrics-port", str(metrics),
+            "--kafka-port", str(kafka),
             "--zookeeper-session-timeout-ms", str(self.session_timeout_ms),
             "--log-level", self.log_level,
         ]
@@ -154,6 +159,8 @@ class LocalCluster:
                 b.grpc = f"{m['host']}:{m['port']}"
                 b.data = f"{m['host']}:{m['fetch']}"
                 b.metrics = f"{m['host']}:{m['metrics']}" if m["metrics"] else "off"
+                k = _KAFKA.search(text)
+                b.kafka = k["kafka"] if k else "off"
                 return
             rc = b.proc.poll()
             if rc is not None or time.monotonic() > deadline:
@@ -165,9 +172,11 @@ class LocalCluster:
     def print_summary(self, out: IO[str]) -> None:
         print(f"zookeeper={self.zookeeper}", file=out)
         print(f"bootstrap_servers={self.bootstrap_servers}", file=out)
+        print(f"kafka_bootstrap_servers={','.join(b.kafka for b in self.running if b.kafka != 'off')}", file=out)
         for b in self.running:
             print(
-                f"broker.{b.broker_id} grpc={b.grpc} data={b.data} metrics={b.metrics} pid={b.proc.pid} log={b.log_path}",
+                f"broker.{b.broker_id} grpc={b.grpc} data={b.data} metrics={b.metrics} kafka={b.kafka} "
+                f"pid={b.proc.pid} log={b.log_path}",
                 file=out,
             )
         if self.zk_server is not None:

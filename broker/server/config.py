@@ -8,6 +8,7 @@ defaults every topic gets unless it overrides them when created::
     port = 9092
     fetch_port = 9093
     metrics_port = 9094          # -1: no metrics endpoint
+    kafka_port = 19092           # Apache Kafka protocol listener; -1: off
     broker_id = 0
     request_timeout_ms = 30000   # a peer that stalls mid-frame is disconnected after this
     max_request_bytes = 104857600
@@ -113,6 +114,8 @@ class BrokerConfig:
     port: int = 9092
     fetch_port: int = 9093
     metrics_port: int = 9094
+    # The Kafka protocol listener (docs/kafka-compatibility.md says why it is not 9092).
+    kafka_port: int = 19092
     broker_id: int = 0
     log_level: str = "INFO"
     zookeeper: str | None = None
@@ -138,6 +141,8 @@ class BrokerConfig:
                 raise InvalidConfigError(f"{name} must be 0..65535, not {v!r}", key=name)
         if not isinstance(self.metrics_port, int) or not -1 <= self.metrics_port <= 65535:
             raise InvalidConfigError(f"metrics_port must be -1..65535, not {self.metrics_port!r}")
+        if isinstance(self.kafka_port, bool) or not isinstance(self.kafka_port, int) or not -1 <= self.kafka_port <= 65535:
+            raise InvalidConfigError(f"kafka_port must be -1..65535, not {self.kafka_port!r}", key="kafka_port")
         if not isinstance(self.broker_id, int) or self.broker_id < 0:
             raise InvalidConfigError(f"broker_id must be a non-negative integer, not {self.broker_id!r}")
         if self.log_level.upper() not in _LOG_LEVELS:

@@ -51,6 +51,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--fetch-port", type=int, default=None, help="data port (default 9093; 0 picks one)")
     start.add_argument("--metrics-port", type=int, default=None,
                        help="Prometheus metrics port (default 9094; 0 picks one; -1 disables)")
+    start.add_argument("--kafka-port", type=int, default=None,
+                       help="Apache Kafka protocol listener (default 19092; 0 picks one; -1 disables)")
     start.add_argument("--broker-id", type=int, default=None, help="this broker's id (default 0)")
     start.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        type=str.upper, help="log level (default INFO)")
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "port": args.port,
         "fetch_port": args.fetch_port,
         "metrics_port": args.metrics_port,
+        "kafka_port": args.kafka_port,
         "broker_id": args.broker_id,
         "log_level": args.log_level,
         "zookeeper": args.zookeeper,
@@ -138,6 +141,7 @@ async def _serve(config: Any) -> int:
     broker = Broker(config, _make_coordinator(config))
     grpc_server = None
     data_port = None
+    kafka = None
     try:
         broker.open()
         data_port = DataPortServer(
@@ -145,6 +149,12 @@ async def _serve(config: Any) -> int:
             request_timeout_ms=config.request_timeout_ms, max_request_bytes=config.max_request_bytes,
         )
         fetch_port = data_port.bind()
+        kafka_port = -1
+        if config.kafka_port >= 0:
+            from annal.broker.server.kafka import make_listener
+
+            kafka = make_listener(broker, config)
+            kafka_port = kafka.bind()
         grpc_server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="annal-grpc"),
             options=[
@@ -163,20 +173,22 @@ async def _serve(config: Any) -> int:
         metrics_port = -1
         if config.metrics_port >= 0:
             metrics_port = broker.metrics.serve(config.host, config.metrics_port)
-        me = BrokerInfo(config.broker_id, config.public_host, grpc_port, fetch_port)
+        me = BrokerInfo(config.broker_id, config.public_host, grpc_port, fetch_port, kafka_port)
         broker.start(me)
         grpc_server.start()
         await data_port.start()
+        if kafka is not None:
+            await kafka.start()
         # Everything allocated so far (modules, gRPC and protobuf tables, open logs) lives as
         # long as the process: keep it out of the cyclic GC's full collections, which would
         # otherwise walk it again and again under a steady request load.
         gc.freeze()
         mode = f"zookeeper={config.zookeeper}" if config.zookeeper else "standalone"
         _always(
-            "annal broker %d %s grpc=%s:%d data=%s:%d metrics=%s data_dir=%s mode=%s pid=%d",
+            "annal broker %d %s grpc=%s:%d data=%s:%d metrics=%s data_dir=%s mode=%s pid=%d kafka=%s",
             config.broker_id, READY_MARKER, config.host, grpc_port, config.host, fetch_port,
             f"{config.host}:{metrics_port}" if metrics_port >= 0 else "off",
-            config.data_dir, mode, os.getpid(),
+            config.data_dir, mode, os.getpid(), f"{config.host}:{kafka_port}" if kafka is not None else "off",
         )
         await stop.wait()
         log.info("shutting down: no new requests; finishing those in flight")
@@ -192,6 +204,8 @@ async def _serve(config: Any) -> int:
         broker.begin_shutdown()
         grace = config.shutdown_timeout_ms / 1000
         stopped = grpc_server.stop(grace) if grpc_server is not None else None
+        if kafka is not None:
+            await kafka.close(timeout=grace)
         if data_port is not None:
             await data_port.close(timeout=grace)
         if stopped is not None:

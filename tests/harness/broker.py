@@ -53,6 +53,9 @@ _READY = re.compile(
 )
 
 
+_KAFKA = re.compile(r"annal broker \d+ ready: .* kafka=\S+:(?P<kafka>\d+)")
+
+
 class BrokerStartError(RuntimeError):
     """The broker exited or did not report ready in time; the message holds its log."""
 
@@ -89,6 +92,7 @@ class BrokerProcess:
         port: int = 0,
         fetch_port: int = 0,
         metrics_port: int = 0,
+        kafka_port: int = 0,
         log_level: str = "INFO",
         log_path: pathlib.Path | str | None = None,
         env: Mapping[str, str] | None = None,
@@ -102,6 +106,7 @@ class BrokerProcess:
         self.port = port
         self.fetch_port = fetch_port
         self.metrics_port = metrics_port
+        self.kafka_port = kafka_port
         self.log_level = log_level
         self.log_path = pathlib.Path(log_path) if log_path else self.data_dir.parent / f"{self.data_dir.name}.broker.log"
         self.env = dict(env) if env else None
@@ -117,6 +122,11 @@ class BrokerProcess:
     def bootstrap(self) -> str:
         """``"127.0.0.1:<grpc port>"``, for ``bootstrap_servers``."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """``"127.0.0.1:<Kafka port>"``, for Kafka clients' ``bootstrap.servers``."""
+        return f"{self.host}:{self.kafka_port}"
 
     @property
     def fetch_address(self) -> tuple[str, int]:
@@ -137,6 +147,7 @@ class BrokerProcess:
             args.append("--standalone")
         args += ["--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port),
                  "--fetch-port", str(self.fetch_port), "--metrics-port", str(self.metrics_port),
+                 "--kafka-port", str(self.kafka_port),
                  "--log-level", self.log_level]
         if self.broker_id is not None:
             args += ["--broker-id", str(self.broker_id)]
@@ -177,6 +188,8 @@ class BrokerProcess:
                 self.fetch_port = int(m["fetch"])
                 self.metrics_port = int(m["metrics"]) if m["metrics"] else -1
                 self.broker_id = int(m["id"])
+                k = _KAFKA.search(text)
+                self.kafka_port = int(k["kafka"]) if k else -1
                 return
             try:
                 rc = self.proc.wait(timeout=0.02)  # the poll interval; returns early if it exits

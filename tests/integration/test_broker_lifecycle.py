@@ -130,7 +130,7 @@ def test_bad_config_file_is_a_clear_error(tmp_path, toml, message):
     cfg.write_text(toml)
     proc = subprocess.run(
         [sys.executable, "-m", "annal.broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
-         "--config", str(cfg), "--port", "0", "--fetch-port", "0", "--metrics-port", "-1"],
+         "--config", str(cfg), "--port", "0", "--fetch-port", "0", "--metrics-port", "-1", "--kafka-port", "0"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
@@ -173,7 +173,7 @@ def test_port_in_use_is_a_clear_error(tmp_path, which):
         args = {"--port": "0", "--fetch-port": "0", which: str(port)}
         proc = subprocess.run(
             [sys.executable, "-m", "annal.broker", "broker", "start", "--standalone", "--data-dir", str(tmp_path / "d"),
-             "--port", args["--port"], "--fetch-port", args["--fetch-port"], "--metrics-port", "-1"],
+             "--port", args["--port"], "--fetch-port", args["--fetch-port"], "--metrics-port", "-1", "--kafka-port", "0"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
         )
     assert proc.returncode == 2

@@ -97,7 +97,7 @@ def test_fresh_install_outside_the_repository(wheel: pathlib.Path, tmp_path: pat
     log = (tmp_path / "broker.log").open("wb")
     broker = subprocess.Popen(
         [str(bin_dir / "annal"), "broker", "start", "--standalone", "--data-dir", str(data), "--host", "127.0.0.1",
-         "--port", "0", "--fetch-port", "0", "--metrics-port", "0"],
+         "--port", "0", "--fetch-port", "0", "--metrics-port", "0", "--kafka-port", "0"],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

@@ -1,0 +1,305 @@
+"""Kafka clients against the Kafka listener, and the listener against the data port.
+
+    .venv/bin/python -m annal.bench.kafka_clients [--runs 3] [--records 1000000]
+        [--python-records 200000] [--fetch-mib 512] [--markdown docs/benchmarks/kafka.md]
+
+Each run starts a fresh standalone broker (``LocalBroker``) and measures, with 100-byte values,
+one partition, acks=1:
+
+- confluent-kafka (librdkafka): a ``produce()`` + ``poll(0)`` loop then ``flush()``; a consumer
+  reading the topic back with ``consume(num_messages=10000)`` and ``fetch.queue.backoff.ms=1``
+  (the issue's Kafka 4.1 figures were taken the same way);
+- kafka-python: ``send()`` in a loop then ``flush()``; a consumer iterating over the topic;
+- Annal's SDK over the data port, the same records (the baseline for broker CPU);
+- broker CPU-seconds per million records of each of those (utime + stime of the broker process
+  from ``/proc/<pid>/stat`` around each phase, so client CPU is not counted);
+- large fetches: a page-cached partition of ~1 MiB batches read from offset 0 to its end with
+  64 MiB fetches, once through the Kafka listener (Fetch v11, raw socket, Annal's codec) and
+  once through the data port (raw socket), the two clients doing the same work per answer.
+
+Prints one line per figure and run, then the medians; ``--markdown`` writes the fragment
+(docs/benchmarks/kafka.md) with the command, the date and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import socket
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from annal.bench._local_broker import LocalBroker
+from annal.bench.broker import _cpu_seconds, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
+from annal.kafka import ApiKey
+from annal.kafka.header import decode_response, encode_request
+from annal.record import iter_batch_positions, parse_header
+
+__all__ = ["main"]
+
+MiB = 1 << 20
+VALUE = b"x" * 100
+
+
+class _Cpu:
+    """Broker CPU seconds spent between ``start()`` and ``stop()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = 0.0
+
+    def __enter__(self) -> "_Cpu":
+        self.before = _cpu_seconds(self.pid)
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = _cpu_seconds(self.pid) - self.before
+
+
+def confluent_produce(bootstrap: str, topic: str, n: int) -> float:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": 1, "enable.idempotence": False, "linger.ms": 5,
+                  "queue.buffering.max.messages": 1_000_000})
+    produce, poll = p.produce, p.poll
+    started = time.perf_counter()
+    for _ in range(n):
+        while True:
+            try:
+                produce(topic, VALUE, partition=0)
+                break
+            except BufferError:
+                poll(0.01)
+        poll(0)
+    if p.flush(120):
+        raise RuntimeError("confluent-kafka: records left unsent")
+    return time.perf_counter() - started
+
+
+def confluent_consume(bootstrap: str, topic: str, n: int) -> float:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False,
+                  "fetch.queue.backoff.ms": 1})
+    c.assign([TopicPartition(topic, 0, 0)])
+    got = 0
+    started = time.perf_counter()
+    while got < n:
+        msgs = c.consume(num_messages=10000, timeout=5)
+        if not msgs:
+            raise RuntimeError(f"confluent-kafka: consumed {got} of {n}, then nothing for 5 s")
+        got += len(msgs)
+    elapsed = time.perf_counter() - started
+    c.close()
+    return elapsed
+
+
+def kafka_python_produce(bootstrap: str, topic: str, n: int) -> float:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5)
+    send = p.send
+    started = time.perf_counter()
+    for _ in range(n):
+        send(topic, VALUE, partition=0)
+    p.flush(300)
+    elapsed = time.perf_counter() - started
+    p.close()
+    return elapsed
+
+
+def kafka_python_consume(bootstrap: str, topic: str, n: int) -> float:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    c.assign([TopicPartition(topic, 0)])
+    c.seek(TopicPartition(topic, 0), 0)
+    got = 0
+    started = time.perf_counter()
+    while got < n:
+        batch = c.poll(1000, max_records=100_000)
+        got += sum(len(v) for v in batch.values())
+    elapsed = time.perf_counter() - started
+    c.close()
+    return elapsed
+
+
+def sdk_produce(bootstrap: str, topic: str, n: int) -> float:
+    from annal.client.producer import Producer
+
+    p = Producer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+    send = p.send
+    started = time.perf_counter()
+    for _ in range(n):
+        send(topic, VALUE, partition=0)
+    p.flush(300)
+    elapsed = time.perf_counter() - started
+    p.close()
+    return elapsed
+
+
+def sdk_consume(bootstrap: str, topic: str, n: int) -> float:
+    from annal.client.consumer import Consumer
+    from annal.client.structs import TopicPartition
+
+    c = Consumer(bootstrap_servers=bootstrap)
+    c.assign([TopicPartition(topic, 0)])
+    c.seek(TopicPartition(topic, 0), 0)
+    got = 0
+    started = time.perf_counter()
+    while got < n:
+        batch = c.poll(1000, max_records=100_000)
+        got += sum(len(v) for v in batch.values())
+    elapsed = time.perf_counter() - started
+    c.close()
+    return elapsed
+
+
+def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(max_bytes + 2 * MiB)
+    offset = total = cid = 0
+    started = time.perf_counter()
+    while offset < end_offset:
+        cid += 1
+        sock.sendall(encode_request(ApiKey.FETCH, 11, cid, "bench", {
+            "max_wait_ms": 0, "min_bytes": 0, "max_bytes": max_bytes, "topics": [
+                {"topic": topic, "partitions": [{"partition": 0, "fetch_offset": offset,
+                                                 "partition_max_bytes": max_bytes}]}]}))
+        _, resp = decode_response(ApiKey.FETCH, 11, _recv_frame(sock, buf))
+        p = resp["responses"][0]["partitions"][0]
+        records = p["records"]
+        if p["error_code"] or not records:
+            raise RuntimeError(f"kafka fetch at {offset}: error {p['error_code']}")
+        last = None
+        for pos, _size in iter_batch_positions(records):
+            last = pos
+        assert last is not None
+        offset = parse_header(records, last).next_offset
+        total += len(records)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed, total
+
+
+def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with LocalBroker(extra_args=["--metrics-port", "-1", "--log-level", "WARNING"]) as b:
+        assert b.process is not None
+        pid = b.process.pid
+        kafka = f"127.0.0.1:{b.kafka_port}"
+        n, m = args.records, args.python_records
+        for topic in ("cf", "kp", "sdk", "big"):
+            create_topic(b, topic)
+
+        phases: list[tuple[str, Callable[[], float], int]] = [
+            ("confluent-kafka produce", lambda: confluent_produce(kafka, "cf", n), n),
+            ("confluent-kafka consume", lambda: confluent_consume(kafka, "cf", n), n),
+            ("kafka-python produce", lambda: kafka_python_produce(kafka, "kp", m), m),
+            ("kafka-python consume", lambda: kafka_python_consume(kafka, "kp", m), m),
+            ("annal sdk produce (data port)", lambda: sdk_produce(b.bootstrap, "sdk", n), n),
+            ("annal sdk consume (data port)", lambda: sdk_consume(b.bootstrap, "sdk", n), n),
+        ]
+        for name, fn, count in phases:
+            with _Cpu(pid) as cpu:
+                elapsed = fn()
+            out[f"{name} records/s"] = count / elapsed
+            out[f"{name} broker cpu s/M"] = cpu.seconds / count * 1e6
+            log(f"{name}: {count / elapsed:,.0f} records/s, broker {cpu.seconds / count * 1e6:.3f} CPU-s per million")
+
+        batch = one_mib_batch()
+        batches = max(1, args.fetch_mib * MiB // len(batch))
+        produce_data_port(b, "big", batch, batches, window=4)
+        end = parse_header(batch).last_offset_delta + 1
+        end *= batches
+        fetch_data_port(b, "big", end, 64 * MiB)  # warm the page cache
+        t_data, bytes_data = fetch_data_port(b, "big", end, 64 * MiB)
+        t_kafka, bytes_kafka = fetch_kafka(b.kafka_port, "big", end, 64 * MiB)
+        out["large fetch data port MB/s"] = bytes_data / t_data / 1e6
+        out["large fetch kafka MB/s"] = bytes_kafka / t_kafka / 1e6
+        log(f"large fetch: data port {bytes_data / t_data / 1e6:,.0f} MB/s, kafka {bytes_kafka / t_kafka / 1e6:,.0f} MB/s")
+    out["produce cpu ratio kafka/data"] = out["confluent-kafka produce broker cpu s/M"] / out["annal sdk produce (data port) broker cpu s/M"]
+    out["consume cpu ratio kafka/data"] = out["confluent-kafka consume broker cpu s/M"] / out["annal sdk consume (data port) broker cpu s/M"]
+    out["large fetch ratio kafka/data"] = out["large fetch kafka MB/s"] / out["large fetch data port MB/s"]
+    return out
+
+
+ROWS = [
+    ("confluent-kafka produce, records/s", "confluent-kafka produce records/s", ">= 330,000 records/s (Kafka 4.1: 330-730 k)", "{:,.0f}"),
+    ("confluent-kafka consume, records/s", "confluent-kafka consume records/s", ">= 1,000,000 records/s (Kafka 4.1: 1.0-1.35 M)", "{:,.0f}"),
+    ("kafka-python produce, records/s", "kafka-python produce records/s", ">= 32,000 records/s (Kafka 4.1: ~32 k)", "{:,.0f}"),
+    ("kafka-python consume, records/s", "kafka-python consume records/s", ">= 52,000 records/s (Kafka 4.1: ~52 k)", "{:,.0f}"),
+    ("broker CPU-s per million records produced, Kafka listener (confluent-kafka)", "confluent-kafka produce broker cpu s/M", "-", "{:.3f}"),
+    ("broker CPU-s per million records produced, data port (Annal SDK)", "annal sdk produce (data port) broker cpu s/M", "-", "{:.3f}"),
+    ("produce: Kafka listener / data port broker CPU per record", "produce cpu ratio kafka/data", "<= 1.2", "{:.2f}"),
+    ("broker CPU-s per million records consumed, Kafka listener (confluent-kafka)", "confluent-kafka consume broker cpu s/M", "-", "{:.3f}"),
+    ("broker CPU-s per million records consumed, data port (Annal SDK)", "annal sdk consume (data port) broker cpu s/M", "-", "{:.3f}"),
+    ("consume: Kafka listener / data port broker CPU per record", "consume cpu ratio kafka/data", "<= 1.2", "{:.2f}"),
+    ("broker CPU-s per million records, kafka-python produce", "kafka-python produce broker cpu s/M", "-", "{:.3f}"),
+    ("broker CPU-s per million records, kafka-python consume", "kafka-python consume broker cpu s/M", "-", "{:.3f}"),
+    ("Annal SDK produce over the data port, records/s (same runs)", "annal sdk produce (data port) records/s", "-", "{:,.0f}"),
+    ("Annal SDK consume over the data port, records/s (same runs)", "annal sdk consume (data port) records/s", "-", "{:,.0f}"),
+    ("large fetch (64 MiB fetches, page-cached ~1 MiB batches), Kafka listener, MB/s", "large fetch kafka MB/s", "-", "{:,.0f}"),
+    ("large fetch, data port, MB/s (same runs)", "large fetch data port MB/s", "-", "{:,.0f}"),
+    ("large fetch: Kafka listener / data port", "large fetch ratio kafka/data", ">= 0.8", "{:.2f}"),
+]
+
+
+def _met(target: str, value: float) -> str:
+    t = target.split("(")[0].strip()
+    if t.startswith(">="):
+        return "yes" if value >= float(t[2:].split()[0].replace(",", "")) else "no"
+    if t.startswith("<="):
+        return "yes" if value <= float(t[2:].split()[0].replace(",", "")) else "no"
+    return "-"
+
+
+def markdown(runs: list[dict[str, float]], command: str, started: str, loads: list[str]) -> str:
+    lines = ["# Kafka listener figures", "",
+             "| figure | target | median of 3 | runs | met |", "|---|---|---|---|---|"]
+    for label, key, target, fmt in ROWS:
+        values = [r[key] for r in runs]
+        med = statistics.median(values)
+        lines.append(f"| {label} | {target} | **{fmt.format(med)}** | {', '.join(fmt.format(v) for v in values)} | "
+                     f"{_met(target, med)} |")
+    lines += ["", f"Command: `{command}`  ",
+              f"Date: {started} UTC; load average (1/5/15 min) before each run: {'; '.join(loads)}  ",
+              f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, 100-byte values, one partition, "
+              "acks=1, a fresh standalone broker per run", ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m annal.bench.kafka_clients", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--records", type=int, default=1_000_000, help="records for confluent-kafka and the SDK")
+    p.add_argument("--python-records", type=int, default=200_000, help="records for kafka-python")
+    p.add_argument("--fetch-mib", type=int, default=512, help="size of the large-fetch partition")
+    p.add_argument("--markdown", default=None, help="write the fragment here (docs/benchmarks/kafka.md)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    runs, loads = [], []
+    for i in range(args.runs):
+        loads.append(" ".join(f"{x:.2f}" for x in os.getloadavg()))
+        print(f"== run {i + 1} of {args.runs} (load average {loads[-1]})", flush=True)
+        runs.append(one_run(args, lambda s: print("  " + s, flush=True)))
+    text = markdown(runs, "python -m annal.bench.kafka_clients " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    started, loads)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

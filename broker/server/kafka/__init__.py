@@ -1,0 +1,24 @@
+"""The broker's Kafka protocol edge: ``listener`` (sockets, frames, sendfile), ``handlers``
+(each API answered from the ``Broker`` core), ``groups`` (the classic group coordinator) and
+``producers`` (producer ids and idempotent appends). The codec is ``annal.kafka``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from annal.broker.server.kafka.listener import KafkaListener
+
+__all__ = ["KafkaListener", "make_listener"]
+
+
+def make_listener(broker: Any, config: Any) -> KafkaListener:
+    """The Kafka listener of ``broker`` on ``config.host:config.kafka_port`` (not yet bound)."""
+    from annal.broker.server.kafka.handlers import KafkaHandlers
+
+    from annal.broker.server.kafka.groups import GroupCoordinator
+    from annal.broker.server.kafka.producers import ProducerStates
+
+    handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=ProducerStates(broker))
+    listener = KafkaListener(broker, config.host, config.kafka_port, request_timeout_ms=config.request_timeout_ms,
+                             max_request_bytes=config.max_request_bytes, handlers=handlers)
+    return listener
