@@ -48,10 +48,11 @@ def test_clients_bootstrapped_at_one_broker_find_every_leader(zk_cluster: ZkClus
     _start(zk_cluster, "spread")
     one = zk_cluster.brokers[2].kafka_bootstrap
     admin = AdminClient({"bootstrap.servers": one})
-    # Broker 2 learns of the others through its ZooKeeper watches: wait until it has.
+    # Broker 2 learns of the others and of the new topic through its ZooKeeper watches: wait
+    # until it has.
     deadline = time.monotonic() + 30
     md = admin.list_topics(timeout=10)
-    while len(md.brokers) < 3 and time.monotonic() < deadline:
+    while (len(md.brokers) < 3 or "spread" not in md.topics) and time.monotonic() < deadline:
         time.sleep(0.2)
         md = admin.list_topics(timeout=10)
     assert {b.id: f"{b.host}:{b.port}" for b in md.brokers.values()} == {
