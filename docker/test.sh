@@ -3,8 +3,8 @@
 #
 #   bash docker/test.sh [--rebuild-base] [--no-cache] [--records N]
 #
-# On a Debian 12 machine, as root (rootful podman), with the project's virtual environment
-# (.venv, made by scripts/setup.sh; PYTHON=... to use another interpreter with annal installed):
+# On a Debian 12 machine, as root (rootful podman). The host-side client runs from .venv, set up
+# (this tree installed) as scripts/test does it; PYTHON=... uses another interpreter with annal.
 #
 #  1. installs podman, podman-compose, debootstrap and runc when missing (apt-get);
 #  2. makes the base image localhost/annal-base:bookworm with debootstrap from this machine's
@@ -29,6 +29,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMPOSE_FILE="$ROOT/docker/compose.yaml"
 PROJECT="${ANNAL_TEST_PROJECT:-annal-test}"
+PYTHON_GIVEN="${PYTHON:-}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 BASE_IMAGE=localhost/annal-base:bookworm
 ANNAL_IMAGE=localhost/annal:latest
@@ -66,8 +67,13 @@ timing() {  # timing LABEL START
 }
 
 [ "$(id -u)" = 0 ] || die "run as root: the cluster runs under rootful podman"
-[ -x "$PYTHON" ] || die "no Python with annal at $PYTHON: run 'bash scripts/setup.sh' or set PYTHON"
-(cd / && "$PYTHON" -c "import annal.client") 2>/dev/null || die "$PYTHON cannot import annal: run 'bash scripts/setup.sh'"
+if [ -z "${PYTHON_GIVEN:-}" ]; then
+  # The host-side client: this tree installed in .venv, as scripts/test and scripts/run do it.
+  # shellcheck source=scripts/setup.sh
+  ( unset PYTHON; source "$ROOT/scripts/setup.sh"; ensure_python; ensure_venv ) \
+    || die "setting up $ROOT/.venv failed"
+fi
+(cd / && "$PYTHON" -c "import annal.client") 2>/dev/null || die "$PYTHON cannot import annal"
 
 # ---------------------------------------------------------------------------- tools
 missing=()
@@ -174,6 +180,9 @@ podman build "${BUILD_FLAGS[@]}" --format docker --network=host --build-arg "BAS
   -t "$ZOOKEEPER_IMAGE" "$ROOT/docker/zookeeper" >"$WORK/build-zookeeper.log" 2>&1 \
   || { tail -30 "$WORK/build-zookeeper.log" >&2; die "building the ZooKeeper image failed"; }
 timing "ZooKeeper image build" "$t"
+# The images these builds replaced, and the build stage, are left untagged: delete those of
+# Annal's (label annal.image), no other image.
+podman image prune -f --filter label=annal.image >/dev/null
 
 # ---------------------------------------------------------------------------- cluster
 [ -z "$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT")" ] \
