@@ -33,6 +33,7 @@ PYTHON_GIVEN="${PYTHON:-}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 BASE_IMAGE=localhost/annal-base:bookworm
 ANNAL_IMAGE=localhost/annal:latest
+BUILD_STAGE_IMAGE=localhost/annal-build:latest
 ZOOKEEPER_IMAGE=localhost/annal-zookeeper:latest
 RECORDS=100000
 REBUILD_BASE=0
@@ -169,9 +170,15 @@ ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
 
 t=$(now)
 say "building $ANNAL_IMAGE from docker/Dockerfile"
-podman build "${BUILD_FLAGS[@]}" --format docker --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" "${PIP_MOUNTS[@]}" \
-  -f "$ROOT/docker/Dockerfile" -t "$ANNAL_IMAGE" "$ROOT" >"$WORK/build-annal.log" 2>&1 \
-  || { tail -30 "$WORK/build-annal.log" >&2; die "building the Annal image failed"; }
+# The build stage is built and tagged first (annal-build), so that it stays as the layer cache
+# of the next run while the untagged images are deleted below; the second build reuses it.
+for target in "--target build -t $BUILD_STAGE_IMAGE" "-t $ANNAL_IMAGE"; do
+  # shellcheck disable=SC2086
+  podman build "${BUILD_FLAGS[@]}" --format docker --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    "${PIP_MOUNTS[@]}" -f "$ROOT/docker/Dockerfile" $target "$ROOT" >>"$WORK/build-annal.log" 2>&1 \
+    || { tail -30 "$WORK/build-annal.log" >&2; die "building the Annal image failed"; }
+  BUILD_FLAGS=()  # --no-cache: the first build already ignored the cache
+done
 timing "Annal image build" "$t"
 
 t=$(now)
@@ -180,8 +187,8 @@ podman build "${BUILD_FLAGS[@]}" --format docker --network=host --build-arg "BAS
   -t "$ZOOKEEPER_IMAGE" "$ROOT/docker/zookeeper" >"$WORK/build-zookeeper.log" 2>&1 \
   || { tail -30 "$WORK/build-zookeeper.log" >&2; die "building the ZooKeeper image failed"; }
 timing "ZooKeeper image build" "$t"
-# The images these builds replaced, and the build stage, are left untagged: delete those of
-# Annal's (label annal.image), no other image.
+# The images these builds replaced are left untagged: delete those of Annal's (label
+# annal.image), and no other image.
 podman image prune -f --filter label=annal.image >/dev/null
 
 # ---------------------------------------------------------------------------- cluster
