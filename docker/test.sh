@@ -100,7 +100,10 @@ TORN_DOWN=0
 
 teardown() {
   set +e
-  [ -n "$PRODUCER_PID" ] && kill "$PRODUCER_PID" 2>/dev/null
+  if [ -n "$PRODUCER_PID" ]; then  # the background producer: its subshell and its python
+    pkill -TERM -P "$PRODUCER_PID" 2>/dev/null
+    kill "$PRODUCER_PID" 2>/dev/null
+  fi
   local names name
   names=$(podman ps -a --format '{{.Names}}' --filter "label=io.podman.compose.project=$PROJECT")
   if [ -n "${ANNAL_TEST_LOGS:-}" ]; then  # keep every container's log, for a post-mortem
