@@ -100,9 +100,11 @@ class ZooKeeperCoordinator(Coordinator):
 
     ``zookeeper`` is a kazoo hosts string with an optional chroot
     (``"127.0.0.1:2181,127.0.0.1:2182/annal"``); ``/annal`` is used when none is given.
-    ``registration_wait_ms`` bounds how long start() waits for a registration of the same
-    broker id held by another session to expire before refusing (default: 1.5 x the session
-    timeout + 1 s, enough for the session of a killed broker to expire).
+    ``connect_timeout_ms`` bounds how long start() waits for ZooKeeper to answer (0: until it
+    does, or until stop()). ``registration_wait_ms`` bounds how long start() waits for a
+    registration of the same broker id held by another session to expire before refusing
+    (default: 1.5 x the session timeout + 1 s, enough for the session of a killed broker to
+    expire).
     """
 
     def __init__(
@@ -193,7 +195,7 @@ class ZooKeeperCoordinator(Coordinator):
             with warnings.catch_warnings():
                 # A missing chroot is expected on a fresh ensemble: ensure_path creates it.
                 warnings.filterwarnings("ignore", message="No chroot path exists")
-                self._zk.start(timeout=self.connect_timeout_ms / 1000.0)
+                self._connect()
         except (KazooTimeoutError, KazooException) as exc:
             self._close_client()
             raise NetworkError(
@@ -219,6 +221,27 @@ class ZooKeeperCoordinator(Coordinator):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _connect(self) -> None:
+        """Connect, waiting for ZooKeeper as long as it takes: any orchestrator may start the
+        brokers before ZooKeeper answers. kazoo retries the connection (at least once a second)
+        while this logs a line every few seconds. Gives up with KazooTimeoutError after
+        ``connect_timeout_ms`` (0: never) or when stop() is called meanwhile."""
+        started = time.monotonic()
+        next_line_s = 1.0
+        live = self._zk.start_async()
+        while not live.wait(0.25):
+            waited_s = time.monotonic() - started
+            if self._stopping.is_set() or 0 < self.connect_timeout_ms <= waited_s * 1000:
+                self._close_client()
+                raise KazooTimeoutError("stopped while waiting" if self._stopping.is_set() else "connection time-out")
+            if waited_s >= next_line_s:
+                log.warning(
+                    "ZooKeeper at %s does not answer yet; broker %d waits and retries (%.0f s so far, %s)",
+                    self.zookeeper, self._me.broker_id if self._me else -1, waited_s,
+                    f"gives up after {self.connect_timeout_ms} ms" if self.connect_timeout_ms > 0 else "until it answers",
+                )
+                next_line_s = waited_s + 5.0
 
     def stop(self) -> None:
         if self._stopped:

@@ -120,6 +120,7 @@ class BrokerConfig:
     log_level: str = "INFO"
     zookeeper: str | None = None
     zookeeper_session_timeout_ms: int = 6000
+    zookeeper_connect_timeout_ms: int = 0  # 0: wait for ZooKeeper until it answers
     request_timeout_ms: int = 30_000
     max_request_bytes: int = 100 * 1024 * 1024
     grpc_workers: int = 16
@@ -153,6 +154,10 @@ class BrokerConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise InvalidConfigError(f"{name} must be a positive integer, not {v!r}", key=name)
+        v = self.zookeeper_connect_timeout_ms
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise InvalidConfigError(f"zookeeper_connect_timeout_ms must be 0 or more, not {v!r}",
+                                     key="zookeeper_connect_timeout_ms")
         if self.max_request_bytes > 2**31 - 1:
             raise InvalidConfigError("max_request_bytes must fit in an int32")
         merged = dict(DEFAULT_TOPIC_CONFIG)

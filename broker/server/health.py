@@ -8,8 +8,8 @@ a broker that serves gRPC but lost its session reports unhealthy.
 Exit status: 0 healthy, 1 unhealthy (the reason on stderr), 2 bad usage. One line on stdout
 when healthy, e.g. ``ok: 127.0.0.1:9092 cluster=... controller=1 brokers=1,2,3 topics=4``.
 
-Runs as ``annal health ...`` once wired into ``broker/cli.py``, and always as
-``python -m annal.broker.server.health ...`` (what docker/Dockerfile's HEALTHCHECK uses).
+Runs as ``annal health ...`` (what docker/Dockerfile's HEALTHCHECK uses) and as
+``python -m annal.broker.server.health ...``.
 """
 
 from __future__ import annotations

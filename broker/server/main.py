@@ -60,6 +60,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                        help="disconnect a peer that stalls mid-request after this long (default 30000)")
     start.add_argument("--zookeeper-session-timeout-ms", type=int, default=None,
                        help="ZooKeeper session timeout (default 6000)")
+    start.add_argument("--zookeeper-connect-timeout-ms", type=int, default=None,
+                       help="give up when ZooKeeper does not answer at start-up within this long "
+                            "(default 0: wait and retry until it answers)")
 
 
 def _setup_logging(level: str) -> None:
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "zookeeper": args.zookeeper,
         "request_timeout_ms": args.request_timeout_ms,
         "zookeeper_session_timeout_ms": args.zookeeper_session_timeout_ms,
+        "zookeeper_connect_timeout_ms": args.zookeeper_connect_timeout_ms,
     }
     try:
         config = load_config(args.config, overrides)
@@ -112,7 +116,11 @@ def _make_coordinator(config: Any) -> Any:
     if config.zookeeper:
         from annal.broker.coordination.zookeeper import ZooKeeperCoordinator
 
-        return ZooKeeperCoordinator(config.zookeeper, session_timeout_ms=config.zookeeper_session_timeout_ms)
+        return ZooKeeperCoordinator(
+            config.zookeeper,
+            session_timeout_ms=config.zookeeper_session_timeout_ms,
+            connect_timeout_ms=config.zookeeper_connect_timeout_ms,
+        )
     from annal.broker.coordination.standalone import StandaloneCoordinator
 
     return StandaloneCoordinator(config.data_dir)
@@ -174,7 +182,9 @@ async def _serve(config: Any) -> int:
         if config.metrics_port >= 0:
             metrics_port = broker.metrics.serve(config.host, config.metrics_port)
         me = BrokerInfo(config.broker_id, config.public_host, grpc_port, fetch_port, kafka_port)
-        broker.start(me)
+        if not await _join(loop, broker, me, stop):
+            log.info("stopped before joining the cluster")
+            return 0
         grpc_server.start()
         await data_port.start()
         if kafka is not None:
@@ -216,6 +226,24 @@ async def _serve(config: Any) -> int:
         lock.release()
     _always("annal broker %d stopped cleanly", config.broker_id)
     return 0
+
+
+async def _join(loop: asyncio.AbstractEventLoop, broker: Any, me: Any, stop: asyncio.Event) -> bool:
+    """``broker.start(me)`` (join the cluster) on a worker thread, so that SIGTERM still stops a
+    broker that is waiting for ZooKeeper. False when stopped first; start()'s errors propagate."""
+    joining = loop.run_in_executor(None, broker.start, me)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({joining, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        stopping.cancel()
+        joining.result()
+        return True
+    broker.coordinator.stop()  # a start() waiting for ZooKeeper gives up
+    try:
+        await joining
+    except Exception as exc:  # what start() raised on being stopped
+        log.debug("start() ended by stop: %r", exc)
+    return False
 
 
 def _always(msg: str, *args: Any) -> None:

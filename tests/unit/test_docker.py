@@ -81,8 +81,21 @@ def final_stage(instructions: list[Instruction]) -> list[Instruction]:
     return [i for i in instructions if i.stage == last]
 
 
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _build_args(instructions: list[Instruction]) -> dict[str, str]:
+    """The defaults of the Dockerfile's ARGs (``ARG NAME=default``)."""
+    return {
+        i.args.split("=", 1)[0]: i.args.split("=", 1)[1]
+        for i in instructions
+        if i.keyword == "ARG" and "=" in i.args
+    }
+
+
 def _dependency_names() -> list[str]:
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    meta = _pyproject()["project"]
     names = []
     for spec in meta["dependencies"]:
         names.append(re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower())
@@ -102,11 +115,15 @@ def test_dockerfile_installs_from_package_metadata(dockerfile: list[Instruction]
             # No hand-kept dependency list: no requirements file and no named distributions,
             # only the project directory (pip itself may be upgraded).
             assert "-r" not in words and "--requirement" not in words, command
+            extras = set(_pyproject()["project"].get("optional-dependencies", {}))
             for target in targets:
-                assert target in (".", "/src", "./") or target == "pip", (
+                project, _, extra = target.partition("[")
+                assert project in (".", "/src", "./") or target == "pip", (
                     f"pip installs {target!r}: dependencies must come from pyproject.toml"
                 )
-            if "." in targets or "./" in targets or "/src" in targets:
+                if extra:  # .[bench]: an extra the project declares
+                    assert set(extra.rstrip("]").split(",")) <= extras, target
+            if any(w.partition("[")[0] in (".", "./", "/src") for w in targets):
                 project_installs.append(command)
     assert project_installs, "no `pip install .` of the project"
     lowered = " ".join(installs).lower()
@@ -139,9 +156,11 @@ def test_dockerfile_copies_every_package(dockerfile: list[Instruction]) -> None:
 def test_dockerfile_runtime_stage(dockerfile: list[Instruction]) -> None:
     stage = final_stage(dockerfile)
     base = stage[0].args.split()[0]
-    assert re.search(r"python:(\$\{PYTHON_VERSION\}|3\.11)-slim", base), base
-    args = {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in dockerfile if i.keyword == "ARG" and "=" in i.args}
-    assert args.get("PYTHON_VERSION", "3.11") == "3.11"
+    # The base is a build argument (docker/test.sh builds on a local Debian image), by default
+    # python:3.11-slim; the build stage uses the same base, so its venv runs in the runtime.
+    assert base == "${BASE_IMAGE}", base
+    assert _build_args(dockerfile)["BASE_IMAGE"] == "python:3.11-slim"
+    assert all(i.args.split()[0] == "${BASE_IMAGE}" for i in dockerfile if i.keyword == "FROM")
 
     users = [i.args for i in stage if i.keyword == "USER"]
     assert users, "the image must not run as root"
@@ -163,8 +182,6 @@ def test_dockerfile_default_command_parses(dockerfile: list[Instruction]) -> Non
 
 
 def test_dockerfile_healthcheck_asks_the_broker(dockerfile: list[Instruction]) -> None:
-    from annal.broker.server import health
-
     stage = final_stage(dockerfile)
     checks = [i.args for i in stage if i.keyword == "HEALTHCHECK"]
     assert len(checks) == 1, "exactly one HEALTHCHECK"
@@ -177,12 +194,19 @@ def test_dockerfile_healthcheck_asks_the_broker(dockerfile: list[Instruction]) -
     command = command.replace('"$ANNAL_BROKER_ID"', env["ANNAL_BROKER_ID"])
     command = command.split("||")[0]
     words = shlex.split(command)
-    assert words[:3] == ["python", "-m", "annal.broker.server.health"], words
-    parser = argparse.ArgumentParser()
-    health.configure_parser(parser)
-    parsed = _parse(parser, words[3:])
+    assert words[:2] == ["annal", "health"], words
+    parsed = _annal_parse(words[1:])
     assert parsed.bootstrap_server == "127.0.0.1:9094"
     assert parsed.broker_id == 2
+
+
+def test_dockerfile_installs_what_the_bench_service_needs(dockerfile: list[Instruction]) -> None:
+    """The bench service writes a chart (--plot): the image installs the extra with matplotlib."""
+    installs = " ".join(i.args for i in dockerfile if i.keyword == "RUN" and "pip install" in i.args)
+    extras = re.findall(r"\.\[([\w,-]+)\]", installs)
+    declared = _pyproject()["project"]["optional-dependencies"]
+    installed = [dep for extra in extras for name in extra.split(",") for dep in declared[name]]
+    assert any(dep.startswith("matplotlib") for dep in installed), extras
 
 
 # ----------------------------------------------------------------------------- compose
@@ -235,7 +259,7 @@ def _bench_parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _annal_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in compose["services"].items() if str(s.get("image", "")).startswith("annal")}
+    return {name: s for name, s in compose["services"].items() if str(s.get("image", "")).split(":")[0] == "annal"}
 
 
 def _brokers(compose: dict[str, Any]) -> dict[str, argparse.Namespace]:
@@ -317,9 +341,48 @@ def _check_brokers(compose: dict[str, Any]) -> dict[str, argparse.Namespace]:
 
 
 def test_zookeeper_service(compose: dict[str, Any]) -> None:
+    """ZooKeeper is built here (docker/zookeeper/) from Debian's package: its config, volumes,
+    port and health check agree with each other and with the brokers' connect string."""
     zk = compose["services"]["zookeeper"]
-    assert zk["image"].split(":")[0] == "zookeeper"
-    assert "healthcheck" in zk
+    assert zk["image"].split(":")[0] == "annal-zookeeper"
+    context = DOCKER / zk["build"]["context"]
+    instructions = parse_dockerfile((context / "Dockerfile").read_text())
+    cfg = dict(
+        line.split("=", 1)
+        for line in (context / "zoo.cfg").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert cfg["clientPort"] == "2181"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in zk["volumes"]}
+    for key in ("dataDir", "dataLogDir"):
+        assert cfg[key] in mounts, f"{key}={cfg[key]} is not on a volume"
+        assert mounts[cfg[key]] in compose["volumes"]
+    volumes = [v for i in instructions if i.keyword == "VOLUME" for v in exec_form(i.args)]
+    assert {cfg["dataDir"], cfg["dataLogDir"]} <= set(volumes)
+    assert [i for i in instructions if i.keyword == "COPY" and "zoo.cfg" in i.args]
+    checks = [i.args for i in instructions if i.keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    test = exec_form(checks[0].partition("CMD ")[2])
+    words = re.findall(r"printf (\w+)", " ".join(test))
+    assert words and f"/{cfg['clientPort']}" in " ".join(test), test
+    whitelist = cfg["4lw.commands.whitelist"].split(",")
+    assert set(words) <= set(whitelist), (words, whitelist)
+    for args in _brokers(compose).values():
+        assert args.zookeeper.split("/")[0] == f"zookeeper:{cfg['clientPort']}"
+
+
+def test_test_script_matches_the_compose_file(compose: dict[str, Any]) -> None:
+    """docker/test.sh checks the ports the compose file publishes and produces through the
+    brokers' advertised addresses."""
+    script = (DOCKER / "test.sh").read_text()
+    published = {
+        str(p).split(":")[0] for s in compose["services"].values() for p in s.get("ports", [])
+    }
+    checked = set(re.search(r"for port in ([\d ]+); do", script).group(1).split())
+    assert published == checked
+    bootstrap = re.search(r'BOOTSTRAP="([^"]+)"', script).group(1)
+    advertised = {f"{a.advertised_host}:{a.port}" for a in _brokers(compose).values()}
+    assert set(bootstrap.split(",")) == advertised
 
 
 def test_bench_targets_the_brokers(compose: dict[str, Any]) -> None:
@@ -333,3 +396,7 @@ def test_bench_targets_the_brokers(compose: dict[str, Any]) -> None:
     assert servers and servers <= advertised, (servers, advertised)
     for name in brokers:
         assert bench["depends_on"][name]["condition"] == "service_healthy"
+    # Its results are written where a volume keeps them.
+    mounts = [v.split(":")[1] for v in bench.get("volumes", [])]
+    for path in (args.json_path, args.plot_path):
+        assert path and any(path.startswith(m + "/") for m in mounts), (path, mounts)
