@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from annal.errors import (
+    AnnalError,
     CorruptRecordError,
     InvalidConfigError,
     InvalidFetchSizeError,
@@ -199,6 +200,7 @@ class _Head(NamedTuple):
     segments: tuple[LogSegment, ...]
     bases: tuple[int, ...]
     active_size: int
+    damaged: tuple[tuple[int, int], ...] = ()
 
 
 class PartitionLog:
@@ -268,6 +270,8 @@ class PartitionLog:
             lso = leo
         rp = leo if had_clean_shutdown and not report.lost_data else min(recovery_point or 0, leo)
         level = logging.WARNING if report.lost_data or report.problems else logging.INFO
+        if report.damaged:
+            level = logging.ERROR  # flushed data is unreadable: an operator must look
         log.log(level, "loaded log %s: offsets [%d, %d); %s", path, lso, leo, report.summary())
         lg = cls(path, cfg, cache, own, segments, lso, rp, report)
         if report.segments_scanned or report.lost_data:
@@ -282,7 +286,9 @@ class PartitionLog:
         segs = tuple(segments) if segments is not None else self._head.segments
         bases = tuple(s.base_offset for s in segs) if segments is not None else self._head.bases
         active = segs[-1]
-        self._head = _Head(active.next_offset, segs, bases, active.size)
+        damaged = tuple(s.damaged for s in segs if s.damaged is not None) if segments is not None \
+            else self._head.damaged
+        self._head = _Head(active.next_offset, segs, bases, active.size, damaged)
 
     @property
     def log_start_offset(self) -> int:
@@ -316,6 +322,18 @@ class PartitionLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def damaged_ranges(self) -> list[tuple[int, int]]:
+        """Offset ranges ``[start, end)`` of flushed segments found damaged at open (kept on
+        disk, not readable: a fetch of them raises ``CorruptRecordError``); empty if none.
+        A log with such ranges has a storage error (``has_storage_error``)."""
+        return [s.damaged for s in self._head.segments if s.damaged is not None
+                and s.damaged[1] > self._log_start_offset]
+
+    @property
+    def has_storage_error(self) -> bool:
+        return any(s.damaged is not None for s in self._head.segments)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -461,6 +479,13 @@ class PartitionLog:
                     offset=offset, log_start_offset=lso, log_end_offset=leo)
             if offset == leo:
                 return LogReadResult([], leo, lso, offset, [])
+            if head.damaged:
+                for start, end in head.damaged:
+                    if start <= offset < end:
+                        raise CorruptRecordError(
+                            f"{self.path}: offsets [{start}, {end}) are in a damaged segment (found at open; "
+                            f"see the broker log); seek past {end - 1} to read on",
+                            first_offset=start, last_offset=end - 1)
             if max_offset is not None and max_offset < leo:
                 # A consumer of a replicated partition reads only below the high watermark,
                 # which always falls on a batch boundary (followers copy whole batches).
@@ -489,7 +514,7 @@ class PartitionLog:
             size = h.index.lookup(end_offset - seg.base_offset) if end_offset > seg.base_offset else 0
         finally:
             h.release()
-        return _Head(end_offset, head.segments[:i + 1], head.bases[:i + 1], size)
+        return _Head(end_offset, head.segments[:i + 1], head.bases[:i + 1], size, head.damaged)
 
     def _read_from(self, head: _Head, offset: int, max_bytes: int, lso: int) -> LogReadResult:
         i = bisect.bisect_right(head.bases, offset) - 1
@@ -502,6 +527,10 @@ class PartitionLog:
             while i <= last and remaining > 0 and at < head.log_end_offset:
                 seg = head.segments[i]
                 size = head.active_size if i == last else seg.size
+                if seg.damaged is not None:
+                    if at >= seg.damaged[0]:
+                        break  # the damaged range: the next read raises
+                    size = seg.readable_bytes
                 end_offset = head.log_end_offset if i == last else seg.next_offset
                 h = seg.acquire()
                 handles.append(h)
@@ -510,9 +539,19 @@ class PartitionLog:
                     break  # only the first batch may exceed max_bytes
                 mm = h.log_mm
                 assert mm is not None
+                if i != last and end > seg.verified_bytes:
+                    bad = self._verify_read(seg, h, start, end)
+                    if bad is not None:
+                        if bad == start:
+                            raise CorruptRecordError(
+                                f"{self.path}: offsets [{seg.damaged[0]}, {seg.damaged[1]}) are in a damaged "
+                                f"segment (CRC check on read; see the broker log)",
+                                first_offset=seg.damaged[0], last_offset=seg.damaged[1] - 1)
+                        end = bad
+                        size = bad
                 chunks.append(ReadChunk(h.log_fd, start, end - start, memoryview(mm)[start:end], seg.base_offset))
                 remaining -= end - start
-                if end < size:
+                if end < size or seg.damaged is not None:
                     break
                 at = end_offset
                 i += 1
@@ -523,6 +562,45 @@ class PartitionLog:
                 h.release()
             raise
         return LogReadResult(chunks, head.log_end_offset, lso, offset, handles)
+
+    def _verify_read(self, seg: LogSegment, h: SegmentHandle, start: int, end: int) -> int | None:
+        """Check the CRC-32C of every batch of ``[start, end)`` of an inactive segment not yet
+        verified since open (``seg.verified_bytes``: a verified prefix, so each byte is
+        checked once per process, not once per fetch). Returns the position of the first bad
+        batch, after marking the segment damaged from there (logged at ERROR), or None."""
+        mm = h.log_mm
+        assert mm is not None
+        pos = max(start, seg.verified_bytes) if start <= seg.verified_bytes else start
+        while pos < end:
+            try:
+                hd = validate_batch(mm, pos, None)
+            except (CorruptRecordError, AnnalError):
+                self._mark_damaged(seg, h, pos)
+                return pos
+            pos += hd.batch_length + 12
+        if start <= seg.verified_bytes:
+            seg.verified_bytes = max(seg.verified_bytes, end)
+        return None
+
+    def _mark_damaged(self, seg: LogSegment, h: SegmentHandle, pos: int) -> None:
+        idx = h.index
+        lo, hi = 0, idx.entries  # first offset whose batch starts at or after pos
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if idx.lookup(mid) < pos:
+                lo = mid + 1
+            else:
+                hi = mid
+        with self._lock:
+            if seg.damaged is not None and seg.damaged[0] <= seg.base_offset + lo:
+                return
+            seg.damaged = (seg.base_offset + lo, seg.next_offset)
+            seg.readable_bytes = pos
+            if not self._closed:
+                self._publish(list(self._head.segments))
+        log.error("log %s: segment %d is damaged at position %d (CRC check on read): offsets [%d, %d) "
+                  "cannot be read; the rest of the log is served", self.path, seg.base_offset, pos,
+                  seg.damaged[0], seg.damaged[1])
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, max_timestamp)`` of the first batch whose max timestamp is >=
@@ -570,6 +648,7 @@ class PartitionLog:
                     pass
             raise StorageError(f"cannot create segment {new.log_path}: {e}", errno=e.errno) from e
         old.make_inactive()
+        old.verified_bytes = old.size  # every batch was validated, CRC included, on append
         old.unflushed = True
         self._rolled_since_flush = True
         self._dir_dirty = True

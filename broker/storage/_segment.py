@@ -219,6 +219,11 @@ class LogSegment:
         self.deleted = False
         self._active: SegmentHandle | None = None
         self.unflushed = False  # data written since the last flush of this segment's files
+        # A trusted (flushed) segment found damaged at open: offsets [start, end) cannot be
+        # read; ``readable_bytes`` is where its valid batches stop. None: the whole segment.
+        self.damaged: tuple[int, int] | None = None
+        self.readable_bytes = 0
+        self.verified_bytes = 0  # inactive: a prefix of whole batches whose CRCs were checked on read
 
     def __repr__(self) -> str:
         return (f"LogSegment(base_offset={self.base_offset}, next_offset={self.next_offset}, "
@@ -245,6 +250,8 @@ class LogSegment:
         if h is None:
             return
         self._active = None
+        # ``size`` is the file's data length, damaged bytes included: those are kept for
+        # inspection (dump_log) and never cut by recovery.
         os.ftruncate(h.log_fd, self.size)
         h.index.trim_to_valid_size()
         h.time_index.trim_to_valid_size()
@@ -353,16 +360,36 @@ class LogSegment:
 
     # --- recovery ------------------------------------------------------------------------------
 
-    def recover(self, max_batch_bytes: int | None) -> ScanResult:
+    def recover_trusted(self, end_offset: int, max_batch_bytes: int | None) -> ScanResult:
+        """Rebuild the indexes of a segment below the recovery point (flushed: trusted) whose
+        index check failed, **without cutting anything**: the scan stops at the first invalid
+        batch, and offsets from there to ``end_offset`` (the next segment's base) are marked
+        ``damaged``; the file keeps its bytes. Leaves the segment inactive (indexes trimmed)."""
+        try:
+            file_bytes = os.stat(self.log_path).st_size
+        except FileNotFoundError:
+            file_bytes = 0
+        result = self.recover(max_batch_bytes, truncate=False, file_bytes=file_bytes)
+        self.readable_bytes = result.valid_bytes
+        if result.error is not None or self.next_offset != end_offset:
+            self.damaged = (self.next_offset, end_offset)
+            self.size = file_bytes
+        self.next_offset = max(self.next_offset, end_offset)
+        self.make_inactive()
+        return result
+
+    def recover(self, max_batch_bytes: int | None, *, truncate: bool = True,
+                file_bytes: int | None = None) -> ScanResult:
         """Rebuild both indexes by scanning the ``.log`` batch by batch with ``validate_batch``
         (and checking each baseOffset follows the previous batch); cut the file at the first
-        torn, corrupt or out-of-sequence batch. Leaves the segment active (writable handle)."""
+        torn, corrupt or out-of-sequence batch (``truncate=False``: only stop there; the scan
+        covers ``file_bytes``). Leaves the segment active (writable handle)."""
         h = self.make_active()
         h.index.reset()
         h.time_index.reset()
         self.max_timestamp = -1
         mm = h.log_mm
-        file_len = h.log_capacity
+        file_len = h.log_capacity if file_bytes is None else min(file_bytes, h.log_capacity)
         pos = 0
         expected = self.base_offset
         batches = 0
@@ -391,7 +418,13 @@ class LogSegment:
         if error is not None and truncated == 0:
             error = None  # only preallocated zeros after the last batch: a clean end
         self.size = pos
+        self.readable_bytes = pos
         self.next_offset = expected
+        if not truncate:
+            if error is None and pos < file_len:
+                error = f"{file_len - pos} bytes after the last valid batch"
+            self.unflushed = True
+            return ScanResult(batches, pos, 0, error)
         if pos < file_len:
             # Cut the tail (no reader exists yet during recovery), then preallocate again.
             h.log_mm = None
