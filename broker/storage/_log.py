@@ -95,7 +95,7 @@ class LogConfig:
     flush_ms: int | None = None
     max_message_bytes: int = 1048588
     segment_index_bytes: int = 64 << 20
-    preallocate: bool = True
+    preallocate: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:

@@ -66,7 +66,7 @@ class SegmentConfig:
 
     segment_bytes: int = 1 << 30
     max_index_bytes: int = 64 << 20
-    preallocate: bool = True
+    preallocate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
