@@ -44,6 +44,7 @@ from annal.errors import (
     UnknownTopicOrPartitionError,
 )
 from annal.broker.storage._checkpoint import fsync_dir
+from annal.broker.storage._file_io import OS_FILE_IO, FileIO
 from annal.broker.storage._handles import HandleCache
 from annal.broker.storage._leader_epoch import LeaderEpochCache
 from annal.broker.storage._recovery import RecoveryReport, load_segments
@@ -63,15 +64,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _fsync_path(path: str) -> None:
+def _fsync_path(path: str, fio: FileIO) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = fio.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return
     try:
-        os.fsync(fd)
+        fio.fsync(fd)
     finally:
-        os.close(fd)
+        fio.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +210,11 @@ class PartitionLog:
 
     def __init__(self, path: str, config: LogConfig, cache: HandleCache, own_cache: bool,
                  segments: list[LogSegment], log_start_offset: int, recovery_point: int,
-                 report: RecoveryReport) -> None:
+                 report: RecoveryReport, file_io: FileIO = OS_FILE_IO) -> None:
         self.path = path
         self.config = config
+        self._fio = file_io
+        self._segment_config = replace(config.segment_config, file_io=file_io)
         self.report = report
         self._cache = cache
         self._own_cache = own_cache
@@ -244,24 +247,27 @@ class PartitionLog:
         log_start_offset: int | None = None,
         had_clean_shutdown: bool = False,
         handle_cache: HandleCache | None = None,
+        file_io: FileIO = OS_FILE_IO,
         **config_values: Any,
     ) -> PartitionLog:
         """Open (creating if needed) the log in folder ``path``, running recovery
         (``_recovery.py``). ``recovery_point`` / ``log_start_offset`` come from the data
         directory's checkpoints (None: scan every segment; start at the first segment).
-        ``config_values`` override ``config`` (``segment_bytes=...``)."""
+        ``config_values`` override ``config`` (``segment_bytes=...``). ``file_io``: where file
+        writes go (``_file_io.py``; the OS unless a test simulates a disk)."""
         cfg = LogConfig.from_dict(config_values, config)
+        seg_cfg = replace(cfg.segment_config, file_io=file_io)
         os.makedirs(path, exist_ok=True)
         own = handle_cache is None
         cache = handle_cache if handle_cache is not None else HandleCache()
         segments, report = load_segments(
-            path, cfg.segment_config, cache,
+            path, seg_cfg, cache,
             recovery_point=recovery_point if not had_clean_shutdown else None,
             had_clean_shutdown=had_clean_shutdown, max_batch_bytes=None,
         )
         lso = log_start_offset or 0
         if not segments:
-            seg = LogSegment(path, lso, cfg.segment_config, cache)
+            seg = LogSegment(path, lso, seg_cfg, cache)
             seg.make_active()
             segments = [seg]
         leo = segments[-1].next_offset
@@ -273,7 +279,7 @@ class PartitionLog:
         if report.damaged:
             level = logging.ERROR  # flushed data is unreadable: an operator must look
         log.log(level, "loaded log %s: offsets [%d, %d); %s", path, lso, leo, report.summary())
-        lg = cls(path, cfg, cache, own, segments, lso, rp, report)
+        lg = cls(path, cfg, cache, own, segments, lso, rp, report, file_io)
         if report.segments_scanned or report.lost_data:
             # What recovery kept (and cut) is made durable now, so the next crash need not
             # scan it again.
@@ -633,17 +639,17 @@ class PartitionLog:
         old = self._head.segments[-1]
         if old.size == 0:
             return old
-        new = LogSegment(self.path, old.next_offset, self.config.segment_config, self._cache)
+        new = LogSegment(self.path, old.next_offset, self._segment_config, self._cache)
         for p in (new.log_path, new.index_path, new.time_index_path):
             if os.path.exists(p):  # left from an earlier truncation that never got appended to
-                os.unlink(p)
+                self._fio.unlink(p)
         try:
             new.make_active()
         except OSError as e:  # e.g. ENOSPC preallocating: the old segment stays active
             new.abandon()
             for p in (new.log_path, new.index_path, new.time_index_path):
                 try:
-                    os.unlink(p)
+                    self._fio.unlink(p)
                 except FileNotFoundError:
                     pass
             raise StorageError(f"cannot create segment {new.log_path}: {e}", errno=e.errno) from e
@@ -781,7 +787,7 @@ class PartitionLog:
             if offset <= self._log_start_offset:
                 for s in segs:
                     s.delete()
-                new = LogSegment(self.path, offset, self.config.segment_config, self._cache)
+                new = LogSegment(self.path, offset, self._segment_config, self._cache)
                 new.make_active()
                 self._dir_dirty = True
                 self._log_start_offset = offset
@@ -840,7 +846,7 @@ class PartitionLog:
                 s.close()
                 if was_active:
                     s.flush()
-                    _fsync_path(s.log_path)
+                    _fsync_path(s.log_path, self._fio)
                 s.unflushed = False
             self._recovery_point = self._head.log_end_offset
         if self._own_cache:
