@@ -44,6 +44,7 @@ from annal.errors import (
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NotLeaderForPartitionError,
+    StorageError,
     UnknownTopicOrPartitionError,
 )
 from annal.broker.server.config import (
@@ -54,6 +55,7 @@ from annal.broker.server.config import (
     validate_topic_config,
 )
 from annal.broker.server.metrics import BrokerMetrics, PartitionStat
+from annal.broker.server.storage_health import StorageHealth
 from annal.record import iter_batch_positions, parse_header
 from annal.topic_names import is_valid_topic_name, validate_topic_name
 
@@ -140,6 +142,8 @@ class Broker:
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self.replication: Any = None  # annal.broker.replication.ReplicaManager in a ZooKeeper cluster
+        self.storage_health = StorageHealth(
+            self.metrics.registry, lambda: list(self.logs.all_logs().values()) if self.logs is not None else [])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,8 +208,16 @@ class Broker:
         if self.logs is not None:
             logs, self.logs = self.logs, None
             started = time.monotonic()
-            logs.flush_all()
-            logs.close_all()
+            try:
+                logs.flush_all()
+            except (OSError, StorageError) as err:  # e.g. a full disk: close what can be closed
+                self.storage_health.write_failed(err, "flushing the logs at shutdown")
+            try:
+                logs.close_all()
+            except (OSError, StorageError) as err:
+                log.warning("closing the logs at shutdown failed (%s); no clean-shutdown marker was written, "
+                            "so the next start recovers from the last checkpoint", err)
+                return
             log.info("flushed and closed all logs in %.0f ms", (time.monotonic() - started) * 1000)
 
     # ------------------------------------------------------------------ placements
@@ -429,8 +441,14 @@ class Broker:
         counts = _record_counts(buf)
         active_before = plog.active_segment
         rep = self.replication
+        health = self.storage_health
         epoch = rep.check_produce(topic, partition, acks) if rep is not None else None
-        base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
+        try:
+            base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
+        except StorageError as err:
+            health.write_failed(err, f"append to {topic}-{partition}")
+            raise
+        health.write_succeeded()
         if plog.active_segment is not active_before:
             log.info("rolled %s-%d: new segment at offset %d", topic, partition, plog.active_segment.base_offset)
         offsets = []
@@ -449,7 +467,11 @@ class Broker:
                 # the copies, not an fdatasync, are what survives a broker's loss.
                 rep.wait_for_replicas(topic, partition, next_offset, timeout_ms)
             else:
-                plog.flush()  # one copy: acks=all means on this disk
+                try:
+                    plog.flush()  # one copy: acks=all means on this disk
+                except OSError as err:
+                    health.write_failed(err, f"flush of {topic}-{partition}")
+                    raise StorageError(f"flush of {topic}-{partition} failed: {err}", errno=err.errno) from err
         return AppendResult(tuple(offsets), plog.log_end_offset, len(buf), records)
 
     # ------------------------------------------------------------------ fetch
@@ -562,6 +584,9 @@ class Broker:
                 return
             try:
                 done = logs.run_maintenance(int(time.time() * 1000))
+            except (OSError, StorageError) as err:  # a full disk: said once, not every second
+                self.storage_health.write_failed(err, "log maintenance (roll, flush, checkpoint)")
+                continue
             except Exception:
                 log.exception("log maintenance failed")
                 continue

@@ -617,8 +617,18 @@ class DataPortServer:
         assert loop is not None and conn.transport is not None
         if conn.closed:
             raise ConnectionResetError("connection closed")
+        transport = conn.transport
+        if transport.is_closing():
+            raise ConnectionResetError("connection closed")
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-            sent = await loop.sendfile(conn.transport, f, offset, count, fallback=False)
+            try:
+                sent = await loop.sendfile(transport, f, offset, count, fallback=False)
+            except asyncio.SendfileNotAvailableError:
+                # asyncio says this when the peer went away meanwhile (the transport is
+                # closing): a disconnect, not a server error.
+                if conn.closed or transport.is_closing():
+                    raise ConnectionResetError("connection closed during sendfile") from None
+                raise
         if sent != count:
             # The file is shorter than the index said: this frame can no longer be completed,
             # so the connection must be dropped.
@@ -650,7 +660,9 @@ class DataPortServer:
         if errors:
             outcome = for_code(errors[0].error_code).reason  # the protocol name, as on gRPC
             for r in errors:
-                if r.error_code not in (3, 6):  # unknown partition / not leader are routine
+                # Unknown partition / not leader are routine; storage errors (a full disk) are
+                # logged by the broker's StorageHealth, once per episode.
+                if r.error_code not in (3, 6, StorageError.code):
                     log.info("data port %s: produce to %s-%d refused: %s", conn.peer, r.topic[:100],
                              r.partition, r.error_message)
         if req.acks == 0:
