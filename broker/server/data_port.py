@@ -623,11 +623,13 @@ class DataPortServer:
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
             try:
                 sent = await loop.sendfile(transport, f, offset, count, fallback=False)
-            except asyncio.SendfileNotAvailableError:
-                # asyncio says this when the peer went away meanwhile (the transport is
-                # closing): a disconnect, not a server error.
-                if conn.closed or transport.is_closing():
-                    raise ConnectionResetError("connection closed during sendfile") from None
+            except asyncio.SendfileNotAvailableError as err:
+                # asyncio turns any OSError of the *first* os.sendfile call into this (without
+                # a cause), to fall back to send() for files that cannot be sendfile'd. Ours is
+                # always a regular segment file, so that failure is the socket's: the peer
+                # reset the connection (ECONNRESET, EPIPE). A disconnect, not a server error.
+                if conn.closed or transport.is_closing() or str(err) == "os.sendfile call failed":
+                    raise ConnectionResetError(f"connection lost during sendfile ({err})") from None
                 raise
         if sent != count:
             # The file is shorter than the index said: this frame can no longer be completed,
