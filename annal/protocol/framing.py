@@ -451,6 +451,28 @@ class FrameReader:
         return len(self._prefix)
 
     @property
+    def allocated_bytes(self) -> int:
+        """Bytes of frame buffers this reader holds: the frame being assembled, complete
+        frames not yet taken, the recycled spare (the fixed scratch buffer is not counted)."""
+        n = len(self._frame) if self._frame is not None else 0
+        for f in self._ready:
+            n += f.nbytes
+        if self._spare is not None:
+            n += len(self._spare)
+        return n
+
+    @property
+    def next_read_allocates(self) -> bool:
+        """Whether bytes received next may make the reader allocate: a new frame (its buffer
+        is allocated when its length prefix arrives) or a frame whose buffer is full (it
+        grows). False while a frame's buffer still has room."""
+        return self._frame is None or self._filled == len(self._frame)
+
+    def drop_spare(self) -> None:
+        """Forget the recycled buffer (memory is short)."""
+        self._spare = None
+
+    @property
     def frame_bytes_expected(self) -> int:
         """Payload size of the frame being assembled, or -1 when no prefix is known yet."""
         return -1 if self._frame is None else self._frame_len

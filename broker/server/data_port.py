@@ -86,6 +86,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.write_paused = False
         self.read_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # The broker-wide request memory bound (DataPortServer docstring): bytes counted for
+        # this connection, whether it is muted, bytes it read into the hold buffer meanwhile.
+        self.mem = 0
+        self.inflight = 0
+        self.muted = False
+        self.holding = False
+        self.held = bytearray()
 
     # -- protocol callbacks
 
@@ -111,11 +118,24 @@ class _Connection(asyncio.BufferedProtocol):
         self.server._connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        server = self.server
+        if server._queued >= server.queued_max_request_bytes and self.reader.next_read_allocates:
+            # Over the broker-wide bound, and these bytes would need new memory: take at most
+            # a small hold buffer's worth, then stop reading (buffer_updated) until memory frees.
+            self.holding = True
+            return server._hold_view
+        self.holding = False
         return self.reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.holding:
+            self.holding = False
+            self.held += self.server._hold_view[:nbytes]
+            self.server._mute(self)
+            return
         r = self.reader
         r.buffer_updated(nbytes)
+        self.server._account(self)
         if not r.pending_frames and r.in_frame:
             # The middle of a frame (a large PRODUCE arrives in many reads): nothing to answer
             # yet; only make sure a stalled frame will time out.
@@ -155,6 +175,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if self.muted:
+            return  # the memory bound resumes it (DataPortServer._unmute)
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
@@ -308,7 +330,13 @@ class _LongPoll:
 
 
 class DataPortServer:
-    """Serves the data port on one event loop. Not thread-safe: call its methods from the loop."""
+    """Serves the data port on one event loop. Not thread-safe: call its methods from the loop.
+
+    Request memory is bounded broker-wide by ``queued_max_request_bytes`` (see ``__init__``):
+    ``annal_data_port_queued_request_bytes`` and ``annal_data_port_muted_connections`` show it.
+    """
+
+    HOLD_BYTES = 4096  # what a connection over the bound may read before it is muted
 
     def __init__(
         self,
@@ -319,8 +347,20 @@ class DataPortServer:
         request_timeout_ms: int,
         max_request_bytes: int,
         fetch_max_bytes: int = 64 * 1024 * 1024,
+        queued_max_request_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         self.broker = broker
+        # Kafka's queued.max.request.bytes: bytes of requests being read or waiting for an
+        # answer, over all connections. At the bound, a connection whose next bytes need new
+        # memory is muted (reading paused) until answers free some; frames whose buffer is
+        # already allocated keep filling, so they complete. Overshoot: the one allocation that
+        # crosses the bound (at most max(4 MiB, a frame's size / 2)) plus HOLD_BYTES per
+        # muted connection.
+        self.queued_max_request_bytes = max(queued_max_request_bytes, max_request_bytes)
+        self._queued = 0
+        self._muted: dict[_Connection, None] = {}  # insertion-ordered: unmuted first in, first out
+        self._hold_view = memoryview(bytearray(self.HOLD_BYTES))
+        self._unmuting = False
         self.host = host
         self.port = port
         self.request_timeout = request_timeout_ms / 1000
@@ -337,6 +377,15 @@ class DataPortServer:
         metrics = broker.metrics
         metrics.long_poll_sources.append(lambda: self._long_polls)
         metrics.connection_sources.append(lambda: len(self._conns))
+        try:
+            from prometheus_client import Gauge
+
+            Gauge("annal_data_port_queued_request_bytes", "Bytes of data port requests read or queued",
+                  registry=metrics.registry).set_function(lambda: self._queued)
+            Gauge("annal_data_port_muted_connections", "Data port connections not read: request memory is full",
+                  registry=metrics.registry).set_function(lambda: len(self._muted))
+        except ValueError:  # a second server on the same registry (tests): the first one's gauges stay
+            pass
         self._observe_fetch = metrics.request_observer("Fetch", "data")
         self._observe_produce = metrics.request_observer("Produce", "data")
 
@@ -392,7 +441,59 @@ class DataPortServer:
             return
         self._conns.add(conn)
 
+    # ------------------------------------------------------------------ request memory bound
+
+    def _account(self, conn: _Connection) -> None:
+        """Bring ``conn``'s share of the request memory up to date; unmute others if it fell."""
+        if not conn.busy:
+            conn.inflight = 0
+        mem = 0 if conn.lost else conn.reader.allocated_bytes + conn.inflight
+        delta = mem - conn.mem
+        conn.mem = mem
+        self._queued += delta
+        if self._queued >= self.queued_max_request_bytes:
+            conn.reader.drop_spare()
+            mem = conn.reader.allocated_bytes + conn.inflight
+            self._queued += mem - conn.mem
+            conn.mem = mem
+        elif delta < 0 and self._muted:
+            self._unmute()
+
+    def _mute(self, conn: _Connection) -> None:
+        if not conn.muted and not conn.closed:
+            conn.muted = True
+            self._muted[conn] = None
+            if not conn.read_paused and conn.transport is not None:
+                conn.read_paused = True
+                conn.transport.pause_reading()
+
+    def _unmute(self) -> None:
+        """Resume muted connections, oldest first, while memory is below the bound."""
+        if self._unmuting:
+            return  # re-entered from a resumed connection's _pump: the outer loop carries on
+        self._unmuting = True
+        try:
+            self._unmute_loop()
+        finally:
+            self._unmuting = False
+
+    def _unmute_loop(self) -> None:
+        while self._muted and self._queued < self.queued_max_request_bytes:
+            conn = next(iter(self._muted))
+            del self._muted[conn]
+            conn.muted = False
+            if conn.closed:
+                continue
+            held, conn.held = bytes(conn.held), bytearray()
+            if held:
+                conn.reader.receive_data(held)
+                self._account(conn)
+            conn.resume_reading()
+            self._pump(conn)
+
     def _connection_lost(self, conn: _Connection) -> None:
+        self._muted.pop(conn, None)
+        self._account(conn)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
@@ -458,6 +559,7 @@ class DataPortServer:
             conn.close()
         finally:
             conn.pumping = False
+            self._account(conn)
 
     def _dispatch(self, conn: _Connection, frame: memoryview) -> None:
         try:
@@ -470,6 +572,7 @@ class DataPortServer:
             conn.close()
             return
         conn.busy = True
+        conn.inflight = len(frame)
         if isinstance(req, fr.EpochRequest):
             conn.write(fr.encode_epoch_response(self._offsets_for_leader_epoch(req)))
             conn.busy = False
