@@ -763,10 +763,12 @@ class PartitionLog:
             self._log_start_offset = max(self._log_start_offset, remaining[0].base_offset)
             self._publish(remaining)
             for s in victims:
-                s.delete()
-            log.info("retention deleted %d segments of %s; log start offset now %d",
-                     len(victims), self.path, self._log_start_offset)
-            return len(victims)
+                s.mark_deleted()  # a rename under the lock (Kafka's asynchronous delete)...
+            lso = self._log_start_offset
+        for s in victims:
+            s.unlink_deleted()  # ...the unlink of a possibly large file outside it
+        log.info("retention deleted %d segments of %s; log start offset now %d", len(victims), self.path, lso)
+        return len(victims)
 
     def truncate_to(self, offset: int) -> None:
         """Remove every batch holding an offset >= ``offset`` (a batch straddling ``offset``

@@ -562,9 +562,14 @@ class LogSegment:
         self.cache.invalidate(self)
 
     def delete(self) -> None:
-        """Remove the segment's files. Rename to ``.deleted`` first so a crash midway leaves
-        files recovery knows to remove; readers holding a handle keep reading the unlinked
-        files."""
+        """Remove the segment's files: ``mark_deleted`` then ``unlink_deleted``."""
+        self.mark_deleted()
+        self.unlink_deleted()
+
+    def mark_deleted(self) -> None:
+        """Rename the files to ``.deleted`` (cheap; done under the log's lock), so a crash before
+        ``unlink_deleted`` leaves files recovery knows to remove. Readers holding a handle keep
+        reading the renamed (later unlinked) files."""
         self.deleted = True
         h, self._active = self._active, None
         if h is not None:
@@ -577,6 +582,11 @@ class LogSegment:
                 fio.rename(path, path + DELETED_SUFFIX)
             except FileNotFoundError:
                 continue
+
+    def unlink_deleted(self) -> None:
+        """Unlink the ``.deleted`` files (slow for a large file on some file systems: called
+        outside the log's lock, so appends and reads do not wait for it)."""
+        fio = self.config.file_io
         for path in (self.log_path, self.index_path, self.time_index_path):
             try:
                 fio.unlink(path + DELETED_SUFFIX)
