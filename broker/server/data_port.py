@@ -5,8 +5,8 @@ PRODUCE. The bytes are specified in docs/protocol.md and built/parsed by
 Each connection is an asyncio ``BufferedProtocol`` whose transport receives straight into the
 frame being assembled (``FrameReader.get_buffer``), so a PRODUCE request's batches are appended
 from the very buffer the kernel filled, and the socket stays registered with epoll for its whole
-life. Requests are answered one at a time, in order (pipelining): ``_pump`` takes the next
-complete frame only when the previous answer is done.
+life. Requests are answered in order (pipelining): ``_pump`` takes the next complete frame when
+the connection is not busy (a FETCH being answered, or too many produces on the pool).
 
 The common case is handled in plain callbacks, with no task or future per request: a FETCH that
 can be answered from fixed fields alone (errors, no new data) is answered synchronously, and a
@@ -16,18 +16,27 @@ appended). An idle long-poll costs a timer and a few dict entries, no CPU; when 
 with no append since the last read, that (empty) read is the answer. Only answers that move
 bytes run as tasks: a FETCH with records (the fixed fields, then the batches with asyncio's
 native ``loop.sendfile`` straight from the segment file, so record bytes never pass through
-Python) and a PRODUCE whose append may ``fdatasync`` (acks=-1, or a topic with
-``flush_messages``), which runs on the loop's executor threads so that it never stalls the loop.
-Other PRODUCE requests are appended on the loop thread itself: on this 2-core machine that is
-1.5-2.5x the throughput of a thread hand-off per request.
+Python).
+
+The loop does no log work: every PRODUCE is handed, partition by partition, to the
+request-handler pool (``request_handlers.py``, ``num_io_threads`` threads), which validates,
+appends, rolls segments and fdatasyncs, coalescing the appends queued for one partition; the
+answer is built back on the loop (``call_soon_threadsafe``). Up to ``MAX_PRODUCES_IN_FLIGHT``
+produces of one connection are on the pool at once, answered in request order; a FETCH behind
+them waits for them (answers leave in request order).
+
+Request memory is bounded broker-wide (``queued_max_request_bytes``): the bytes of frames being
+read, complete but not yet taken, or being answered, over all connections. At the bound, a
+connection whose next read would need new memory reads into a small hold buffer and is muted
+(reading paused); answers that free memory unmute connections, oldest first.
 
 Failure handling: a frame whose length prefix is out of bounds, or that does not parse, is
 answered with INVALID_REQUEST and the connection closed; a peer that stops in the middle of a
 frame is disconnected after ``request_timeout_ms``; a peer that disconnects mid-``sendfile`` only
 ends its own connection. Nothing a client sends can take the broker down.
 
-Thread-safety: everything here runs on the event loop thread, except ``_LongPoll.wake``, which
-hops onto the loop with ``call_soon_threadsafe`` when called from another thread.
+Thread-safety: everything here runs on the event loop thread, except ``_LongPoll.wake`` and the
+produce completions, which hop onto the loop with ``call_soon_threadsafe`` from other threads.
 """
 
 from __future__ import annotations
