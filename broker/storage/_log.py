@@ -549,10 +549,11 @@ class PartitionLog:
                     bad = self._verify_read(seg, h, start, end)
                     if bad is not None:
                         if bad == start:
+                            first, stop = seg.damaged or (at, seg.next_offset)
                             raise CorruptRecordError(
-                                f"{self.path}: offsets [{seg.damaged[0]}, {seg.damaged[1]}) are in a damaged "
-                                f"segment (CRC check on read; see the broker log)",
-                                first_offset=seg.damaged[0], last_offset=seg.damaged[1] - 1)
+                                f"{self.path}: offsets [{first}, {stop}) are in a damaged segment (CRC check on "
+                                f"read; see the broker log); seek past {stop - 1} to read on",
+                                first_offset=first, last_offset=stop - 1)
                         end = bad
                         size = bad
                 chunks.append(ReadChunk(h.log_fd, start, end - start, memoryview(mm)[start:end], seg.base_offset))
