@@ -487,7 +487,7 @@ class DataPortServer:
         conn.mem = mem
         self._queued += delta
         if self._queued >= self.queued_max_request_bytes:
-            conn.reader.drop_spare()
+            conn.reader.drop_spares()
             mem = conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes
             self._queued += mem - conn.mem
             conn.mem = mem

@@ -322,6 +322,6 @@ def test_reader_reports_the_memory_it_holds_and_when_the_next_read_allocates():
     frame = r.next_frame()
     assert frame is not None and len(frame) == 10 << 20 and r.allocated_bytes == 0
     r.recycle(frame)
-    assert r.allocated_bytes >= 10 << 20  # the spare counts until dropped
-    r.drop_spare()
+    assert r.allocated_bytes >= 10 << 20  # the spares count until dropped
+    r.drop_spares()
     assert r.allocated_bytes == 0
