@@ -26,10 +26,10 @@ class FakeBroker:
         self.entered.set()
         self.gate.wait(10)
         with self.lock:
-            self.calls.append((topic, partition, [r for r, _ in parts]))
+            self.calls.append((topic, partition, [r for r, *_ in parts]))
         if topic == "not-leader":
             raise NotLeaderForPartitionError("elsewhere")
-        return [CorruptRecordError("bad") if r == b"bad" else ("ok", r) for r, _ in parts]
+        return [CorruptRecordError("bad") if r == b"bad" else ("ok", r) for r, *_ in parts]
 
 
 def _collect(n: int):
