@@ -6,6 +6,7 @@ against a real broker process (``annal.bench._local_broker.LocalBroker``) on 127
     .venv/bin/python -m annal.bench.broker produce --runs 3        # gRPC unary, gRPC stream, data port
     .venv/bin/python -m annal.bench.broker fetch --runs 3          # data port vs bare os.sendfile
     .venv/bin/python -m annal.bench.broker idle --runs 3           # 200 idle long-polling clients
+    .venv/bin/python -m annal.bench.broker longpoll --runs 3       # long-poll p99, idle vs rolls + 1 GiB delete
 
 produce: already-encoded ~1 MiB batches (one batch per request), acks=1, one partition,
 ``--window`` requests in flight on one connection, ``--produce-mib`` MiB per run; MB/s = record
@@ -190,6 +191,8 @@ def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any])
         "grpc_stream": produce_grpc_stream,
         "data_port": produce_data_port,
     }
+    if getattr(args, "paths", None):
+        paths = {k: v for k, v in paths.items() if k in args.paths.split(",")}
     runs: dict[str, list[float]] = {name: [] for name in [*paths, "write_ceiling"]}
     for run in range(args.runs):
         # Each run measures every path and the machine's write ceiling back to back, so that
@@ -430,21 +433,108 @@ def bench_idle(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) ->
     delete_topic(b, topic)
 
 
+# ---------------------------------------------------------------------- long-poll under disk work
+
+
+def _longpoll_latencies(b: LocalBroker, topic: str, seconds: float, stop_early: Callable[[], bool] | None = None
+                        ) -> list[float]:
+    """Seconds from a small acks=1 PRODUCE (one connection) to the FETCH answer it wakes (a
+    long-poll at the log end on another connection), repeated for ``seconds``."""
+    prod = socket.create_connection(("127.0.0.1", b.fetch_port))
+    cons = socket.create_connection(("127.0.0.1", b.fetch_port))
+    for s_ in (prod, cons):
+        s_.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    small = encode_batch([(0, None, b"x" * 100, None)])
+    buf = bytearray(1 << 20)
+    out: list[float] = []
+    offset = 0
+    cid = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not (stop_early and stop_early()):
+            cid += 1
+            cons.sendall(fr.encode_fetch_request(fr.FetchRequest(cid, 2000, 1, [fr.FetchPartition(topic, 0, offset, 1 << 20)])))
+            time.sleep(0.002)  # the fetch is parked as a long-poll
+            started = time.perf_counter()
+            send_parts(prod, fr.produce_request_parts(fr.ProduceRequest(cid, 1, 30000, [fr.ProducePartition(topic, 0, small)])))
+            p = fr.decode_fetch_response(_recv_frame(cons, buf)).partitions[0]
+            out.append(time.perf_counter() - started)
+            fr.decode_produce_response(_recv_frame(prod, buf))
+            if p.error_code:
+                raise RuntimeError(f"fetch failed: {p}")
+            offset = p.high_watermark
+    finally:
+        prod.close()
+        cons.close()
+    return out
+
+
+def _p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(0.99 * len(xs)))]
+
+
+def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
+    """p99 of long-poll wake-ups, idle and while (a) another connection produces ~1 MiB batches
+    into a topic with 16 MiB segments (a roll every 16 requests) and (b) retention deletes a
+    1 GiB segment (a topic of one 1 GiB segment plus one batch, retention_bytes 1 MiB: the
+    maintenance timer deletes the big segment within its interval)."""
+    idle_p99, load_p99, ratios = [], [], []
+    batch = one_mib_batch()
+    for run in range(args.runs):
+        lp = f"longpoll-{run}"
+        create_topic(b, lp)
+        idle = _longpoll_latencies(b, lp, args.window_s / 2)
+        big = f"longpoll-big-{run}"
+        create_topic(b, big, segment_bytes=1 << 30, retention_bytes=1 << 20, max_message_bytes=2 * MiB)
+        produce_data_port(b, big, batch, 1024, args.window)  # 1 GiB in one segment (not deleted yet)
+        load = f"longpoll-load-{run}"
+        create_topic(b, load, segment_bytes=16 * MiB, max_message_bytes=2 * MiB)
+        done = threading.Event()
+
+        def produce_load() -> None:
+            while not done.is_set():
+                produce_data_port(b, load, batch, 64, args.window)
+
+        t = threading.Thread(target=produce_load, daemon=True)
+        t.start()
+        produce_data_port(b, big, batch, 2, 1)  # rolls the 1 GiB segment: retention deletes it now
+        busy = _longpoll_latencies(b, lp, args.window_s / 2)
+        done.set()
+        t.join()
+        for name in (lp, big, load):
+            delete_topic(b, name)
+        i99, l99 = _p99(idle), _p99(busy)
+        idle_p99.append(i99 * 1000)
+        load_p99.append(l99 * 1000)
+        ratios.append(l99 / i99)
+        print(f"longpoll run {run + 1}: idle p99 {i99 * 1000:.2f} ms ({len(idle)} wake-ups), under rolls + a 1 GiB "
+              f"segment deletion p99 {l99 * 1000:.2f} ms ({len(busy)}), ratio {l99 / i99:.2f}; load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+    out["longpoll_idle_p99_ms"] = {"median": statistics.median(idle_p99), "runs": idle_p99}
+    out["longpoll_load_p99_ms"] = {"median": statistics.median(load_p99), "runs": load_p99}
+    out["longpoll_p99_ratio"] = {"median": statistics.median(ratios), "runs": ratios}
+
+
 # ---------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m annal.bench.broker", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["all", "produce", "fetch", "idle"], nargs="?", default="all")
+    p.add_argument("what", choices=["all", "produce", "fetch", "idle", "longpoll"], nargs="?", default="all")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--produce-mib", type=int, default=1024, help="MiB produced per run and path")
     p.add_argument("--window", type=int, default=4, help="produce requests in flight")
+    p.add_argument("--paths", default=None, help="produce: comma-separated subset of grpc_unary,grpc_stream,data_port")
     p.add_argument("--fetch-gib", type=int, default=1)
     p.add_argument("--fetch-max-mib", type=int, default=64, help="max_bytes of each fetch")
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--window-s", type=float, default=10.0)
     p.add_argument("--data-dir", default=None, help="broker data dir (default: a temporary one, removed)")
     p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--broker-pythonpath", default=None,
+                   help="start the broker with this PYTHONPATH (an 'annal' package tree of other code: A/B "
+                        "comparisons in one run; this benchmark's own client code stays the same)")
     return p
 
 
@@ -456,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = pathlib.Path(tmp) / "data"
     else:
         data_dir = pathlib.Path(args.data_dir)
+    if args.broker_pythonpath:
+        # Read by LocalBroker's subprocess only: this process has imported its code already.
+        os.environ["PYTHONPATH"] = args.broker_pythonpath
+        os.environ["PYTHONSAFEPATH"] = "1"
     b = LocalBroker(data_dir=str(data_dir), extra_args=["--log-level", "WARNING", "--metrics-port", "-1"])
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count()}
     try:
@@ -466,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_fetch(args, b, out)
         if args.what in ("all", "idle"):
             bench_idle(args, b, out)
+        if args.what in ("all", "longpoll"):
+            bench_longpoll(args, b, out)
     finally:
         rc = b.stop()
         if rc != 0:

@@ -115,6 +115,7 @@ DEFAULT_MAX_FRAME_BYTES = 100 * 1024 * 1024
 MAX_STRING_BYTES = 0x7FFF
 _RECYCLE_MIN_BYTES = 64 * 1024  # smaller frames are cheap to allocate
 _INITIAL_FRAME_BYTES = 4 * 1024 * 1024  # larger frames grow as their bytes arrive
+_MAX_SPARES = 8  # recycled frame buffers kept per reader
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -282,7 +283,7 @@ class FrameReader:
         "_scratch_view",
         "_frames_started",
         "_frame_len",
-        "_spare",
+        "_spares",
         "error_cls",
     )
 
@@ -300,7 +301,9 @@ class FrameReader:
         self._prefix = bytearray()  # up to 4 bytes of a length prefix
         self._frame: bytearray | None = None  # the frame being filled (may be longer than it)
         self._frame_len = 0
-        self._spare: bytearray | None = None  # a recycled buffer for the next large frame
+        # Recycled buffers for the next large frames: several, since a broker may have several
+        # requests of one connection in progress (each holds its frame until it is answered).
+        self._spares: list[bytearray] = []
         self._filled = 0
         self._ready: deque[memoryview] = deque()
         self.error_cls = error_cls
@@ -394,9 +397,9 @@ class FrameReader:
         if length == 0:
             self._ready.append(memoryview(b""))
             return True
-        spare = self._spare
-        if spare is not None and length >= _RECYCLE_MIN_BYTES and len(spare) >= length:
-            self._frame, self._spare = spare, None
+        spares = self._spares
+        if spares and length >= _RECYCLE_MIN_BYTES and len(spares[-1]) >= length:
+            self._frame = spares.pop()
         else:
             # A length prefix alone must not make us allocate max_frame_bytes: frames above
             # _INITIAL_FRAME_BYTES start there and double as their bytes actually arrive.
@@ -419,8 +422,12 @@ class FrameReader:
         an append); a client handing records to users must not call it."""
         buf = frame.obj
         if isinstance(buf, bytearray) and len(buf) >= _RECYCLE_MIN_BYTES:
-            if self._spare is None or len(buf) > len(self._spare):
-                self._spare = buf
+            spares = self._spares
+            if len(spares) < _MAX_SPARES:
+                spares.append(buf)
+            elif len(buf) > len(spares[0]):
+                spares[0] = buf
+            spares.sort(key=len)  # the largest last: it fits the most frames
 
     # -- output
 
@@ -449,6 +456,28 @@ class FrameReader:
         if self._frame is not None:
             return LENGTH_SIZE + self._filled
         return len(self._prefix)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of frame buffers this reader holds: the frame being assembled, complete
+        frames not yet taken, the recycled spares (the fixed scratch buffer is not counted)."""
+        n = len(self._frame) if self._frame is not None else 0
+        for f in self._ready:
+            n += f.nbytes
+        for b in self._spares:
+            n += len(b)
+        return n
+
+    @property
+    def next_read_allocates(self) -> bool:
+        """Whether bytes received next may make the reader allocate: a new frame (its buffer
+        is allocated when its length prefix arrives) or a frame whose buffer is full (it
+        grows). False while a frame's buffer still has room."""
+        return self._frame is None or self._filled == len(self._frame)
+
+    def drop_spares(self) -> None:
+        """Forget the recycled buffers (memory is short)."""
+        self._spares.clear()
 
     @property
     def frame_bytes_expected(self) -> int:

@@ -44,6 +44,7 @@ from annal.errors import (
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NotLeaderForPartitionError,
+    StorageError,
     UnknownTopicOrPartitionError,
 )
 from annal.broker.server.config import (
@@ -54,6 +55,7 @@ from annal.broker.server.config import (
     validate_topic_config,
 )
 from annal.broker.server.metrics import BrokerMetrics, PartitionStat
+from annal.broker.server.storage_health import StorageHealth
 from annal.record import iter_batch_positions, parse_header
 from annal.topic_names import is_valid_topic_name, validate_topic_name
 
@@ -140,6 +142,8 @@ class Broker:
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self.replication: Any = None  # annal.broker.replication.ReplicaManager in a ZooKeeper cluster
+        self.storage_health = StorageHealth(
+            self.metrics.registry, lambda: list(self.logs.all_logs().values()) if self.logs is not None else [])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,8 +208,16 @@ class Broker:
         if self.logs is not None:
             logs, self.logs = self.logs, None
             started = time.monotonic()
-            logs.flush_all()
-            logs.close_all()
+            try:
+                logs.flush_all()
+            except (OSError, StorageError) as err:  # e.g. a full disk: close what can be closed
+                self.storage_health.write_failed(err, "flushing the logs at shutdown")
+            try:
+                logs.close_all()
+            except (OSError, StorageError) as err:
+                log.warning("closing the logs at shutdown failed (%s); no clean-shutdown marker was written, "
+                            "so the next start recovers from the last checkpoint", err)
+                return
             log.info("flushed and closed all logs in %.0f ms", (time.monotonic() - started) * 1000)
 
     # ------------------------------------------------------------------ placements
@@ -387,17 +399,6 @@ class Broker:
             plog = self.logs.get_or_create(topic, partition, self._log_config(placement.config))
         return plog
 
-    def append_may_flush(self, topics: Iterable[str]) -> bool:
-        """True when an append to one of ``topics`` may ``fdatasync`` before it returns (the
-        topic sets ``flush_messages``), so that callers keep it off latency-critical threads."""
-        placements = self._placements
-        default = self.config.topic_defaults["flush_messages"]
-        for topic in topics:
-            placement = placements.get(topic)
-            if placement is not None and placement.config.get("flush_messages", default) != NEVER:
-                return True
-        return False
-
     def max_message_bytes(self, topic: str) -> int:
         placement = self._placements.get(topic)
         overrides = placement.config if placement is not None else {}
@@ -416,41 +417,87 @@ class Broker:
         In a replicated cluster, acks=-1 also waits (up to ``timeout_ms``) until every in-sync
         replica has the batches (docs/replication.md).
         """
+        buf: Buffer = batches[0] if len(batches) == 1 else b"".join(batches)
+        result = self.append_coalesced(topic, partition, [(buf, acks, timeout_ms)])[0]
+        if isinstance(result, AnnalError):
+            raise result
+        return result
+
+    def append_coalesced(self, topic: str, partition: int,
+                         parts: Sequence[tuple[Buffer, int, int]]) -> list[AppendResult | AnnalError]:
+        """Append several requests' ``(records, acks, timeout_ms)`` to one partition in order,
+        each validated and answered on its own (a refused one does not affect the others), with
+        one ``fdatasync`` (or, replicated, one wait for the in-sync replicas, up to the largest
+        ``timeout_ms``) for all those with acks=-1 and one wake-up of the partition's
+        long-polls. Raises only what refuses them all (not the leader, shutting down)."""
         self._check_serving()
-        if acks not in (0, 1, -1):
-            raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1 (all), not {acks}", acks=acks)
         plog = self.leader_log(topic, partition)
-        if not batches:
-            return AppendResult((), plog.log_end_offset, 0, 0)
-        if len(batches) == 1:
-            buf: Buffer = batches[0]
-        else:
-            buf = b"".join(batches)
-        counts = _record_counts(buf)
-        active_before = plog.active_segment
+        health = self.storage_health
         rep = self.replication
-        epoch = rep.check_produce(topic, partition, acks) if rep is not None else None
-        base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
-        if plog.active_segment is not active_before:
-            log.info("rolled %s-%d: new segment at offset %d", topic, partition, plog.active_segment.base_offset)
-        offsets = []
-        next_offset = base
-        for n in counts:
-            offsets.append(next_offset)
-            next_offset += n
-        records = sum(counts)
-        self.metrics.record_append(topic, len(buf), records)
-        self.notify_append(topic, partition)  # followers' fetches too
-        if rep is not None:
-            rep.on_append(topic, partition, plog)
-        if acks == -1:
+        out: list[AppendResult | AnnalError] = []
+        durable: list[int] = []  # indexes in ``out`` of acks=-1 parts: flushed or replicated below
+        wait_ms = 0
+        active_before = plog.active_segment
+        appended = False
+        for buf, acks, timeout_ms in parts:
+            if acks not in (0, 1, -1):
+                out.append(InvalidRequiredAcksError(f"acks must be 0, 1 or -1 (all), not {acks}", acks=acks))
+                continue
+            if not len(buf):
+                out.append(AppendResult((), plog.log_end_offset, 0, 0))
+                continue
+            try:
+                epoch = rep.check_produce(topic, partition, acks) if rep is not None else None
+                counts = _record_counts(buf)
+                base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
+            except StorageError as err:
+                health.write_failed(err, f"append to {topic}-{partition}")
+                out.append(err)
+                continue
+            except AnnalError as err:
+                out.append(err)
+                continue
+            appended = True
+            offsets = []
+            next_offset = base
+            for n in counts:
+                offsets.append(next_offset)
+                next_offset += n
+            records = sum(counts)
+            self.metrics.record_append(topic, len(buf), records)
+            if acks == -1:
+                durable.append(len(out))
+                wait_ms = max(wait_ms, timeout_ms)
+            out.append(AppendResult(tuple(offsets), next_offset, len(buf), records))
+        if appended:
+            health.write_succeeded()
+            if plog.active_segment is not active_before:
+                log.info("rolled %s-%d: new segment at offset %d", topic, partition, plog.active_segment.base_offset)
+            self.notify_append(topic, partition)  # followers' fetches too
+            if rep is not None:
+                rep.on_append(topic, partition, plog)
+        if durable:
+            failed: AnnalError | None = None
             if rep is not None and rep.replication_factor(topic, partition) > 1:
-                # Kafka's acks=all: every in-sync replica has the batch (in its page cache);
-                # the copies, not an fdatasync, are what survives a broker's loss.
-                rep.wait_for_replicas(topic, partition, next_offset, timeout_ms)
+                # Kafka's acks=all: every in-sync replica has the batches (in its page cache);
+                # the copies, not an fdatasync, are what survives a broker's loss. One wait for
+                # all of them: up to the last one's end.
+                end = max(out[i].log_end_offset for i in durable)  # type: ignore[union-attr]
+                try:
+                    rep.wait_for_replicas(topic, partition, end, wait_ms)
+                except AnnalError as err:
+                    failed = err
             else:
-                plog.flush()  # one copy: acks=all means on this disk
-        return AppendResult(tuple(offsets), plog.log_end_offset, len(buf), records)
+                try:
+                    plog.flush()  # one copy: acks=all means on this disk
+                except (OSError, StorageError) as err:
+                    health.write_failed(err, f"flush of {topic}-{partition}")
+                    failed = err if isinstance(err, StorageError) else StorageError(
+                        f"flush of {topic}-{partition} failed: {err}", errno=err.errno)
+            if failed is not None:
+                for i in durable:
+                    out[i] = failed
+        return out
 
     # ------------------------------------------------------------------ fetch
 
@@ -562,6 +609,9 @@ class Broker:
                 return
             try:
                 done = logs.run_maintenance(int(time.time() * 1000))
+            except (OSError, StorageError) as err:  # a full disk: said once, not every second
+                self.storage_health.write_failed(err, "log maintenance (roll, flush, checkpoint)")
+                continue
             except Exception:
                 log.exception("log maintenance failed")
                 continue

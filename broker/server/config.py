@@ -123,6 +123,13 @@ class BrokerConfig:
     zookeeper_connect_timeout_ms: int = 0  # 0: wait for ZooKeeper until it answers
     request_timeout_ms: int = 30_000
     max_request_bytes: int = 100 * 1024 * 1024
+    # Kafka's queued.max.request.bytes: data port request bytes read or queued, all connections
+    # together (at least max_request_bytes, so that any one request fits).
+    queued_max_request_bytes: int = 512 * 1024 * 1024
+    # Kafka's num.io.threads / queued.max.requests: the threads doing the data port's log work
+    # (appends, rolls, fdatasyncs) and the parts of produce requests that may wait for them.
+    num_io_threads: int = 2
+    queued_max_requests: int = 500
     grpc_workers: int = 16
     maintenance_interval_ms: int = 1000
     shutdown_timeout_ms: int = 15_000
@@ -148,7 +155,9 @@ class BrokerConfig:
             raise InvalidConfigError(f"broker_id must be a non-negative integer, not {self.broker_id!r}")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise InvalidConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}")
-        for name in ("request_timeout_ms", "max_request_bytes", "grpc_workers", "maintenance_interval_ms",
+        for name in ("request_timeout_ms", "max_request_bytes", "queued_max_request_bytes", "num_io_threads",
+                     "queued_max_requests", "grpc_workers",
+                     "maintenance_interval_ms",
                      "shutdown_timeout_ms", "zookeeper_session_timeout_ms", "default_replication_factor",
                      "replica_lag_time_max_ms", "replica_fetch_wait_max_ms", "replica_fetch_max_bytes"):
             v = getattr(self, name)
@@ -160,6 +169,10 @@ class BrokerConfig:
                                      key="zookeeper_connect_timeout_ms")
         if self.max_request_bytes > 2**31 - 1:
             raise InvalidConfigError("max_request_bytes must fit in an int32")
+        if self.queued_max_request_bytes < self.max_request_bytes:
+            raise InvalidConfigError(
+                f"queued_max_request_bytes ({self.queued_max_request_bytes}) must be at least max_request_bytes "
+                f"({self.max_request_bytes}): one request must fit", key="queued_max_request_bytes")
         merged = dict(DEFAULT_TOPIC_CONFIG)
         merged.update(validate_topic_config(self.topic_defaults))
         object.__setattr__(self, "topic_defaults", MappingProxyType(merged))

@@ -5,8 +5,8 @@ PRODUCE. The bytes are specified in docs/protocol.md and built/parsed by
 Each connection is an asyncio ``BufferedProtocol`` whose transport receives straight into the
 frame being assembled (``FrameReader.get_buffer``), so a PRODUCE request's batches are appended
 from the very buffer the kernel filled, and the socket stays registered with epoll for its whole
-life. Requests are answered one at a time, in order (pipelining): ``_pump`` takes the next
-complete frame only when the previous answer is done.
+life. Requests are answered in order (pipelining): ``_pump`` takes the next complete frame when
+the connection is not busy (a FETCH being answered, or too many produces on the pool).
 
 The common case is handled in plain callbacks, with no task or future per request: a FETCH that
 can be answered from fixed fields alone (errors, no new data) is answered synchronously, and a
@@ -16,18 +16,27 @@ appended). An idle long-poll costs a timer and a few dict entries, no CPU; when 
 with no append since the last read, that (empty) read is the answer. Only answers that move
 bytes run as tasks: a FETCH with records (the fixed fields, then the batches with asyncio's
 native ``loop.sendfile`` straight from the segment file, so record bytes never pass through
-Python) and a PRODUCE whose append may ``fdatasync`` (acks=-1, or a topic with
-``flush_messages``), which runs on the loop's executor threads so that it never stalls the loop.
-Other PRODUCE requests are appended on the loop thread itself: on this 2-core machine that is
-1.5-2.5x the throughput of a thread hand-off per request.
+Python).
+
+The loop does no log work: every PRODUCE is handed, partition by partition, to the
+request-handler pool (``request_handlers.py``, ``num_io_threads`` threads), which validates,
+appends, rolls segments and fdatasyncs, coalescing the appends queued for one partition; the
+answer is built back on the loop (``call_soon_threadsafe``). Up to ``MAX_PRODUCES_IN_FLIGHT``
+produces of one connection are on the pool at once, answered in request order; a FETCH behind
+them waits for them (answers leave in request order).
+
+Request memory is bounded broker-wide (``queued_max_request_bytes``): the bytes of frames being
+read, complete but not yet taken, or being answered, over all connections. At the bound, a
+connection whose next read would need new memory reads into a small hold buffer and is muted
+(reading paused); answers that free memory unmute connections, oldest first.
 
 Failure handling: a frame whose length prefix is out of bounds, or that does not parse, is
 answered with INVALID_REQUEST and the connection closed; a peer that stops in the middle of a
 frame is disconnected after ``request_timeout_ms``; a peer that disconnects mid-``sendfile`` only
 ends its own connection. Nothing a client sends can take the broker down.
 
-Thread-safety: everything here runs on the event loop thread, except ``_LongPoll.wake``, which
-hops onto the loop with ``call_soon_threadsafe`` when called from another thread.
+Thread-safety: everything here runs on the event loop thread, except ``_LongPoll.wake`` and the
+produce completions, which hop onto the loop with ``call_soon_threadsafe`` from other threads.
 """
 
 from __future__ import annotations
@@ -38,10 +47,12 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from annal.errors import (
     AnnalError,
+    BrokerShuttingDownError,
     InvalidRequestError,
     NetworkError,
     NotLeaderForPartitionError,
@@ -51,6 +62,7 @@ from annal.errors import (
 )
 from annal.protocol import framing as fr
 from annal.broker.server.broker import Broker, read_result_size, release_read
+from annal.broker.server.request_handlers import RequestHandlerPool
 
 __all__ = ["DataPortServer"]
 
@@ -86,6 +98,18 @@ class _Connection(asyncio.BufferedProtocol):
         self.write_paused = False
         self.read_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # The broker-wide request memory bound (DataPortServer docstring): bytes counted for
+        # this connection, whether it is muted, bytes it read into the hold buffer meanwhile.
+        self.mem = 0
+        self.inflight = 0  # bytes of the fetch request being answered
+        # PRODUCE requests handed to the request-handler pool, answered in this order; a FETCH
+        # that arrives behind them waits in ``deferred`` (answers go out in request order).
+        self.produces: deque[_Produce] = deque()
+        self.produce_bytes = 0
+        self.deferred: tuple[fr.FetchRequest | fr.EpochRequest, memoryview] | None = None
+        self.muted = False
+        self.holding = False
+        self.held = bytearray()
 
     # -- protocol callbacks
 
@@ -111,11 +135,24 @@ class _Connection(asyncio.BufferedProtocol):
         self.server._connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        server = self.server
+        if server._queued >= server.queued_max_request_bytes and self.reader.next_read_allocates:
+            # Over the broker-wide bound, and these bytes would need new memory: take at most
+            # a small hold buffer's worth, then stop reading (buffer_updated) until memory frees.
+            self.holding = True
+            return server._hold_view
+        self.holding = False
         return self.reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.holding:
+            self.holding = False
+            self.held += self.server._hold_view[:nbytes]
+            self.server._mute(self)
+            return
         r = self.reader
         r.buffer_updated(nbytes)
+        self.server._account(self)
         if not r.pending_frames and r.in_frame:
             # The middle of a frame (a large PRODUCE arrives in many reads): nothing to answer
             # yet; only make sure a stalled frame will time out.
@@ -155,6 +192,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if self.muted:
+            return  # the memory bound resumes it (DataPortServer._unmute)
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
@@ -183,6 +222,19 @@ class _Connection(asyncio.BufferedProtocol):
                 self.timer = None
             if self.transport is not None:
                 self.transport.close()
+
+
+class _Produce:
+    """A PRODUCE request on the request-handler pool; ``results`` is set (on the loop) once
+    every partition has its answer."""
+
+    __slots__ = ("req", "frame", "started", "results")
+
+    def __init__(self, req: fr.ProduceRequest, frame: memoryview, started: float) -> None:
+        self.req = req
+        self.frame = frame
+        self.started = started
+        self.results: list[fr.ProducePartitionResult] | None = None
 
 
 class _LongPoll:
@@ -308,7 +360,14 @@ class _LongPoll:
 
 
 class DataPortServer:
-    """Serves the data port on one event loop. Not thread-safe: call its methods from the loop."""
+    """Serves the data port on one event loop. Not thread-safe: call its methods from the loop.
+
+    Request memory is bounded broker-wide by ``queued_max_request_bytes`` (see ``__init__``):
+    ``annal_data_port_queued_request_bytes`` and ``annal_data_port_muted_connections`` show it.
+    """
+
+    HOLD_BYTES = 4096  # what a connection over the bound may read before it is muted
+    MAX_PRODUCES_IN_FLIGHT = 8  # per connection, on the request-handler pool
 
     def __init__(
         self,
@@ -319,8 +378,23 @@ class DataPortServer:
         request_timeout_ms: int,
         max_request_bytes: int,
         fetch_max_bytes: int = 64 * 1024 * 1024,
+        queued_max_request_bytes: int = 512 * 1024 * 1024,
+        num_io_threads: int = 2,
+        queued_max_requests: int = 500,
     ) -> None:
         self.broker = broker
+        self.handlers = RequestHandlerPool(broker, num_io_threads, queued_max_requests)
+        # Kafka's queued.max.request.bytes: bytes of requests being read or waiting for an
+        # answer, over all connections. At the bound, a connection whose next bytes need new
+        # memory is muted (reading paused) until answers free some; frames whose buffer is
+        # already allocated keep filling, so they complete. Overshoot: the one allocation that
+        # crosses the bound (at most max(4 MiB, a frame's size / 2)) plus HOLD_BYTES per
+        # muted connection.
+        self.queued_max_request_bytes = max(queued_max_request_bytes, max_request_bytes)
+        self._queued = 0
+        self._muted: dict[_Connection, None] = {}  # insertion-ordered: unmuted first in, first out
+        self._hold_view = memoryview(bytearray(self.HOLD_BYTES))
+        self._unmuting = False
         self.host = host
         self.port = port
         self.request_timeout = request_timeout_ms / 1000
@@ -337,6 +411,15 @@ class DataPortServer:
         metrics = broker.metrics
         metrics.long_poll_sources.append(lambda: self._long_polls)
         metrics.connection_sources.append(lambda: len(self._conns))
+        try:
+            from prometheus_client import Gauge
+
+            Gauge("annal_data_port_queued_request_bytes", "Bytes of data port requests read or queued",
+                  registry=metrics.registry).set_function(lambda: self._queued)
+            Gauge("annal_data_port_muted_connections", "Data port connections not read: request memory is full",
+                  registry=metrics.registry).set_function(lambda: len(self._muted))
+        except ValueError:  # a second server on the same registry (tests): the first one's gauges stay
+            pass
         self._observe_fetch = metrics.request_observer("Fetch", "data")
         self._observe_produce = metrics.request_observer("Produce", "data")
 
@@ -368,7 +451,7 @@ class DataPortServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self._conns):
-            if not conn.busy:
+            if not conn.busy and not conn.produces:
                 conn.close()
             elif conn.poll is not None and self._loop is not None:
                 self._loop.call_soon(conn.poll.check)
@@ -383,6 +466,7 @@ class DataPortServer:
                 conn.task.cancel()
             if conn.transport is not None:
                 conn.transport.abort()
+        await asyncio.get_running_loop().run_in_executor(None, self.handlers.close)
 
     # ------------------------------------------------------------------ connections
 
@@ -392,7 +476,59 @@ class DataPortServer:
             return
         self._conns.add(conn)
 
+    # ------------------------------------------------------------------ request memory bound
+
+    def _account(self, conn: _Connection) -> None:
+        """Bring ``conn``'s share of the request memory up to date; unmute others if it fell."""
+        if not conn.busy:
+            conn.inflight = 0
+        mem = 0 if conn.lost else conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes
+        delta = mem - conn.mem
+        conn.mem = mem
+        self._queued += delta
+        if self._queued >= self.queued_max_request_bytes:
+            conn.reader.drop_spares()
+            mem = conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes
+            self._queued += mem - conn.mem
+            conn.mem = mem
+        elif delta < 0 and self._muted:
+            self._unmute()
+
+    def _mute(self, conn: _Connection) -> None:
+        if not conn.muted and not conn.closed:
+            conn.muted = True
+            self._muted[conn] = None
+            if not conn.read_paused and conn.transport is not None:
+                conn.read_paused = True
+                conn.transport.pause_reading()
+
+    def _unmute(self) -> None:
+        """Resume muted connections, oldest first, while memory is below the bound."""
+        if self._unmuting:
+            return  # re-entered from a resumed connection's _pump: the outer loop carries on
+        self._unmuting = True
+        try:
+            self._unmute_loop()
+        finally:
+            self._unmuting = False
+
+    def _unmute_loop(self) -> None:
+        while self._muted and self._queued < self.queued_max_request_bytes:
+            conn = next(iter(self._muted))
+            del self._muted[conn]
+            conn.muted = False
+            if conn.closed:
+                continue
+            held, conn.held = bytes(conn.held), bytearray()
+            if held:
+                conn.reader.receive_data(held)
+                self._account(conn)
+            conn.resume_reading()
+            self._pump(conn)
+
     def _connection_lost(self, conn: _Connection) -> None:
+        self._muted.pop(conn, None)
+        self._account(conn)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
@@ -458,6 +594,7 @@ class DataPortServer:
             conn.close()
         finally:
             conn.pumping = False
+            self._account(conn)
 
     def _dispatch(self, conn: _Connection, frame: memoryview) -> None:
         try:
@@ -469,22 +606,29 @@ class DataPortServer:
             conn.write(fr.encode_error_response(cid, err.code))
             conn.close()
             return
-        conn.busy = True
+        if isinstance(req, (fr.FetchRequest, fr.EpochRequest)):
+            conn.busy = True
+            if conn.produces:  # answered after the produces before it
+                conn.deferred = (req, frame)
+                return
+            self._start_fetch(conn, req, frame)
+        else:
+            self._produce_on_workers(conn, req, frame)
+            # Up to MAX_PRODUCES_IN_FLIGHT produces of one connection are on the pool at once
+            # (a pipelining producer keeps the workers busy, and their appends coalesce).
+            conn.busy = len(conn.produces) >= self.MAX_PRODUCES_IN_FLIGHT
+
+    def _start_fetch(self, conn: _Connection, req: fr.FetchRequest | fr.EpochRequest, frame: memoryview) -> None:
+        conn.inflight = len(frame)
         if isinstance(req, fr.EpochRequest):
             conn.write(fr.encode_epoch_response(self._offsets_for_leader_epoch(req)))
             conn.busy = False
-        elif isinstance(req, fr.FetchRequest):
-            started = time.perf_counter()
-            if req.max_wait_ms > 0 and req.min_bytes > 0 and req.partitions and not self.broker.shutting_down:
-                _LongPoll(self, conn, req, started).start()
-            elif self._answer_fetch(conn, req, self._read_all(req), started):
-                conn.busy = False
-        elif req.acks != -1 and not self.broker.append_may_flush(p.topic for p in req.partitions):
-            self._produce_inline(conn, req, frame)
+            return
+        started = time.perf_counter()
+        if req.max_wait_ms > 0 and req.min_bytes > 0 and req.partitions and not self.broker.shutting_down:
+            _LongPoll(self, conn, req, started).start()
+        elif self._answer_fetch(conn, req, self._read_all(req), started):
             conn.busy = False
-        else:
-            assert self._loop is not None
-            conn.task = self._loop.create_task(self._produce(conn, req, frame))
 
     def _arm_read_timeout(self, conn: _Connection) -> None:
         if self._loop is not None:
@@ -617,29 +761,26 @@ class DataPortServer:
         assert loop is not None and conn.transport is not None
         if conn.closed:
             raise ConnectionResetError("connection closed")
+        transport = conn.transport
+        if transport.is_closing():
+            raise ConnectionResetError("connection closed")
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-            sent = await loop.sendfile(conn.transport, f, offset, count, fallback=False)
+            try:
+                sent = await loop.sendfile(transport, f, offset, count, fallback=False)
+            except asyncio.SendfileNotAvailableError as err:
+                # asyncio turns any OSError of the *first* os.sendfile call into this (without
+                # a cause), to fall back to send() for files that cannot be sendfile'd. Ours is
+                # always a regular segment file, so that failure is the socket's: the peer
+                # reset the connection (ECONNRESET, EPIPE). A disconnect, not a server error.
+                if conn.closed or transport.is_closing() or str(err) == "os.sendfile call failed":
+                    raise ConnectionResetError(f"connection lost during sendfile ({err})") from None
+                raise
         if sent != count:
             # The file is shorter than the index said: this frame can no longer be completed,
             # so the connection must be dropped.
             raise StorageError(f"segment file ended {count - sent} bytes early during sendfile")
 
     # ------------------------------------------------------------------ PRODUCE
-
-    def _produce_sync(self, req: fr.ProduceRequest) -> list[fr.ProducePartitionResult]:
-        out = []
-        for p in req.partitions:
-            try:
-                res = self.broker.append(p.topic, p.partition, (p.records,), req.acks, req.timeout_ms)
-                base = res.base_offsets[0] if res.base_offsets else -1
-                out.append(fr.ProducePartitionResult(p.topic, p.partition, 0, "", base, res.log_end_offset, -1))
-            except AnnalError as err:
-                leader = err.details.get("leader") if isinstance(err, NotLeaderForPartitionError) else None
-                out.append(fr.ProducePartitionResult(
-                    p.topic, p.partition, err.code, err.message, -1, -1,
-                    getattr(leader, "broker_id", -1) if leader is not None else -1,
-                ))
-        return out
 
     def _answer_produce(self, conn: _Connection, req: fr.ProduceRequest, results: list[fr.ProducePartitionResult]) -> str:
         """Log refusals and send the answer (none for acks=0; with acks=0 and a refused
@@ -650,7 +791,9 @@ class DataPortServer:
         if errors:
             outcome = for_code(errors[0].error_code).reason  # the protocol name, as on gRPC
             for r in errors:
-                if r.error_code not in (3, 6):  # unknown partition / not leader are routine
+                # Unknown partition / not leader are routine; storage errors (a full disk) are
+                # logged by the broker's StorageHealth, once per episode.
+                if r.error_code not in (3, 6, StorageError.code):
                     log.info("data port %s: produce to %s-%d refused: %s", conn.peer, r.topic[:100],
                              r.partition, r.error_message)
         if req.acks == 0:
@@ -661,45 +804,86 @@ class DataPortServer:
         conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
         return outcome
 
-    def _produce_inline(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
-        """acks 0/1 without a flush on append: append on the loop thread and answer at once.
-        Measured on this machine, this is 1.5-2.5x the throughput of handing each append to a
-        thread (the hand-off and the GIL ping-pong cost more than the write)."""
-        started = time.perf_counter()
-        outcome = "NONE"
-        try:
-            results = self._produce_sync(req)
-            conn.reader.recycle(frame)  # the log has copied the batches
-            outcome = self._answer_produce(conn, req, results)
-        finally:
-            self._observe_produce(outcome, time.perf_counter() - started)
-
-    async def _produce(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
-        """Append on an executor thread (acks=-1, or a topic with flush_messages: the append
-        may fdatasync, which must not stall the loop and every other connection), then answer."""
+    def _produce_on_workers(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
+        """Hand each partition of the request to the request-handler pool (the loop does no
+        log work: validation, writes, rolls and fdatasyncs run there); the answer is built on
+        the loop once every partition has its result, and sent in request order."""
+        entry = _Produce(req, frame, time.perf_counter())
+        conn.produces.append(entry)
+        conn.produce_bytes += len(frame)
+        parts = req.partitions
+        if not parts:
+            self._produce_answered(conn, entry, [])
+            return
+        results: list[Any] = [None] * len(parts)
+        left = [len(parts)]
+        lock = threading.Lock()
         loop = self._loop
         assert loop is not None
-        started = time.perf_counter()
-        outcome = "NONE"
-        try:
-            results = await loop.run_in_executor(None, self._produce_sync, req)
-            # The log has copied the batches into its file: the frame's buffer can take the
-            # next large request (saves allocating and zeroing it).
-            conn.reader.recycle(frame)
-            outcome = self._answer_produce(conn, req, results)
-            if not conn.closed:
-                await conn.drain(loop)
-        except (ConnectionError, TimeoutError, OSError) as err:
-            outcome = "NETWORK_EXCEPTION"
-            log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)
-            conn.close()
-        except asyncio.CancelledError:
-            conn.close()
-            raise
-        except Exception:
-            outcome = "UNKNOWN_SERVER_ERROR"
-            log.exception("data port %s: produce failed", conn.peer)
-            conn.close()
-        finally:
-            self._observe_produce(outcome, time.perf_counter() - started)
-            self._request_done(conn)
+
+        def done_at(i: int) -> Any:
+            def done(result: Any) -> None:  # on a worker thread
+                results[i] = result
+                with lock:
+                    left[0] -= 1
+                    last = left[0] == 0
+                if last:
+                    try:
+                        loop.call_soon_threadsafe(self._produce_answered, conn, entry, results)
+                    except RuntimeError:  # the loop is closed: shutting down
+                        pass
+            return done
+
+        for i, p in enumerate(parts):
+            try:
+                self.handlers.submit(p.topic, p.partition, p.records, req.acks, done_at(i), req.timeout_ms)
+            except RuntimeError as err:  # the pool is closed: shutting down
+                done_at(i)(BrokerShuttingDownError(str(err)))
+
+    def _produce_answered(self, conn: _Connection, entry: _Produce, appended: list[Any]) -> None:
+        out = []
+        for p, r in zip(entry.req.partitions, appended):
+            if isinstance(r, AnnalError):
+                leader = r.details.get("leader") if isinstance(r, NotLeaderForPartitionError) else None
+                out.append(fr.ProducePartitionResult(
+                    p.topic, p.partition, r.code, r.message, -1, -1,
+                    getattr(leader, "broker_id", -1) if leader is not None else -1))
+            else:
+                base = r.base_offsets[0] if r.base_offsets else -1
+                out.append(fr.ProducePartitionResult(p.topic, p.partition, 0, "", base, r.log_end_offset, -1))
+        entry.results = out
+        # Answers leave in request order: send every finished one at the head.
+        while conn.produces and conn.produces[0].results is not None:
+            e = conn.produces.popleft()
+            conn.produce_bytes -= len(e.frame)
+            outcome = "NONE"
+            try:
+                # The log has copied the batches into its file: the frame's buffer can take
+                # the next large request (saves allocating and zeroing it).
+                conn.reader.recycle(e.frame)
+                if not conn.closed:
+                    outcome = self._answer_produce(conn, e.req, e.results)  # type: ignore[arg-type]
+            except (ConnectionError, OSError) as err:
+                outcome = "NETWORK_EXCEPTION"
+                log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)
+                conn.close()
+            except Exception:
+                outcome = "UNKNOWN_SERVER_ERROR"
+                log.exception("data port %s: produce failed", conn.peer)
+                conn.close()
+            finally:
+                self._observe_produce(outcome, time.perf_counter() - e.started)
+        if conn.closed:
+            self._account(conn)
+            return
+        if conn.deferred is not None:
+            if not conn.produces:
+                req, frame = conn.deferred
+                conn.deferred = None
+                self._start_fetch(conn, req, frame)
+        elif len(conn.produces) < self.MAX_PRODUCES_IN_FLIGHT:
+            conn.busy = False
+        if not conn.busy:
+            self._pump(conn)
+        else:
+            self._account(conn)

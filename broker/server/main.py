@@ -155,6 +155,7 @@ async def _serve(config: Any) -> int:
         data_port = DataPortServer(
             broker, config.host, config.fetch_port,
             request_timeout_ms=config.request_timeout_ms, max_request_bytes=config.max_request_bytes,
+            queued_max_request_bytes=config.queued_max_request_bytes,
         )
         fetch_port = data_port.bind()
         kafka_port = -1

@@ -19,6 +19,7 @@ from annal.broker.storage._file_names import (
     parse_partition_dir_name,
     partition_dir_name,
 )
+from annal.broker.storage._file_io import OS_FILE_IO, FileIO, OsFileIO
 from annal.broker.storage._handles import DEFAULT_MAX_FDS, HandleCache
 from annal.broker.storage._index import IndexCorruptError, OffsetIndex, TimeIndex
 from annal.broker.storage._log import LogConfig, LogReadResult, PartitionLog, ReadChunk
@@ -35,6 +36,9 @@ __all__ = [
     "LogSegment",
     "SegmentHandle",
     "HandleCache",
+    "FileIO",
+    "OsFileIO",
+    "OS_FILE_IO",
     "DEFAULT_MAX_FDS",
     "OffsetIndex",
     "TimeIndex",

@@ -30,6 +30,8 @@ import os
 import struct
 from typing import ClassVar
 
+from annal.broker.storage._file_io import OS_FILE_IO, FileIO
+
 __all__ = ["AbstractIndex", "OffsetIndex", "TimeIndex", "IndexCorruptError"]
 
 _U32 = struct.Struct(">I")
@@ -51,29 +53,31 @@ class AbstractIndex:
 
     ENTRY_SIZE: ClassVar[int] = 1
 
-    def __init__(self, path: str, base_offset: int, max_index_bytes: int, writable: bool) -> None:
+    def __init__(self, path: str, base_offset: int, max_index_bytes: int, writable: bool,
+                 file_io: FileIO = OS_FILE_IO) -> None:
         self.path = path
+        self.fio = fio = file_io
         self.base_offset = base_offset
         self.writable = writable
         self.entries_read = 0  # entries touched by lookups, for the O(1) lookup claim
         self._allocated = 0  # bytes from 0 known to have disk blocks (see reserve)
         es = self.ENTRY_SIZE
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
-        fd = os.open(path, flags, 0o644)
+        fd = fio.open(path, flags, 0o644)
         try:
             length = os.fstat(fd).st_size
             self._entries = length // es
             if writable:
                 capacity = max(max_index_bytes // es * es, self._entries * es, es)
                 if length != capacity:
-                    os.ftruncate(fd, capacity)
+                    fio.ftruncate(fd, capacity)
                 self._capacity = capacity
                 self._mm: mmap.mmap | None = mmap.mmap(fd, capacity)
             else:
                 self._capacity = self._entries * es
                 self._mm = mmap.mmap(fd, self._capacity, access=mmap.ACCESS_READ) if self._capacity else None
         finally:
-            os.close(fd)  # the mmap keeps its own descriptor
+            fio.close(fd)  # the mmap keeps its own descriptor
 
     # --- state -------------------------------------------------------------------------------
 
@@ -109,11 +113,11 @@ class AbstractIndex:
         if end <= self._allocated:
             return
         end = _page_round_up(end, self._capacity)
-        fd = os.open(self.path, os.O_RDWR)
+        fd = self.fio.open(self.path, os.O_RDWR)
         try:
-            os.posix_fallocate(fd, self._allocated, end - self._allocated)
+            self.fio.posix_fallocate(fd, self._allocated, end - self._allocated)
         finally:
-            os.close(fd)
+            self.fio.close(fd)
         self._allocated = end
 
     def truncate_to_entries(self, n: int) -> None:
@@ -126,11 +130,11 @@ class AbstractIndex:
         """Write the in-use entries and the file length to disk (msync + fsync)."""
         if self._mm is not None and self.writable and self._entries:
             self._mm.flush(0, _page_round_up(self._entries * self.ENTRY_SIZE, self._capacity))
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = self.fio.open(self.path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            self.fio.fsync(fd)
         finally:
-            os.close(fd)
+            self.fio.close(fd)
 
     def trim_to_valid_size(self) -> None:
         """Cut the preallocated file down to the entries in use (on roll and clean close).
@@ -138,7 +142,7 @@ class AbstractIndex:
         The mapping stays valid for every entry in use, so concurrent readers are safe."""
         if not self.writable:
             return
-        os.truncate(self.path, self._entries * self.ENTRY_SIZE)
+        self.fio.truncate(self.path, self._entries * self.ENTRY_SIZE)
 
     def close(self) -> None:
         mm, self._mm = self._mm, None
@@ -151,7 +155,7 @@ class AbstractIndex:
     def delete(self) -> None:
         self.close()
         try:
-            os.unlink(self.path)
+            self.fio.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from annal.errors import (
+    AnnalError,
     CorruptRecordError,
     InvalidConfigError,
     InvalidFetchSizeError,
@@ -43,6 +44,7 @@ from annal.errors import (
     UnknownTopicOrPartitionError,
 )
 from annal.broker.storage._checkpoint import fsync_dir
+from annal.broker.storage._file_io import OS_FILE_IO, FileIO
 from annal.broker.storage._handles import HandleCache
 from annal.broker.storage._leader_epoch import LeaderEpochCache
 from annal.broker.storage._recovery import RecoveryReport, load_segments
@@ -62,15 +64,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _fsync_path(path: str) -> None:
+def _fsync_path(path: str, fio: FileIO) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = fio.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return
     try:
-        os.fsync(fd)
+        fio.fsync(fd)
     finally:
-        os.close(fd)
+        fio.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ class LogConfig:
     flush_ms: int | None = None
     max_message_bytes: int = 1048588
     segment_index_bytes: int = 64 << 20
-    preallocate: bool = True
+    preallocate: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -199,6 +201,7 @@ class _Head(NamedTuple):
     segments: tuple[LogSegment, ...]
     bases: tuple[int, ...]
     active_size: int
+    damaged: tuple[tuple[int, int], ...] = ()
 
 
 class PartitionLog:
@@ -207,9 +210,11 @@ class PartitionLog:
 
     def __init__(self, path: str, config: LogConfig, cache: HandleCache, own_cache: bool,
                  segments: list[LogSegment], log_start_offset: int, recovery_point: int,
-                 report: RecoveryReport) -> None:
+                 report: RecoveryReport, file_io: FileIO = OS_FILE_IO) -> None:
         self.path = path
         self.config = config
+        self._fio = file_io
+        self._segment_config = replace(config.segment_config, file_io=file_io)
         self.report = report
         self._cache = cache
         self._own_cache = own_cache
@@ -242,24 +247,27 @@ class PartitionLog:
         log_start_offset: int | None = None,
         had_clean_shutdown: bool = False,
         handle_cache: HandleCache | None = None,
+        file_io: FileIO = OS_FILE_IO,
         **config_values: Any,
     ) -> PartitionLog:
         """Open (creating if needed) the log in folder ``path``, running recovery
         (``_recovery.py``). ``recovery_point`` / ``log_start_offset`` come from the data
         directory's checkpoints (None: scan every segment; start at the first segment).
-        ``config_values`` override ``config`` (``segment_bytes=...``)."""
+        ``config_values`` override ``config`` (``segment_bytes=...``). ``file_io``: where file
+        writes go (``_file_io.py``; the OS unless a test simulates a disk)."""
         cfg = LogConfig.from_dict(config_values, config)
+        seg_cfg = replace(cfg.segment_config, file_io=file_io)
         os.makedirs(path, exist_ok=True)
         own = handle_cache is None
         cache = handle_cache if handle_cache is not None else HandleCache()
         segments, report = load_segments(
-            path, cfg.segment_config, cache,
+            path, seg_cfg, cache,
             recovery_point=recovery_point if not had_clean_shutdown else None,
             had_clean_shutdown=had_clean_shutdown, max_batch_bytes=None,
         )
         lso = log_start_offset or 0
         if not segments:
-            seg = LogSegment(path, lso, cfg.segment_config, cache)
+            seg = LogSegment(path, lso, seg_cfg, cache)
             seg.make_active()
             segments = [seg]
         leo = segments[-1].next_offset
@@ -268,8 +276,10 @@ class PartitionLog:
             lso = leo
         rp = leo if had_clean_shutdown and not report.lost_data else min(recovery_point or 0, leo)
         level = logging.WARNING if report.lost_data or report.problems else logging.INFO
+        if report.damaged:
+            level = logging.ERROR  # flushed data is unreadable: an operator must look
         log.log(level, "loaded log %s: offsets [%d, %d); %s", path, lso, leo, report.summary())
-        lg = cls(path, cfg, cache, own, segments, lso, rp, report)
+        lg = cls(path, cfg, cache, own, segments, lso, rp, report, file_io)
         if report.segments_scanned or report.lost_data:
             # What recovery kept (and cut) is made durable now, so the next crash need not
             # scan it again.
@@ -282,7 +292,9 @@ class PartitionLog:
         segs = tuple(segments) if segments is not None else self._head.segments
         bases = tuple(s.base_offset for s in segs) if segments is not None else self._head.bases
         active = segs[-1]
-        self._head = _Head(active.next_offset, segs, bases, active.size)
+        damaged = tuple(s.damaged for s in segs if s.damaged is not None) if segments is not None \
+            else self._head.damaged
+        self._head = _Head(active.next_offset, segs, bases, active.size, damaged)
 
     @property
     def log_start_offset(self) -> int:
@@ -316,6 +328,18 @@ class PartitionLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def damaged_ranges(self) -> list[tuple[int, int]]:
+        """Offset ranges ``[start, end)`` of flushed segments found damaged at open (kept on
+        disk, not readable: a fetch of them raises ``CorruptRecordError``); empty if none.
+        A log with such ranges has a storage error (``has_storage_error``)."""
+        return [s.damaged for s in self._head.segments if s.damaged is not None
+                and s.damaged[1] > self._log_start_offset]
+
+    @property
+    def has_storage_error(self) -> bool:
+        return any(s.damaged is not None for s in self._head.segments)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -461,6 +485,13 @@ class PartitionLog:
                     offset=offset, log_start_offset=lso, log_end_offset=leo)
             if offset == leo:
                 return LogReadResult([], leo, lso, offset, [])
+            if head.damaged:
+                for start, end in head.damaged:
+                    if start <= offset < end:
+                        raise CorruptRecordError(
+                            f"{self.path}: offsets [{start}, {end}) are in a damaged segment (found at open; "
+                            f"see the broker log); seek past {end - 1} to read on",
+                            first_offset=start, last_offset=end - 1)
             if max_offset is not None and max_offset < leo:
                 # A consumer of a replicated partition reads only below the high watermark,
                 # which always falls on a batch boundary (followers copy whole batches).
@@ -489,7 +520,7 @@ class PartitionLog:
             size = h.index.lookup(end_offset - seg.base_offset) if end_offset > seg.base_offset else 0
         finally:
             h.release()
-        return _Head(end_offset, head.segments[:i + 1], head.bases[:i + 1], size)
+        return _Head(end_offset, head.segments[:i + 1], head.bases[:i + 1], size, head.damaged)
 
     def _read_from(self, head: _Head, offset: int, max_bytes: int, lso: int) -> LogReadResult:
         i = bisect.bisect_right(head.bases, offset) - 1
@@ -502,6 +533,10 @@ class PartitionLog:
             while i <= last and remaining > 0 and at < head.log_end_offset:
                 seg = head.segments[i]
                 size = head.active_size if i == last else seg.size
+                if seg.damaged is not None:
+                    if at >= seg.damaged[0]:
+                        break  # the damaged range: the next read raises
+                    size = seg.readable_bytes
                 end_offset = head.log_end_offset if i == last else seg.next_offset
                 h = seg.acquire()
                 handles.append(h)
@@ -510,9 +545,20 @@ class PartitionLog:
                     break  # only the first batch may exceed max_bytes
                 mm = h.log_mm
                 assert mm is not None
+                if i != last and end > seg.verified_bytes:
+                    bad = self._verify_read(seg, h, start, end)
+                    if bad is not None:
+                        if bad == start:
+                            first, stop = seg.damaged or (at, seg.next_offset)
+                            raise CorruptRecordError(
+                                f"{self.path}: offsets [{first}, {stop}) are in a damaged segment (CRC check on "
+                                f"read; see the broker log); seek past {stop - 1} to read on",
+                                first_offset=first, last_offset=stop - 1)
+                        end = bad
+                        size = bad
                 chunks.append(ReadChunk(h.log_fd, start, end - start, memoryview(mm)[start:end], seg.base_offset))
                 remaining -= end - start
-                if end < size:
+                if end < size or seg.damaged is not None:
                     break
                 at = end_offset
                 i += 1
@@ -523,6 +569,45 @@ class PartitionLog:
                 h.release()
             raise
         return LogReadResult(chunks, head.log_end_offset, lso, offset, handles)
+
+    def _verify_read(self, seg: LogSegment, h: SegmentHandle, start: int, end: int) -> int | None:
+        """Check the CRC-32C of every batch of ``[start, end)`` of an inactive segment not yet
+        verified since open (``seg.verified_bytes``: a verified prefix, so each byte is
+        checked once per process, not once per fetch). Returns the position of the first bad
+        batch, after marking the segment damaged from there (logged at ERROR), or None."""
+        mm = h.log_mm
+        assert mm is not None
+        pos = max(start, seg.verified_bytes) if start <= seg.verified_bytes else start
+        while pos < end:
+            try:
+                hd = validate_batch(mm, pos, None)
+            except (CorruptRecordError, AnnalError):
+                self._mark_damaged(seg, h, pos)
+                return pos
+            pos += hd.batch_length + 12
+        if start <= seg.verified_bytes:
+            seg.verified_bytes = max(seg.verified_bytes, end)
+        return None
+
+    def _mark_damaged(self, seg: LogSegment, h: SegmentHandle, pos: int) -> None:
+        idx = h.index
+        lo, hi = 0, idx.entries  # first offset whose batch starts at or after pos
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if idx.lookup(mid) < pos:
+                lo = mid + 1
+            else:
+                hi = mid
+        with self._lock:
+            if seg.damaged is not None and seg.damaged[0] <= seg.base_offset + lo:
+                return
+            seg.damaged = (seg.base_offset + lo, seg.next_offset)
+            seg.readable_bytes = pos
+            if not self._closed:
+                self._publish(list(self._head.segments))
+        log.error("log %s: segment %d is damaged at position %d (CRC check on read): offsets [%d, %d) "
+                  "cannot be read; the rest of the log is served", self.path, seg.base_offset, pos,
+                  seg.damaged[0], seg.damaged[1])
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, max_timestamp)`` of the first batch whose max timestamp is >=
@@ -555,21 +640,22 @@ class PartitionLog:
         old = self._head.segments[-1]
         if old.size == 0:
             return old
-        new = LogSegment(self.path, old.next_offset, self.config.segment_config, self._cache)
+        new = LogSegment(self.path, old.next_offset, self._segment_config, self._cache)
         for p in (new.log_path, new.index_path, new.time_index_path):
             if os.path.exists(p):  # left from an earlier truncation that never got appended to
-                os.unlink(p)
+                self._fio.unlink(p)
         try:
             new.make_active()
         except OSError as e:  # e.g. ENOSPC preallocating: the old segment stays active
             new.abandon()
             for p in (new.log_path, new.index_path, new.time_index_path):
                 try:
-                    os.unlink(p)
+                    self._fio.unlink(p)
                 except FileNotFoundError:
                     pass
             raise StorageError(f"cannot create segment {new.log_path}: {e}", errno=e.errno) from e
         old.make_inactive()
+        old.verified_bytes = old.size  # every batch was validated, CRC included, on append
         old.unflushed = True
         self._rolled_since_flush = True
         self._dir_dirty = True
@@ -678,10 +764,12 @@ class PartitionLog:
             self._log_start_offset = max(self._log_start_offset, remaining[0].base_offset)
             self._publish(remaining)
             for s in victims:
-                s.delete()
-            log.info("retention deleted %d segments of %s; log start offset now %d",
-                     len(victims), self.path, self._log_start_offset)
-            return len(victims)
+                s.mark_deleted()  # a rename under the lock (Kafka's asynchronous delete)...
+            lso = self._log_start_offset
+        for s in victims:
+            s.unlink_deleted()  # ...the unlink of a possibly large file outside it
+        log.info("retention deleted %d segments of %s; log start offset now %d", len(victims), self.path, lso)
+        return len(victims)
 
     def truncate_to(self, offset: int) -> None:
         """Remove every batch holding an offset >= ``offset`` (a batch straddling ``offset``
@@ -702,7 +790,7 @@ class PartitionLog:
             if offset <= self._log_start_offset:
                 for s in segs:
                     s.delete()
-                new = LogSegment(self.path, offset, self.config.segment_config, self._cache)
+                new = LogSegment(self.path, offset, self._segment_config, self._cache)
                 new.make_active()
                 self._dir_dirty = True
                 self._log_start_offset = offset
@@ -761,7 +849,7 @@ class PartitionLog:
                 s.close()
                 if was_active:
                     s.flush()
-                    _fsync_path(s.log_path)
+                    _fsync_path(s.log_path, self._fio)
                 s.unflushed = False
             self._recovery_point = self._head.log_end_offset
         if self._own_cache:

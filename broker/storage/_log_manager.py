@@ -26,7 +26,7 @@ import shutil
 import threading
 from typing import Any
 
-from annal.errors import InvalidTopicError, LocalUsageError
+from annal.errors import StorageError, InvalidTopicError, LocalUsageError
 from annal.broker.storage._checkpoint import (
     LOG_START_OFFSET_CHECKPOINT,
     RECOVERY_POINT_CHECKPOINT,
@@ -202,8 +202,17 @@ class LogManager:
                 return
             self._closed = True
         logs = self.all_logs()
+        failed: OSError | StorageError | None = None
         for lg in logs.values():
-            lg.close()
+            try:
+                lg.close()
+            except (OSError, StorageError) as e:  # close the others all the same
+                lg.abandon()
+                failed = failed or e
+        if failed is not None:
+            # No checkpoint and no clean-shutdown marker: the next start recovers these logs.
+            self.handle_cache.close()
+            raise failed
         with self._checkpoint_lock:
             self._recovery_points.write({tp: lg.recovery_point for tp, lg in logs.items()})
             self._log_start_offsets.write({tp: lg.log_start_offset for tp, lg in logs.items()})

@@ -8,6 +8,13 @@
    that the last index entry points at a batch ending exactly at the end of the ``.log`` and
    holding the last indexed offset (for the last segment, that its last batch passes
    ``validate_batch``, CRC included). A missing or inconsistent index is rebuilt by scanning.
+   These segments are **trusted**: recovery never cuts or deletes them, nor anything after
+   them (Kafka's ``LogLoader.recoverLog`` only deletes segments after the recovery point). A
+   trusted segment whose scan finds an invalid batch (a flipped bit on disk, not a torn
+   write: it was flushed) keeps its bytes; the offsets from that batch to the next segment's
+   base are reported as a damaged range (``RecoveryReport.damaged``, logged at ERROR by the
+   log) and a fetch of them gets ``CorruptRecordError``; the rest of the log stays readable
+   and writable.
 4. From the segment holding the recovery point to the end (every segment after an unclean
    shutdown with no checkpoint), each segment is scanned batch by batch with ``validate_batch``
    and its indexes rebuilt. At the first torn, corrupt or out-of-sequence batch the ``.log`` is
@@ -59,6 +66,8 @@ class RecoveryReport:
     truncated_at_offset: int | None = None
     problems: list[str] = field(default_factory=list)
     clean: bool = False
+    # Offset ranges [start, end) of trusted segments found damaged (kept, not readable).
+    damaged: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def lost_data(self) -> bool:
@@ -72,6 +81,8 @@ class RecoveryReport:
             s += f", log now ends at offset {self.truncated_at_offset}"
         if self.files_removed:
             s += f", removed leftovers {self.files_removed}"
+        if self.damaged:
+            s += ", damaged offset ranges " + ", ".join(f"[{a}, {b})" for a, b in self.damaged)
         if self.problems:
             s += "; " + "; ".join(self.problems)
         return s
@@ -134,12 +145,27 @@ def load_segments(
         scan = i >= scan_from
         # Pass 3
         if not scan:
+            is_last = i == len(segments) - 1
             try:
-                seg.load_clean(verify_last_batch=i == len(segments) - 1)
+                seg.load_clean(verify_last_batch=is_last)
             except IndexCorruptError as e:
                 report.problems.append(f"rebuilding index: {e}")
                 report.indexes_rebuilt += 1
-                scan = True
+                if is_last:
+                    scan = True  # the end of the log: a torn tail is cut as usual
+                else:
+                    # Trusted and followed by other segments: never cut (module docstring).
+                    end = segments[i + 1].base_offset
+                    result = seg.recover_trusted(end, max_batch_bytes)
+                    report.segments_scanned += 1
+                    report.batches_scanned += result.batches
+                    if seg.damaged is not None:
+                        report.damaged.append(seg.damaged)
+                        report.problems.append(
+                            f"segment {seg.base_offset} (flushed, below the recovery point) is damaged at "
+                            f"position {result.valid_bytes}: offsets [{seg.damaged[0]}, {seg.damaged[1]}) "
+                            f"cannot be read: {result.error}"
+                        )
         # Pass 4
         if scan:
             result = seg.recover(max_batch_bytes)

@@ -30,7 +30,7 @@ import mmap
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from annal.errors import AnnalError, CorruptRecordError, StorageError
@@ -40,6 +40,7 @@ from annal.broker.storage._file_names import (
     log_file_name,
     time_index_file_name,
 )
+from annal.broker.storage._file_io import OS_FILE_IO, FileIO
 from annal.broker.storage._index import IndexCorruptError, OffsetIndex, TimeIndex
 from annal.record import (
     HEADER_SIZE,
@@ -66,7 +67,9 @@ class SegmentConfig:
 
     segment_bytes: int = 1 << 30
     max_index_bytes: int = 64 << 20
-    preallocate: bool = True
+    preallocate: bool = False
+    # Where file writes go (``_file_io.py``): the OS, or a simulated disk in tests.
+    file_io: FileIO = field(default=OS_FILE_IO, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,7 @@ class SegmentHandle:
     deleted) *and* no reader holds it. Thread-safe.
     """
 
-    __slots__ = ("segment", "writable", "log_fd", "log_mm", "index", "_time_index", "_refs", "_retired",
+    __slots__ = ("segment", "writable", "fio", "log_fd", "log_mm", "index", "_time_index", "_refs", "_retired",
                  "_closed", "_lock", "__weakref__")
 
     def __init__(self, segment: LogSegment, writable: bool) -> None:
@@ -98,8 +101,9 @@ class SegmentHandle:
         self._retired = False
         self._closed = False
         cfg = segment.config
+        self.fio = fio = cfg.file_io
         flags = (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY
-        self.log_fd = os.open(segment.log_path, flags, 0o644)
+        self.log_fd = fio.open(segment.log_path, flags, 0o644)
         self.log_mm: mmap.mmap | None = None
         self._time_index: TimeIndex | None = None
         try:
@@ -107,14 +111,14 @@ class SegmentHandle:
             if writable:
                 capacity = max(length, cfg.segment_bytes if cfg.preallocate else 0)
                 if capacity > length:
-                    os.ftruncate(self.log_fd, capacity)
+                    fio.ftruncate(self.log_fd, capacity)
                 length = capacity
             if length:
                 self.log_mm = mmap.mmap(self.log_fd, length, access=mmap.ACCESS_READ)
-            self.index = OffsetIndex(segment.index_path, segment.base_offset, cfg.max_index_bytes, writable)
+            self.index = OffsetIndex(segment.index_path, segment.base_offset, cfg.max_index_bytes, writable, fio)
             if writable:
                 self._time_index = TimeIndex(
-                    segment.time_index_path, segment.base_offset, cfg.max_index_bytes, True
+                    segment.time_index_path, segment.base_offset, cfg.max_index_bytes, True, fio
                 )
         except BaseException:
             self._close_now()
@@ -134,7 +138,7 @@ class SegmentHandle:
             with self._lock:
                 if self._time_index is None:
                     self._time_index = TimeIndex(
-                        self.segment.time_index_path, self.segment.base_offset, 0, False
+                        self.segment.time_index_path, self.segment.base_offset, 0, False, self.fio
                     )
                 ti = self._time_index
         return ti
@@ -149,7 +153,7 @@ class SegmentHandle:
         if end <= self.log_capacity:
             return
         cap = max(end, self.log_capacity * 2 if self.segment.config.preallocate else end)
-        os.ftruncate(self.log_fd, cap)
+        self.fio.ftruncate(self.log_fd, cap)
         self.log_mm = mmap.mmap(self.log_fd, cap, access=mmap.ACCESS_READ)
 
     def acquire(self) -> bool:
@@ -193,7 +197,7 @@ class SegmentHandle:
             except BufferError:
                 pass  # a LogReadResult view is still alive; the mapping goes with it
         if self.log_fd >= 0:
-            os.close(self.log_fd)
+            self.fio.close(self.log_fd)
             self.log_fd = -1
 
 
@@ -219,6 +223,11 @@ class LogSegment:
         self.deleted = False
         self._active: SegmentHandle | None = None
         self.unflushed = False  # data written since the last flush of this segment's files
+        # A trusted (flushed) segment found damaged at open: offsets [start, end) cannot be
+        # read; ``readable_bytes`` is where its valid batches stop. None: the whole segment.
+        self.damaged: tuple[int, int] | None = None
+        self.readable_bytes = 0
+        self.verified_bytes = 0  # inactive: a prefix of whole batches whose CRCs were checked on read
 
     def __repr__(self) -> str:
         return (f"LogSegment(base_offset={self.base_offset}, next_offset={self.next_offset}, "
@@ -245,7 +254,9 @@ class LogSegment:
         if h is None:
             return
         self._active = None
-        os.ftruncate(h.log_fd, self.size)
+        # ``size`` is the file's data length, damaged bytes included: those are kept for
+        # inspection (dump_log) and never cut by recovery.
+        h.fio.ftruncate(h.log_fd, self.size)
         h.index.trim_to_valid_size()
         h.time_index.trim_to_valid_size()
         h.retire()
@@ -282,8 +293,9 @@ class LogSegment:
             h.time_index.reserve(len(headers))
             h.ensure_log_capacity(end)
             written = 0
+            pwrite = h.fio.pwrite
             while written < len(data):
-                written += os.pwrite(h.log_fd, data[written:], pos + written)
+                written += pwrite(h.log_fd, data[written:], pos + written)
         except OSError as e:
             raise StorageError(f"write to {self.log_path} failed: {e}", errno=e.errno) from e
         ti = h.time_index
@@ -353,16 +365,36 @@ class LogSegment:
 
     # --- recovery ------------------------------------------------------------------------------
 
-    def recover(self, max_batch_bytes: int | None) -> ScanResult:
+    def recover_trusted(self, end_offset: int, max_batch_bytes: int | None) -> ScanResult:
+        """Rebuild the indexes of a segment below the recovery point (flushed: trusted) whose
+        index check failed, **without cutting anything**: the scan stops at the first invalid
+        batch, and offsets from there to ``end_offset`` (the next segment's base) are marked
+        ``damaged``; the file keeps its bytes. Leaves the segment inactive (indexes trimmed)."""
+        try:
+            file_bytes = os.stat(self.log_path).st_size
+        except FileNotFoundError:
+            file_bytes = 0
+        result = self.recover(max_batch_bytes, truncate=False, file_bytes=file_bytes)
+        self.readable_bytes = result.valid_bytes
+        if result.error is not None or self.next_offset != end_offset:
+            self.damaged = (self.next_offset, end_offset)
+            self.size = file_bytes
+        self.next_offset = max(self.next_offset, end_offset)
+        self.make_inactive()
+        return result
+
+    def recover(self, max_batch_bytes: int | None, *, truncate: bool = True,
+                file_bytes: int | None = None) -> ScanResult:
         """Rebuild both indexes by scanning the ``.log`` batch by batch with ``validate_batch``
         (and checking each baseOffset follows the previous batch); cut the file at the first
-        torn, corrupt or out-of-sequence batch. Leaves the segment active (writable handle)."""
+        torn, corrupt or out-of-sequence batch (``truncate=False``: only stop there; the scan
+        covers ``file_bytes``). Leaves the segment active (writable handle)."""
         h = self.make_active()
         h.index.reset()
         h.time_index.reset()
         self.max_timestamp = -1
         mm = h.log_mm
-        file_len = h.log_capacity
+        file_len = h.log_capacity if file_bytes is None else min(file_bytes, h.log_capacity)
         pos = 0
         expected = self.base_offset
         batches = 0
@@ -391,14 +423,20 @@ class LogSegment:
         if error is not None and truncated == 0:
             error = None  # only preallocated zeros after the last batch: a clean end
         self.size = pos
+        self.readable_bytes = pos
         self.next_offset = expected
+        if not truncate:
+            if error is None and pos < file_len:
+                error = f"{file_len - pos} bytes after the last valid batch"
+            self.unflushed = True
+            return ScanResult(batches, pos, 0, error)
         if pos < file_len:
             # Cut the tail (no reader exists yet during recovery), then preallocate again.
             h.log_mm = None
             if mm is not None:
                 mm.close()
-            os.ftruncate(h.log_fd, pos)
-            os.ftruncate(h.log_fd, max(pos, self.config.segment_bytes if self.config.preallocate else pos))
+            h.fio.ftruncate(h.log_fd, pos)
+            h.fio.ftruncate(h.log_fd, max(pos, self.config.segment_bytes if self.config.preallocate else pos))
             cap = os.fstat(h.log_fd).st_size
             h.log_mm = mmap.mmap(h.log_fd, cap, access=mmap.ACCESS_READ) if cap else None
         self.unflushed = True
@@ -471,7 +509,7 @@ class LogSegment:
         at = pos
         while at < self.size:
             n = min(len(zeros), self.size - at)
-            os.pwrite(h.log_fd, zeros[:n], at)
+            h.fio.pwrite(h.log_fd, zeros[:n], at)
             at += n
         h.index.truncate_to_entries(new_next - self.base_offset)
         ti = h.time_index
@@ -498,15 +536,16 @@ class LogSegment:
         safe while the handle is evicted or retired concurrently; a segment deleted meanwhile has
         nothing to flush."""
         paths = [self.log_path] if self.is_active else [self.log_path, self.index_path, self.time_index_path]
+        fio = self.config.file_io
         for i, path in enumerate(paths):
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = fio.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 return
             try:
-                (os.fdatasync if i == 0 else os.fsync)(fd)
+                (fio.fdatasync if i == 0 else fio.fsync)(fd)
             finally:
-                os.close(fd)
+                fio.close(fd)
 
     def close(self) -> None:
         """Trim and release the files (clean shutdown)."""
@@ -523,23 +562,34 @@ class LogSegment:
         self.cache.invalidate(self)
 
     def delete(self) -> None:
-        """Remove the segment's files. Rename to ``.deleted`` first so a crash midway leaves
-        files recovery knows to remove; readers holding a handle keep reading the unlinked
-        files."""
+        """Remove the segment's files: ``mark_deleted`` then ``unlink_deleted``."""
+        self.mark_deleted()
+        self.unlink_deleted()
+
+    def mark_deleted(self) -> None:
+        """Rename the files to ``.deleted`` (cheap; done under the log's lock), so a crash before
+        ``unlink_deleted`` leaves files recovery knows to remove. Readers holding a handle keep
+        reading the renamed (later unlinked) files."""
         self.deleted = True
         h, self._active = self._active, None
         if h is not None:
             h.retire()
             h.release()
         self.cache.invalidate(self)
+        fio = self.config.file_io
         for path in (self.log_path, self.index_path, self.time_index_path):
             try:
-                os.rename(path, path + DELETED_SUFFIX)
+                fio.rename(path, path + DELETED_SUFFIX)
             except FileNotFoundError:
                 continue
+
+    def unlink_deleted(self) -> None:
+        """Unlink the ``.deleted`` files (slow for a large file on some file systems: called
+        outside the log's lock, so appends and reads do not wait for it)."""
+        fio = self.config.file_io
         for path in (self.log_path, self.index_path, self.time_index_path):
             try:
-                os.unlink(path + DELETED_SUFFIX)
+                fio.unlink(path + DELETED_SUFFIX)
             except FileNotFoundError:
                 pass
 

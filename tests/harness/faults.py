@@ -290,6 +290,7 @@ class FetchedLog:
     batches: int
     log_start_offset: int
     high_watermark: int
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # [first, last] answered CORRUPT_MESSAGE
 
     @property
     def values(self) -> list[bytes | None]:
@@ -297,15 +298,19 @@ class FetchedLog:
 
 
 def fetch_all(address: tuple[str, int], topic: str, partition: int = 0, *,
-              max_bytes: int = 1 << 20, timeout_s: float = 60.0, decode: bool = True) -> FetchedLog:
+              max_bytes: int = 1 << 20, timeout_s: float = 60.0, decode: bool = True,
+              skip_damaged: bool = False) -> FetchedLog:
     """Fetch ``topic``/``partition`` from its log start offset to its high watermark over the
     data port and check what came back: each batch passes ``validate_batch`` (CRC-32C included),
     batches follow each other without gap or overlap, and the records' offsets are contiguous.
     Raises AssertionError on anything corrupt or out of order. ``decode=False`` checks batches
-    only and returns no records (for logs that may hold batches whose records do not parse)."""
+    only and returns no records (for logs that may hold batches whose records do not parse).
+    ``skip_damaged=True``: a CORRUPT_MESSAGE answer for a damaged range of flushed data (the
+    broker says "seek past N") is recorded in ``damaged`` and reading goes on after it."""
     host, port = address
     deadline = time.monotonic() + timeout_s
     records: list[tuple[int, bytes | None]] = []
+    damaged: list[tuple[int, int]] = []
     batches = 0
     with DataPortClient(host, port, timeout=timeout_s) as c:
         first = c.fetch([(topic, partition, 0, 1)])
@@ -319,6 +324,11 @@ def fetch_all(address: tuple[str, int], topic: str, partition: int = 0, *,
             assert time.monotonic() < deadline, f"fetch_all did not finish in {timeout_s} s"
             resp = c.fetch([(topic, partition, offset, max_bytes)])
             p = resp.partitions[0]
+            if skip_damaged and p.error_code == 2 and "seek past" in p.error_message:
+                last = int(p.error_message.rsplit("seek past ", 1)[1].split()[0])
+                damaged.append((offset, last))
+                offset = last + 1
+                continue
             assert p.error_code == 0, f"fetch at {offset}: error {p.error_code} {p.error_message}"
             data = bytes(p.records)
             assert data, f"empty fetch at offset {offset} below high watermark {hw}"
@@ -337,7 +347,7 @@ def fetch_all(address: tuple[str, int], topic: str, partition: int = 0, *,
                 assert offset == h.next_offset, f"batch ended at {offset}, its header says {h.next_offset}"
                 pos += h.batch_length + LOG_OVERHEAD
             hw = max(hw, p.high_watermark)
-    return FetchedLog(records, batches, start, hw)
+    return FetchedLog(records, batches, start, hw, damaged)
 
 
 # ---------------------------------------------------------------------------------- full disks

@@ -340,6 +340,7 @@ def test_disconnect_in_the_middle_of_a_sendfile(b, stub):
     with client(b) as c:
         for _ in range(16):
             assert c.produce([(topic, 0, big)]).partitions[0].error_code == 0
+    log_before = len(b.log_text())
     for _ in range(3):
         s = socket.create_connection(("127.0.0.1", b.fetch_port))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -351,6 +352,9 @@ def test_disconnect_in_the_middle_of_a_sendfile(b, stub):
         f = c.fetch([(topic, 0, 0, 64 << 20)]).partitions[0]
         assert len(f.records) == 16 * len(big)
     assert_serves(b, topic, 16 * 64)
+    # A client going away is routine: INFO lines, no ERROR and no traceback.
+    text = b.log_text()[log_before:]
+    assert "Traceback" not in text and " ERROR " not in text, text
 
 
 # ---------------------------------------------------------------------- bad batches

@@ -71,7 +71,8 @@ def _layout(partition_dir: pathlib.Path) -> list[tuple[pathlib.Path, int, list[t
 
 def segment_cut_at_random_byte(pdir, data_dir, rng):
     layout = _layout(pdir)
-    path, base, batches = layout[rng.randrange(len(layout))]
+    i = rng.randrange(len(layout))
+    path, base, batches = layout[i]
     size = batches[-1][0] + batches[-1][1]
     at = rng.randrange(1, size)  # somewhere inside the file, never its exact end
     cut_file(path, at)
@@ -79,6 +80,14 @@ def segment_cut_at_random_byte(pdir, data_dir, rng):
     for pos, bsize, nxt in batches:
         if pos + bsize <= at:
             end = nxt
+    if i < len(layout) - 1:
+        # A flushed segment below the recovery point (the checkpoint or the clean shutdown says
+        # so): recovery never cuts it nor drops the segments after it; the cut-off offsets are
+        # a damaged range that fetches are refused for.
+        next_base = layout[i + 1][1]
+        print(f"cut flushed {path.name} at byte {at} of {size}: offsets [{end}, {next_base}) must be reported "
+              f"damaged, every other record kept")
+        return layout[-1][2][-1][2], r"loaded log .*damaged offset ranges", (end, next_base)
     print(f"cut {path.name} at byte {at} of {size}: the log must end at offset {end}")
     return end, r"loaded log .*truncated \d+ bytes"
 
@@ -143,12 +152,19 @@ def test_recovery_keeps_the_valid_prefix_and_serves_nothing_corrupt(broker, faul
     else:
         broker.stop()
     log_offset = len(broker.log_text())
-    end, log_pattern = fault(pdir, broker.data_dir, rng)
+    end, log_pattern, *damaged = fault(pdir, broker.data_dir, rng)
     broker.start()
-    after = fetch_all(broker.fetch_address, topic)  # every CRC and offset checked
+    after = fetch_all(broker.fetch_address, topic, skip_damaged=True)  # every CRC and offset checked
     assert after.log_start_offset == 0
     assert after.high_watermark == end
-    assert after.records == before[:end]
+    if damaged:
+        first, stop_at = damaged[0]
+        assert after.damaged == ([(first, stop_at - 1)] if first < stop_at else [])
+        kept = [r for r in before if not first <= r[0] < stop_at]
+    else:
+        assert after.damaged == []
+        kept = before[:end]
+    assert after.records == kept
     assert re.search(log_pattern, broker.log_text()[log_offset:]), (
         f"broker log does not match {log_pattern!r}:\n{broker.log_text()[log_offset:][-3000:]}")
     # The log goes on from where recovery left it.
@@ -156,10 +172,13 @@ def test_recovery_keeps_the_valid_prefix_and_serves_nothing_corrupt(broker, faul
         f = p.send(topic, b"after-recovery", partition=0)
         p.flush(timeout=30)
     assert f.get(0).offset == end
-    final = fetch_all(broker.fetch_address, topic)
-    assert final.records == before[:end] + [(end, b"after-recovery")]
+    final = fetch_all(broker.fetch_address, topic, skip_damaged=True)
+    assert final.records == kept + [(end, b"after-recovery")]
     broker.stop()
     scans = scan_data_dir(broker.data_dir)
-    assert scans[f"{topic}-0"].ok, scans[f"{topic}-0"].problems
-    assert scans[f"{topic}-0"].next_offset == end + 1
+    if damaged:
+        assert not scans[f"{topic}-0"].ok  # the damaged bytes are kept on disk for inspection
+    else:
+        assert scans[f"{topic}-0"].ok, scans[f"{topic}-0"].problems
+        assert scans[f"{topic}-0"].next_offset == end + 1
     print(f"[{fault.__name__}-{stop}] seed={seed} kept offsets [0, {end}) of {len(before)}")

@@ -151,3 +151,59 @@ def test_broker_answers_enospc_with_storage_error_stays_up_and_resumes(tmp_path,
     finally:
         b.stop()
         mnt.unmount()
+
+
+def _metric(b: BrokerProcess, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name} in\n{text}")
+
+
+@pytest.mark.timeout(120)
+def test_disk_full_is_one_warning_a_metric_and_a_clean_stop(tmp_path, request):
+    """Many refused produces and maintenance passes on a full disk: one WARNING, no traceback,
+    ``annal_disk_full`` 1 then 0 once space is back, and SIGTERM while the disk is full exits 0
+    (no ``broker failed to start: [Errno 28]``)."""
+    mnt = SizeLimitedMount(tmp_path / "mnt", 16 << 20, "tmpfs").mount()
+    b = BrokerProcess(mnt.path / "data", log_path=tmp_path / "full.broker.log", metrics_port=0,
+                      config={"topic_defaults": {"segment_bytes": 1 << 20}, "maintenance_interval_ms": 50})
+    attach_logs(request, b)
+    try:
+        b.start()
+        topic = "full-" + uuid.uuid4().hex[:8]
+        with Admin(b.bootstrap) as admin:
+            admin.create_topics([NewTopic(topic, 1)])
+        batch = make_batch(count=16, value_size=1000)
+        with DataPortClient(*b.fetch_address) as c:
+            assert _produce(c, topic, batch).error_code == 0
+            assert _metric(b, "annal_disk_full") == 0
+            filler = mnt.path / "filler"
+            fill_filesystem(filler, leave_bytes=0)
+            refused = 0
+            for _ in range(40):
+                if _produce(c, topic, batch, acks=1).error_code == StorageError.code:
+                    refused += 1
+            assert refused >= 30, refused
+            assert _metric(b, "annal_disk_full") == 1
+            assert _metric(b, 'annal_storage_errors_total') >= refused
+            log_text = b.log_text()
+            assert log_text.count("disk full:") == 1, log_text[-3000:]
+            assert "Traceback" not in log_text and " refused: " not in log_text, log_text[-3000:]
+            rc = b.stop()  # SIGTERM with the disk still full
+            log_text = b.log_text()
+            assert rc == 0, log_text[-3000:]
+            assert "failed to start" not in log_text and "Traceback" not in log_text, log_text[-3000:]
+            filler.unlink()
+        b.start()
+        with DataPortClient(*b.fetch_address) as c:
+            assert _produce(c, topic, batch).error_code == 0
+        assert _metric(b, "annal_disk_full") == 0
+        got = fetch_all(b.fetch_address, topic)
+        assert [o for o, _ in got.records] == list(range(len(got.records))) and len(got.records) >= 32
+    finally:
+        b.stop()
+        mnt.unmount()

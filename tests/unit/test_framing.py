@@ -303,3 +303,25 @@ def test_a_length_prefix_alone_does_not_allocate_the_whole_frame(use_buffer):
     assert len(frames) == 1
     req = fr.decode_request(frames[0])
     assert bytes(req.partitions[0].records) == records
+
+
+def test_reader_reports_the_memory_it_holds_and_when_the_next_read_allocates():
+    """What the data port's request memory bound reads: bytes of frame buffers held, and
+    whether the next bytes may need new memory (a new frame, or a full buffer that grows)."""
+    import struct as _struct
+
+    r = fr.FrameReader(max_frame_bytes=64 << 20, min_frame_bytes=0)
+    assert r.allocated_bytes == 0 and r.next_read_allocates  # a prefix would start a frame
+    r.receive_data(_struct.pack(">i", 10 << 20) + b"x" * 100)
+    held = r.allocated_bytes
+    assert 0 < held < 10 << 20  # a large frame starts small and grows as bytes arrive
+    assert not r.next_read_allocates  # its buffer still has room
+    r.receive_data(b"y" * (held - 100))
+    assert r.next_read_allocates  # full: the next byte makes it grow
+    r.receive_data(b"z" * ((10 << 20) - held))
+    frame = r.next_frame()
+    assert frame is not None and len(frame) == 10 << 20 and r.allocated_bytes == 0
+    r.recycle(frame)
+    assert r.allocated_bytes >= 10 << 20  # the spares count until dropped
+    r.drop_spares()
+    assert r.allocated_bytes == 0

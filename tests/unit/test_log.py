@@ -21,6 +21,7 @@ from annal.errors import (
     UnknownTopicOrPartitionError,
     UnsupportedCompressionTypeError,
 )
+from annal.broker.storage._file_io import OsFileIO
 from annal.broker.storage import LogConfig, PartitionLog
 from annal.record import CODEC_LZ4, encode_batch, iter_records, parse_header
 
@@ -493,7 +494,7 @@ def test_reads_and_appends_do_not_wait_for_a_slow_fdatasync(log, monkeypatch):
         assert release.wait(30)
         real(fd)
 
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(OsFileIO, "fdatasync", staticmethod(slow_fdatasync))  # the storage's file layer
     t = threading.Thread(target=log.flush)
     t.start()
     try:
@@ -526,7 +527,7 @@ def test_roll_that_cannot_create_a_segment_fails_cleanly(log, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, length)
 
-    monkeypatch.setattr(os, "ftruncate", full)
+    monkeypatch.setattr(OsFileIO, "ftruncate", staticmethod(full))  # the storage's file layer
     with pytest.raises(StorageError):
         log.roll()
     monkeypatch.undo()

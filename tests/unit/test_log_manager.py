@@ -212,3 +212,28 @@ def test_shared_handle_cache_bounds_descriptors(tmp_path):
         assert lm.handle_cache.evicted > 0
     finally:
         lm.close_all()
+
+
+def _apparent_bytes(root: str) -> int:
+    """What ``du --apparent-size`` adds up: the length of every file."""
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(root) for n in names)
+
+
+def test_data_dir_after_clean_shutdown_is_about_its_data(tmp_path):
+    """No preallocation by default, and the indexes are trimmed on close: three empty
+    partitions and one with 1 MB of batches add up to the batches plus a few percent
+    (the dense index: 4 bytes per offset), not gigabytes of holes."""
+    root = str(tmp_path / "data")
+    appended = 0
+    with LogManager(root, dict(retention_ms=-1)) as lm:
+        for p in range(3):
+            lm.get_or_create("empty", p)
+        lg = lm.get_or_create("full", 0)
+        while appended < 1_000_000:
+            b = encode_batch([(5_000 + i, None, b"x" * 1000, None) for i in range(10)])
+            lg.append(b)
+            appended += len(b)
+        # While running, the active .log is not preallocated either.
+        assert os.path.getsize(lg.active_segment.log_path) == appended
+    total = _apparent_bytes(root)
+    assert appended <= total <= appended * 1.03 + 4096

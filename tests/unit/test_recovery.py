@@ -106,6 +106,88 @@ def test_clean_segments_below_recovery_point_are_not_scanned(tmp_path):
         lg.close()
 
 
+def _flip(path: str, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_flipped_byte_in_flushed_segment_keeps_every_later_segment(tmp_path, caplog, clean):
+    """A flipped byte in the last batch's header of an old, flushed segment (the index check
+    finds it): the segment and every later one stay; only its damaged range is unreadable."""
+    from annal.errors import CorruptRecordError
+
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    assert len(logs) >= 4
+    victim = os.path.join(path, logs[1])
+    first, nxt = int(logs[1][:20]), int(logs[2][:20])
+    lg = PartitionLog.open(path, had_clean_shutdown=True)
+    with lg.read(nxt - 1, 1) as r:
+        last_batch_pos = r.chunks[0].position
+    lg.close()
+    _flip(victim, last_batch_pos + 3)  # inside baseOffset: the index check fails
+    with caplog.at_level(logging.ERROR):
+        lg = PartitionLog.open(path, recovery_point=120, had_clean_shutdown=clean)
+    try:
+        assert lg.report.segments_deleted == 0 and lg.report.bytes_truncated == 0
+        assert sorted(n for n in os.listdir(path) if n.endswith(".log")) == logs
+        assert lg.log_end_offset == 120
+        bad = lg.damaged_ranges
+        assert len(bad) == 1 and first <= bad[0][0] < nxt and bad[0][1] == nxt
+        assert lg.has_storage_error and lg.report.damaged == bad
+        assert "damaged" in caplog.text
+        # Before the damage: readable up to it, and a read stops there.
+        with lg.read(0, 1 << 30) as r:
+            offs = [rec.offset for rec in iter_records(r.tobytes())]
+        assert offs == list(range(bad[0][0]))
+        with pytest.raises(CorruptRecordError) as ei:
+            lg.read(bad[0][0], 1 << 20)
+        assert ei.value.details["first_offset"] == bad[0][0] and ei.value.details["last_offset"] == nxt - 1
+        # After it: everything, and the log is writable.
+        with lg.read(nxt, 1 << 30) as r:
+            assert [rec.offset for rec in iter_records(r.tobytes())] == list(range(nxt, 120))
+        assert lg.append(batch(2)) == 120
+    finally:
+        lg.close()
+    assert os.path.getsize(victim) > 0  # the damaged bytes are kept for inspection
+
+
+def test_crc_failure_on_read_of_flushed_segment_is_reported_not_served(tmp_path, caplog):
+    """A flipped byte inside a record of an old segment passes the O(1) index check; the CRC
+    check on read finds it, serves the batches before it, marks the range damaged and answers
+    ``CorruptRecordError`` for it, while later segments are served."""
+    from annal.errors import CorruptRecordError
+
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    first, nxt = int(logs[1][:20]), int(logs[2][:20])
+    lg = PartitionLog.open(path, had_clean_shutdown=True)
+    with lg.read(first + 4, 1) as r:
+        pos = r.chunks[0].position
+    lg.close()
+    _flip(os.path.join(path, logs[1]), pos + 70)  # a record byte, covered by the CRC only
+    lg = PartitionLog.open(path, recovery_point=120, had_clean_shutdown=True)
+    try:
+        assert lg.damaged_ranges == [] and lg.report.segments_scanned == 0
+        with caplog.at_level(logging.ERROR):
+            with lg.read(first, 1 << 20) as r:
+                assert [rec.offset for rec in iter_records(r.tobytes())] == list(range(first, first + 4))
+        assert lg.damaged_ranges == [(first + 4, nxt)] and lg.has_storage_error
+        assert "CRC check on read" in caplog.text
+        with pytest.raises(CorruptRecordError):
+            lg.read(first + 4, 1 << 20)
+        with lg.read(nxt, 1 << 30) as r:
+            assert [rec.offset for rec in iter_records(r.tobytes())] == list(range(nxt, 120))
+    finally:
+        lg.close()
+
+
 @pytest.mark.parametrize("damage", ["missing", "short", "garbage"])
 def test_damaged_index_below_recovery_point_is_rebuilt(tmp_path, damage):
     path = str(tmp_path / "t-0")
