@@ -277,19 +277,27 @@ class ClusterMetadata:
         """True if the last answer said ``topic`` does not exist."""
         return topic in self._missing
 
-    def leader_for(self, topic: str, partition: int) -> int:
-        """Broker id leading the partition, -1 if none or unknown."""
+    def _partition(self, topic: str, partition: int) -> PartitionMetadata | None:
         t = self._topics.get(topic)
         if t is None or not 0 <= partition < len(t.partitions):
-            return -1
+            return None
         pm = t.partitions[partition]
         if pm.partition != partition:  # sparse numbering: search
             for pm in t.partitions:
                 if pm.partition == partition:
-                    break
-            else:
-                return -1
-        return pm.leader
+                    return pm
+            return None
+        return pm
+
+    def leader_for(self, topic: str, partition: int) -> int:
+        """Broker id leading the partition, -1 if none or unknown."""
+        pm = self._partition(topic, partition)
+        return -1 if pm is None else pm.leader
+
+    def replicas_for(self, topic: str, partition: int) -> tuple[int, ...]:
+        """Broker ids holding a replica of the partition (empty if unknown)."""
+        pm = self._partition(topic, partition)
+        return () if pm is None else tuple(pm.replicas)
 
     def broker(self, broker_id: int) -> BrokerMetadata | None:
         """How to reach broker ``broker_id`` (None if not alive)."""

@@ -278,7 +278,19 @@ class Sender(threading.Thread):
 
     def _no_leader_error(self, tp: TopicPartition, leader: int) -> AnnalError:
         known = leader if leader >= 0 else self._last_leader.get(tp, -1)
-        who = f"broker {known} is not among the live brokers" if known >= 0 else "no leader known"
+        if known >= 0:
+            who = f"broker {known} is not among the live brokers"
+        else:
+            # A producer that never saw the leader still names the brokers holding the
+            # partition: the metadata lists its replicas even while none of them leads.
+            replicas = self.metadata.replicas_for(tp.topic, tp.partition)
+            if len(replicas) == 1:
+                known = replicas[0]
+                who = f"its only replica, broker {known}, is not among the live brokers"
+            elif replicas:
+                who = f"none of its replicas, brokers {', '.join(map(str, replicas))}, leads"
+            else:
+                who = "no leader known"
         return LeaderNotAvailableError(
             f"partition {tp.topic}-{tp.partition} has no live leader ({who})",
             topic=tp.topic, partition=tp.partition, leader_id=known,

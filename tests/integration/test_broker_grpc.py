@@ -260,7 +260,7 @@ def test_not_leader_details_are_json_in_trailers():
     t = dict(error_trailers(NotLeaderForPartitionError("x", leader=BrokerInfo(2, "h", 1, 3), topic="t")))
     assert t["annal-error-code"] == "6"
     assert json.loads(t["annal-error-details"]) == {
-        "leader": {"broker_id": 2, "host": "h", "port": 1, "fetch_port": 3}, "topic": "t"}
+        "leader": {"broker_id": 2, "host": "h", "port": 1, "fetch_port": 3, "kafka_port": -1}, "topic": "t"}
 
 
 def test_metrics_error_labels_are_protocol_error_names(b, stub):

@@ -97,6 +97,7 @@ def test_dead_leader_reported_as_minus_one_and_produce_fails_naming_it(
                "--delivery-timeout-ms", "3000", stdin=b"a\n")
     err = r.stderr.decode()
     assert r.returncode == 1, err
-    # A producer started after the leader died has never seen it: the metadata says only that
-    # the partition has no leader (it carries no replica list yet).
+    # A producer started after the leader died has never seen it lead: it names the broker from
+    # the partition's replica list in the metadata.
     assert "LeaderNotAvailableError" in err and "has no live leader" in err, err
+    assert "broker 2" in err, err
