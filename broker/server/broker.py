@@ -101,14 +101,24 @@ class PartitionMetadata:
     leader_epoch: int = 0
 
 
-def _leaderless(topic: str, partition: int, placed: int) -> PartitionMetadata:
-    """Metadata of a partition whose placed leader is not registered (dead or cut off)."""
+def _leaderless(topic: str, partition: int, placed: int, replicas: tuple[int, ...] = (),
+                isr: tuple[int, ...] = (), leader_epoch: int = 0) -> PartitionMetadata:
+    """Metadata of a partition whose placed leader is not registered (dead or cut off), or
+    that has none (``placed`` -1). It keeps its replicas, ISR and epoch, as Kafka's answer
+    does, so that clients can name the brokers that hold it."""
+    if placed >= 0:
+        why = f"broker {placed} is not registered"
+    elif replicas:
+        why = f"none of its replicas, brokers {', '.join(map(str, replicas))}, leads"
+    else:
+        why = "no leader is placed"
     return PartitionMetadata(
         partition, -1,
         error=LeaderNotAvailableError(
-            f"partition {topic}-{partition} has no live leader (broker {placed} is not registered)",
+            f"partition {topic}-{partition} has no live leader ({why})",
             topic=topic, partition=partition, leader_id=placed,
         ),
+        replicas=replicas, isr=isr, leader_epoch=leader_epoch,
     )
 
 
@@ -339,13 +349,13 @@ class Broker:
             parts = []
             for partition in sorted(placement.partitions):
                 leader = placement.partitions[partition]
-                if leader not in live:
-                    parts.append(_leaderless(name, partition, leader))
-                    continue
-                plog = self._local_log(name, partition) if self.me and leader == self.me.broker_id else None
                 replicas = placement.replicas_of(partition)
                 isr = placement.isr_of(partition)
                 epoch = placement.leader_epoch_of(partition)
+                if leader not in live:
+                    parts.append(_leaderless(name, partition, leader, replicas, isr, epoch))
+                    continue
+                plog = self._local_log(name, partition) if self.me and leader == self.me.broker_id else None
                 if plog is not None:
                     end = plog.log_end_offset
                     if self.replication is not None:

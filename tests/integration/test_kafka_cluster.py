@@ -136,3 +136,64 @@ def test_a_broker_killed_and_restarted_while_a_producer_runs(zk_cluster: ZkClust
     assert len(delivered) == 120
     got = _confluent_consume(zk_cluster.brokers[1].kafka_bootstrap, "bounce", 120)
     assert sorted(v for _, v in got) == sorted([b"before-%d" % i for i in range(60)] + [b"during-%d" % i for i in range(60)])
+
+
+def test_a_replicated_topic_created_through_the_kafka_api_survives_its_leader_killed(zk_cluster: ZkCluster) -> None:
+    """CreateTopics with replication factor 3; Metadata lists the replicas and the ISR; with
+    one partition's leader SIGKILLed, an acks=all producer goes on through the new leader and
+    every acknowledged record is read back."""
+    from confluent_kafka import Producer as CProducer
+    from confluent_kafka.admin import AdminClient, NewTopic as CNewTopic
+
+    zk_cluster.start(1, 2, 3)
+    zk_cluster.wait_registered({1, 2, 3})
+    bootstrap = ",".join(b.kafka_bootstrap for b in zk_cluster.brokers.values())
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fut = admin.create_topics([CNewTopic("rf3", num_partitions=2, replication_factor=3)])["rf3"]
+    fut.result(30)
+    deadline = time.monotonic() + 30
+    while True:
+        md = admin.list_topics("rf3", timeout=10).topics["rf3"]
+        parts = md.partitions
+        if (md.error is None and len(parts) == 2
+                and all(len(p.isrs) == 3 and p.leader >= 0 for p in parts.values())):
+            break
+        assert time.monotonic() < deadline, {p.id: (p.leader, p.replicas, p.isrs) for p in parts.values()}
+        time.sleep(0.2)
+    assert all(sorted(p.replicas) == [1, 2, 3] for p in parts.values())
+
+    delivered: list[bytes] = []
+    failed: list[Any] = []
+
+    def report(err: Any, msg: Any) -> None:
+        if err:
+            failed.append(err)
+        else:
+            delivered.append(msg.value())
+
+    p = CProducer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
+                   "message.timeout.ms": 90000})
+    for i in range(50):
+        p.produce("rf3", b"before-%d" % i, partition=0, on_delivery=report)
+    assert p.flush(30) == 0
+    victim_id = parts[0].leader
+    zk_cluster.brokers[victim_id].kill()
+    for i in range(50):
+        p.produce("rf3", b"after-%d" % i, partition=0, on_delivery=report)
+        p.poll(0)
+    assert p.flush(90) == 0
+    assert not failed, failed[:3]
+    assert len(delivered) == 100
+
+    survivor = next(b for i, b in zk_cluster.brokers.items() if i != victim_id)
+    deadline = time.monotonic() + 30
+    while True:
+        now = AdminClient({"bootstrap.servers": survivor.kafka_bootstrap}).list_topics("rf3", timeout=10)
+        p0 = now.topics["rf3"].partitions[0]
+        if p0.leader not in (-1, victim_id) and victim_id not in p0.isrs:
+            break
+        assert time.monotonic() < deadline, (p0.leader, p0.replicas, p0.isrs)
+        time.sleep(0.2)
+    assert sorted(p0.replicas) == [1, 2, 3]
+    got = _confluent_consume(survivor.kafka_bootstrap, "rf3", 100)
+    assert sorted(v for _, v in got) == sorted(delivered)

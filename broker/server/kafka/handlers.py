@@ -3,13 +3,13 @@ request (a dict, see ``annal.kafka._schema``) and returning the response dict, o
 it when the answer waits (Fetch long-poll, Produce with acks=-1, the group APIs).
 
 Everything Annal knows maps onto Kafka's answers: live brokers (with their Kafka port), each
-partition's leader (its only replica and the whole ISR: Annal keeps one copy of each partition),
+partition's leader, replicas, in-sync replicas, offline replicas and leader epoch,
 the controller, the cluster id, and a topic id derived from the cluster id and the topic name
 (Annal's topics have no id of their own; the same name in the same cluster gets the same id).
 ``AnnalError`` subclasses become their Kafka error codes (``annal.kafka.kafka_error_code``).
 
-Thread-safety: called on the event loop thread only; the appends that may fdatasync run on
-the loop's executor threads.
+Thread-safety: called on the event loop thread only; appends run on the loop's executor
+threads.
 """
 
 from __future__ import annotations
@@ -156,14 +156,15 @@ class KafkaHandlers:
             parts = []
             for p in t.partitions:
                 leader_live = p.leader in live
+                replicas = list(p.replicas) or ([p.leader] if p.leader >= 0 else [])
                 parts.append({
                     "error_code": 0 if leader_live else int(ErrorCode.LEADER_NOT_AVAILABLE),
                     "partition_index": p.partition,
                     "leader_id": p.leader if leader_live else -1,
-                    "leader_epoch": 0,
-                    "replica_nodes": [p.leader],
-                    "isr_nodes": [p.leader] if leader_live else [],
-                    "offline_replicas": [] if leader_live else [p.leader],
+                    "leader_epoch": p.leader_epoch,
+                    "replica_nodes": replicas,
+                    "isr_nodes": [b for b in (p.isr or replicas) if b in live],
+                    "offline_replicas": [b for b in replicas if b not in live],
                 })
             out_topics.append({"error_code": 0, "name": t.name, "topic_id": topic_id(cluster_id, t.name),
                                "is_internal": False, "partitions": parts,
@@ -216,19 +217,19 @@ class KafkaHandlers:
                         from annal.errors import InvalidConfigError
 
                         raise InvalidConfigError(f"topic config {c['name']}={c['value']!r} is not an integer") from None
-                if t.get("replication_factor", -1) not in (-1, 1):
-                    res["error_code"] = int(ErrorCode.INVALID_REPLICATION_FACTOR)
-                    res["error_message"] = "Annal keeps one copy of each partition: replication factor must be 1 or -1"
-                    results.append(res)
-                    continue
                 partitions = int(t.get("num_partitions", -1))
+                replication_factor = int(t.get("replication_factor", -1))
                 if t.get("assignments"):
+                    # The controller places replicas itself; an explicit assignment gives
+                    # the partition count and the replication factor, not the brokers.
                     partitions = len(t["assignments"])
+                    replication_factor = len(t["assignments"][0].get("broker_ids") or ()) or -1
                 placement = self.broker.create_topic(name, partitions, config,
-                                                     validate_only=bool(body.get("validate_only")))
+                                                     validate_only=bool(body.get("validate_only")),
+                                                     replication_factor=replication_factor)
                 if placement is not None:
                     res["num_partitions"] = placement.partition_count
-                    res["replication_factor"] = 1
+                    res["replication_factor"] = placement.replication_factor
                     res["topic_id"] = topic_id(self.cluster_id, name)
             except AnnalError as err:
                 res["error_code"] = _code(err)
@@ -292,11 +293,10 @@ class KafkaHandlers:
         acks = body.get("acks", 1)
         if body.get("transactional_id"):
             return self._produce_refused(body, ErrorCode.INVALID_REQUEST, "transactions are not supported")
-        topics = [t["name"] for t in body.get("topic_data") or ()]
-        if acks == -1 or self.broker.append_may_flush(topics):
-            assert self.loop is not None
-            return self._produce_async(body, acks)
-        return self._produce_answer(body, acks, self._produce_sync(body, acks))
+        # Appends run off the event loop, as on the data port: validation, a segment roll and
+        # an fdatasync (acks=-1, flush_messages) must not stall the other connections.
+        assert self.loop is not None
+        return self._produce_async(body, acks)
 
     async def _produce_async(self, body: dict[str, Any], acks: int) -> Any:
         assert self.loop is not None
@@ -459,7 +459,11 @@ class KafkaHandlers:
 
     def _high_watermark(self, topic: str, partition: int) -> int:
         try:
-            return int(self.broker.leader_log(topic, partition).log_end_offset)
+            plog = self.broker.leader_log(topic, partition)
+            rep = self.broker.replication
+            if rep is not None:
+                return int(rep.high_watermark(topic, partition, plog))
+            return int(plog.log_end_offset)
         except AnnalError:
             return -1
 

@@ -22,7 +22,7 @@ written to a log. A peer that stalls in the middle of a frame is disconnected af
 ``request_timeout_ms``.
 
 Thread-safety: everything runs on the event loop thread; handlers that may block on the disk
-(an append with acks=-1) run on the loop's executor threads.
+(every append) run on the loop's executor threads.
 """
 
 from __future__ import annotations

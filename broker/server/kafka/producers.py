@@ -20,7 +20,7 @@ header). That read is proportional to the partition's size; Kafka bounds it with
 snapshots, which Annal does not write yet.
 
 Thread-safety: thread-safe; one lock per partition serialises check-and-append (appends come
-from the event loop thread and, for acks=-1, from executor threads).
+from the listener's executor threads).
 """
 
 from __future__ import annotations
