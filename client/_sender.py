@@ -417,6 +417,9 @@ class Sender(threading.Thread):
                 b.last_error = error
             log.debug("retrying %d batch(es) of %s after %r", len(batches), first.tp, error)
             self.acc.reenqueue(batches, self.retry_backoff_ms)
+            # The loop's next wait was computed before these came back (a send that failed
+            # in the middle of it): wake it so that it waits for their backoff, not longer.
+            self._waker.wakeup()
             return
         for b in batches:
             b.last_error = error

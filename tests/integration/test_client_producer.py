@@ -370,3 +370,30 @@ def test_metadata_is_re_read_every_metadata_max_age_ms(broker):
         assert {m.partition for m in metas} == {0, 1, 2}
     with pytest.raises(LocalUsageError):
         Producer(broker.bootstrap, metadata_max_age_ms=0)
+
+
+@pytest.mark.timeout(60)
+def test_a_send_that_fails_on_a_dead_connection_is_retried_after_the_backoff(broker, monkeypatch):
+    """The connection dies while idle (here: shut down under the producer); the next request
+    fails in the write and its batch goes back to wait ``retry_backoff_ms``. The sender must
+    wake for that retry, not sleep until the next metadata refresh (5 minutes by default)."""
+    import socket
+
+    from annal.client import _connection
+
+    topic = new_topic(broker)
+    orig = _connection.DataConnection.receive
+    armed = {"on": False}
+
+    def receive(conn):
+        if armed["on"] and conn.in_flight and conn.sock is not None:
+            armed["on"] = False
+            conn.sock.shutdown(socket.SHUT_RDWR)  # this answer is still read; the next write fails
+        return orig(conn)
+
+    monkeypatch.setattr(_connection.DataConnection, "receive", receive)
+    with Producer(broker.bootstrap, linger_ms=0, retry_backoff_ms=100) as p:
+        assert p.send(topic, b"a").get(10).offset == 0
+        armed["on"] = True
+        assert p.send(topic, b"b").get(10).offset == 1
+        assert p.send(topic, b"c").get(10).offset == 2
