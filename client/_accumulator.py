@@ -93,6 +93,9 @@ class ProducerBatch:
         "buffer",
         "last_error",
         "count",
+        "producer_id",
+        "producer_epoch",
+        "base_sequence",
     )
 
     def __init__(self, tp: TopicPartition, builder: BatchBuilder, now_ms: float, delivery_timeout_ms: int, reserved: int) -> None:
@@ -110,6 +113,10 @@ class ProducerBatch:
         self.buffer: tuple[bytes, bytes | bytearray] | None = None
         self.last_error: BaseException | None = None
         self.count = 0
+        # An idempotent producer's stamp (``stamp``), given when the batch is first sent.
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.base_sequence = -1
 
     @property
     def records_count(self) -> int:
@@ -123,8 +130,21 @@ class ProducerBatch:
         self.closed = True
         if self.buffer is None:
             assert self.builder is not None, "a completed batch is never sent again"
-            self.buffer = self.builder.build_parts(0)
+            if self.base_sequence >= 0:
+                self.buffer = self.builder.build_parts(
+                    0, producer_id=self.producer_id, producer_epoch=self.producer_epoch,
+                    base_sequence=self.base_sequence)
+            else:
+                self.buffer = self.builder.build_parts(0)
         return self.buffer
+
+    def stamp(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        """Give the batch an idempotent producer's id, epoch and first sequence (-1: none),
+        rebuilding its header on the next ``close``."""
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.base_sequence = base_sequence
+        self.buffer = None
 
     def complete(self, base_offset: int, error: BaseException | None) -> None:
         """Record the outcome, wake waiters and run callbacks (in the calling thread).
@@ -469,9 +489,11 @@ class RecordAccumulator:
                     next_ms = min(next_ms, wait)
         return out, next_ms
 
-    def drain(self, tps: Iterable[TopicPartition], max_request_size: int) -> dict[TopicPartition, list[ProducerBatch]]:
+    def drain(self, tps: Iterable[TopicPartition], max_request_size: int,
+              max_batches: int | None = None) -> dict[TopicPartition, list[ProducerBatch]]:
         """Take the sendable batches of ``tps`` off their deques, in order, up to about
-        ``max_request_size`` bytes per request (at least one batch per partition)."""
+        ``max_request_size`` bytes per request (at least one batch per partition) and
+        ``max_batches`` per partition (an idempotent producer sends one, as Kafka's does)."""
         out: dict[TopicPartition, list[ProducerBatch]] = {}
         size = 0
         now_ms = time.monotonic() * 1000.0
@@ -483,7 +505,7 @@ class RecordAccumulator:
                 taken: list[ProducerBatch] = []
                 while dq:
                     b = dq[0]
-                    if b.retry_at_ms > now_ms:
+                    if b.retry_at_ms > now_ms or (max_batches is not None and len(taken) >= max_batches):
                         break
                     nbytes = b.builder.size_in_bytes if b.builder is not None else 0
                     if (taken or out) and size + nbytes > max_request_size:
@@ -507,6 +529,18 @@ class RecordAccumulator:
                 if dq is None:
                     dq = self.batches[b.tp] = deque()
                 dq.appendleft(b)
+
+    def unstamp_waiting(self) -> int:
+        """Clear the idempotent stamp of every batch waiting in a deque (for a retry): under
+        a new producer epoch they are numbered again, in order, when sent. Returns how many."""
+        n = 0
+        with self.lock:
+            for dq in self.batches.values():
+                for b in dq:
+                    if b.base_sequence >= 0:
+                        b.stamp(-1, -1, -1)
+                        n += 1
+        return n
 
     def complete(self, batch: ProducerBatch, base_offset: int, error: BaseException | None) -> None:
         """Finish ``batch`` (success or failure), release its memory."""

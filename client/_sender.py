@@ -19,8 +19,10 @@ else of the partition was in flight, no later batch can overtake them. They are 
 error, or why the batch could not be sent at all (LeaderNotAvailableError naming the last
 known leader when the partition has no live leader, the connection error when its leader
 cannot be reached). A WARNING is logged when a partition starts waiting for a leader, and an
-INFO line when it has one again. A retry after a lost answer may store a batch twice (at-least-once); a
-future only ever reports an offset the broker answered with.
+INFO line when it has one again. A retry after a lost answer may store a batch twice
+(at-least-once) unless the producer is idempotent (``enable_idempotence``, _idempotence.py:
+the leader recognises the retry by its sequence); a future only ever reports an offset the
+broker answered with.
 
 Thread-safety: the sender owns its connections; ``wakeup``, ``initiate_close`` and
 ``force_close`` may be called from any thread.
@@ -55,6 +57,7 @@ from annal.protocol.framing import (
 
 from annal.client._accumulator import ProducerBatch, RecordAccumulator
 from annal.client._connection import DataConnection, InFlight
+from annal.client._idempotence import IdempotenceManager
 from annal.client._metadata import ClusterMetadata
 from annal.client._waker import Waker
 from annal.client.structs import TopicPartition
@@ -87,6 +90,7 @@ class Sender(threading.Thread):
         max_request_size: int,
         connect_timeout_ms: int = 10000,
         metadata_max_age_ms: int = 300000,
+        idempotence: IdempotenceManager | None = None,
     ) -> None:
         super().__init__(name="annal-producer-sender", daemon=True)
         self.acc = accumulator
@@ -113,6 +117,10 @@ class Sender(threading.Thread):
         # and the last leader seen for each partition, to name it when it is gone.
         self._unsendable: dict[TopicPartition, AnnalError] = {}
         self._last_leader: dict[TopicPartition, int] = {}
+        # enable_idempotence: ids, epochs and sequences (_idempotence.py); one batch per
+        # partition per request.
+        self.idempotence = idempotence
+        self._max_batches = 1 if idempotence is not None else None
 
     # -- control (any thread) ------------------------------------------------------------------
 
@@ -176,6 +184,11 @@ class Sender(threading.Thread):
             if topics:
                 self.metadata.request_update()
                 self.metadata.maybe_refresh(topics)
+        idem = self.idempotence
+        if idem is not None and not idem.ready(acc, self._in_flight_count(), now):
+            # No producer id yet, or an epoch bump waits for the requests in flight.
+            self._poll(now, self.retry_backoff_ms)
+            return
         tps, next_ms = acc.ready(now_ms, self.muted)
         by_node: dict[int, list[TopicPartition]] = {}
         wait_for_metadata = False
@@ -203,7 +216,7 @@ class Sender(threading.Thread):
             for tp in node_tps:
                 self._can_send(tp)
             while len(conn.in_flight) < self.max_in_flight and node_tps:
-                drained = acc.drain(node_tps, self.max_request_size)
+                drained = acc.drain(node_tps, self.max_request_size, self._max_batches)
                 if not drained:
                     break
                 self._send_produce(conn, drained)
@@ -331,7 +344,11 @@ class Sender(threading.Thread):
 
     def _send_produce(self, conn: DataConnection, drained: dict[TopicPartition, list[ProducerBatch]]) -> None:
         parts = []
+        idem = self.idempotence
         for tp, batches in drained.items():
+            if idem is not None:
+                for b in batches:
+                    idem.stamp(b)
             # One copy of the partition's batches, header and records area side by side.
             records = b"".join([part for b in batches for part in b.close()])
             parts.append(ProducePartition(tp.topic, tp.partition, records))
@@ -429,6 +446,8 @@ class Sender(threading.Thread):
         # A batch that could never be sent has no answer's error: the reason it waited is its
         # last error (no live leader, leader unreachable).
         last = self._unsendable.get(batch.tp) or batch.last_error
+        if last is None and self.idempotence is not None:
+            last = self.idempotence.last_error  # waited for a producer id
         sent = f"after {batch.attempts + 1} attempt(s)" if batch.last_error is not None else "without being sent"
         err = KafkaTimeoutError(
             f"{batch.records_count} record(s) for {batch.tp.topic}-{batch.tp.partition} not delivered "
@@ -438,4 +457,6 @@ class Sender(threading.Thread):
         return err
 
     def _fail_batch(self, batch: ProducerBatch, error: BaseException) -> None:
+        if self.idempotence is not None:
+            self.idempotence.batch_failed(batch)
         self.acc.complete(batch, -1, error)

@@ -14,6 +14,8 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from annal.errors import (
+    AnnalError,
+    BrokerNotAvailableError,
     InvalidRequiredAcksError,
     KafkaTimeoutError,
     LocalUsageError,
@@ -27,7 +29,9 @@ from annal.client._accumulator import FutureRecordMetadata, RecordAccumulator
 from annal.client._metadata import ClusterMetadata, GrpcMetadataSource, zookeeper_metadata
 from annal.client._partitioner import StickyPartitionCache, partition_for_key
 from annal.client._rpc import RpcClient, parse_bootstrap
+from annal.client._idempotence import IdempotenceManager
 from annal.client._sender import Sender
+from annal.protocol import annal_pb2
 
 __all__ = ["Producer"]
 
@@ -60,7 +64,12 @@ class Producer:
     Args:
         bootstrap_servers: ``"host:port[,host:port]"`` of the brokers' gRPC ports, or a list.
         acks: 0 (no answer awaited; offsets are reported as -1), 1 (the leader appended the
-            record) or ``"all"``/-1 (appended and fsynced on the leader).
+            record) or ``"all"``/-1 (every in-sync replica has it; with one replica, fsynced on
+            the leader). Default 1, or ``"all"`` with ``enable_idempotence``.
+        enable_idempotence: the leader writes each batch once even when a retry re-sends
+            it after a lost answer (producer id and per-partition sequence numbers, as
+            Kafka's idempotent producer; needs ``acks="all"``). Default False, as
+            kafka-python's.
         linger_ms: how long a batch waits for more records before it is sent.
         batch_size: bytes per batch (a record larger than this gets a batch of its own).
         compression_type: None or ``"lz4"`` (whole batches, lz4 frame).
@@ -89,7 +98,8 @@ class Producer:
         self,
         bootstrap_servers: str | Sequence[str] = "127.0.0.1:9092",
         *,
-        acks: int | str = 1,
+        acks: int | str | None = None,
+        enable_idempotence: bool = False,
         linger_ms: float = 5,
         batch_size: int = 65536,
         compression_type: str | None = None,
@@ -107,6 +117,10 @@ class Producer:
         zookeeper: str | None = None,
         client_id: str = "annal-producer",
     ) -> None:
+        if not isinstance(enable_idempotence, bool):
+            raise LocalUsageError(f"enable_idempotence must be True or False, not {enable_idempotence!r}")
+        if acks is None:
+            acks = "all" if enable_idempotence else 1
         if acks in ("all", -1):
             acks_value = -1
         elif acks in (0, 1) and not isinstance(acks, bool):
@@ -115,8 +129,12 @@ class Producer:
             raise InvalidRequiredAcksError(f"acks must be 0, 1 or 'all' (-1), not {acks!r}")
         if isinstance(linger_ms, bool) or not isinstance(linger_ms, (int, float)) or linger_ms < 0:
             raise LocalUsageError(f"linger_ms must be a number >= 0, not {linger_ms!r}")
+        if enable_idempotence and acks_value != -1:
+            raise LocalUsageError(f"enable_idempotence needs acks='all', not {acks!r}")
         _check_positive("batch_size", batch_size, allow_zero=False)
         _check_positive("retries", retries)
+        if enable_idempotence and retries == 0:
+            raise LocalUsageError("enable_idempotence needs retries > 0 (it exists to make retries safe)")
         _check_positive("retry_backoff_ms", retry_backoff_ms)
         _check_positive("delivery_timeout_ms", delivery_timeout_ms, allow_zero=False)
         _check_positive("request_timeout_ms", request_timeout_ms, allow_zero=False)
@@ -135,7 +153,8 @@ class Producer:
             raise LocalUsageError(f"batch_size={batch_size} is larger than buffer_memory={buffer_memory}")
         compression = compression_from_name(compression_type)
         self.config: dict[str, Any] = dict(
-            bootstrap_servers=bootstrap_servers, acks=acks_value, linger_ms=linger_ms,
+            bootstrap_servers=bootstrap_servers, acks=acks_value, enable_idempotence=enable_idempotence,
+            linger_ms=linger_ms,
             batch_size=batch_size, compression_type=compression_type, retries=retries,
             retry_backoff_ms=retry_backoff_ms, delivery_timeout_ms=delivery_timeout_ms,
             request_timeout_ms=request_timeout_ms,
@@ -172,6 +191,7 @@ class Producer:
             max_in_flight=max_in_flight_requests_per_connection,
             max_request_size=max_request_size,
             metadata_max_age_ms=metadata_max_age_ms,
+            idempotence=IdempotenceManager(self._init_producer_id, retry_backoff_ms) if enable_idempotence else None,
         )
         self._accumulator._wakeup = self._sender.wakeup
         self._metadata.add_listener(self._on_metadata)
@@ -195,6 +215,26 @@ class Producer:
             return zookeeper_metadata(zookeeper, retry_backoff_ms)
         source = GrpcMetadataSource(self._rpc, parse_bootstrap(bootstrap_servers), request_timeout_ms)
         return ClusterMetadata(source, retry_backoff_ms)
+
+    def _init_producer_id(self, producer_id: int, producer_epoch: int) -> tuple[int, int]:
+        """InitProducerId from the first broker that answers (live brokers, else the
+        bootstrap servers); raises the last error when none does."""
+        req = annal_pb2.InitProducerIdRequest()
+        if producer_id >= 0:
+            req.producer_id = producer_id
+            req.producer_epoch = producer_epoch
+        addresses = [f"{b.host}:{b.port}" for _, b in sorted(self._metadata.brokers().items())]
+        if not addresses:
+            addresses = parse_bootstrap(self.config["bootstrap_servers"])
+        last: AnnalError = BrokerNotAvailableError("no broker to ask for a producer id")
+        for address in addresses:
+            try:
+                resp = self._rpc.call(address, "InitProducerId", req)
+            except AnnalError as err:
+                last = err
+                continue
+            return int(resp.producer_id), int(resp.producer_epoch)
+        raise last
 
     def _on_metadata(self, md: ClusterMetadata) -> None:
         for topic in md.topics():

@@ -379,12 +379,20 @@ class BatchBuilder:
         builder."""
         return b"".join(self._pack(base_offset, producer_id, producer_epoch, base_sequence, partition_leader_epoch))
 
-    def build_parts(self, base_offset: int = 0) -> tuple[bytes, bytes | bytearray]:
-        """``build(base_offset)`` as two buffers, the 61-byte header and the records area, for
-        a writer that sends a list of buffers (the producer joins many batches into one
-        request and would otherwise copy every batch twice). The records area is not to be
-        modified."""
-        return self._pack(base_offset, -1, -1, -1, -1)
+    def build_parts(
+        self,
+        base_offset: int = 0,
+        *,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+        base_sequence: int = -1,
+    ) -> tuple[bytes, bytes | bytearray]:
+        """``build(...)`` as two buffers, the 61-byte header and the records area, for a
+        writer that sends a list of buffers (the producer joins many batches into one request
+        and would otherwise copy every batch twice). The records area is not to be modified.
+        An idempotent producer stamps its id, epoch and first sequence here, when the batch
+        is sent (and again if a new epoch renumbers it)."""
+        return self._pack(base_offset, producer_id, producer_epoch, base_sequence, -1)
 
     def _pack(
         self,

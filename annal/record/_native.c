@@ -437,10 +437,17 @@ static PyObject *builder_pack(BuilderObject *self, int64_t base_offset, int64_t 
 }
 
 static PyObject *builder_build_parts(BuilderObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"base_offset", NULL};
-    long long base_offset = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|L", kwlist, &base_offset)) return NULL;
-    return builder_pack(self, base_offset, -1, -1, -1, -1);
+    static char *kwlist[] = {"base_offset", "producer_id", "producer_epoch", "base_sequence", NULL};
+    long long base_offset = 0, producer_id = -1;
+    int producer_epoch = -1, base_sequence = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|L$Lii", kwlist, &base_offset, &producer_id, &producer_epoch,
+                                     &base_sequence))
+        return NULL;
+    if (producer_epoch < -32768 || producer_epoch > 32767) {
+        PyErr_SetString(PyExc_OverflowError, "producer_epoch is outside the int16 range");
+        return NULL;
+    }
+    return builder_pack(self, base_offset, producer_id, producer_epoch, base_sequence, -1);
 }
 
 static PyObject *builder_build(BuilderObject *self, PyObject *args, PyObject *kwds) {
@@ -498,7 +505,7 @@ static PyMethodDef builder_methods[] = {
     {"build", (PyCFunction)(void (*)(void))builder_build, METH_VARARGS | METH_KEYWORDS,
      "build(base_offset=0, *, producer_id=-1, producer_epoch=-1, base_sequence=-1, partition_leader_epoch=-1)"},
     {"build_parts", (PyCFunction)(void (*)(void))builder_build_parts, METH_VARARGS | METH_KEYWORDS,
-     "build_parts(base_offset=0) -> (header, records area)"},
+     "build_parts(base_offset=0, *, producer_id=-1, producer_epoch=-1, base_sequence=-1) -> (header, records area)"},
     {NULL},
 };
 

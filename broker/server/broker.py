@@ -55,6 +55,7 @@ from annal.broker.server.config import (
     validate_topic_config,
 )
 from annal.broker.server.metrics import BrokerMetrics, PartitionStat
+from annal.broker.server.producer_ids import ProducerIds
 from annal.broker.server.storage_health import StorageHealth
 from annal.record import iter_batch_positions, parse_header
 from annal.topic_names import is_valid_topic_name, validate_topic_name
@@ -141,6 +142,8 @@ class Broker:
         self.config = config
         self.coordinator = coordinator
         self.metrics = metrics if metrics is not None else BrokerMetrics(self.partition_stats)
+        # Idempotent producers' ids (InitProducerId, Kafka listener and gRPC).
+        self.producer_ids = ProducerIds(self)
         self.me: BrokerInfo | None = None
         self.logs: Any = None  # annal.broker.storage.LogManager once open()
         self._placements: dict[str, TopicPlacement] = {}
@@ -459,7 +462,26 @@ class Broker:
             try:
                 epoch = rep.check_produce(topic, partition, acks) if rep is not None else None
                 counts = _record_counts(buf)
-                base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
+                pstate = plog.producer_state
+                if pstate.producer_id(buf) < 0:
+                    base = plog.append_batches(buf, epoch)  # validates every batch (CRC, lengths, size) first
+                else:
+                    # An idempotent producer's batch: checked against its sequence and
+                    # appended under the partition's producer-state lock.
+                    with pstate.lock:
+                        header, duplicate = pstate.check(plog, buf, epoch)
+                        if duplicate is None:
+                            base = plog.append_batches(buf, epoch)
+                            pstate.appended(plog, header, base)
+                    if duplicate is not None:
+                        log.info("%s-%d: duplicate batch of producer %d (sequence %d): answered with its "
+                                 "offset %d, not written again", topic, partition, header.producer_id,
+                                 header.base_sequence, duplicate[0])
+                        if acks == -1:
+                            durable.append(len(out))
+                            wait_ms = max(wait_ms, timeout_ms)
+                        out.append(AppendResult((duplicate[0],), duplicate[1] + 1, 0, 0))
+                        continue
             except StorageError as err:
                 health.write_failed(err, f"append to {topic}-{partition}")
                 out.append(err)

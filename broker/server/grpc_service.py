@@ -285,6 +285,15 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
                 r.offset, r.timestamp = -1, -1
         return resp
 
+    @_rpc("InitProducerId")
+    def InitProducerId(self, request: pb.InitProducerIdRequest,
+                       context: grpc.ServicerContext) -> pb.InitProducerIdResponse:
+        pid, epoch = -1, -1
+        if request.HasField("producer_id") and request.HasField("producer_epoch"):
+            pid, epoch = request.producer_id, request.producer_epoch
+        pid, epoch = self.broker.producer_ids.init_producer_id(pid, epoch)
+        return pb.InitProducerIdResponse(producer_id=pid, producer_epoch=epoch)
+
     # ------------------------------------------------------------------ fetch (fallback)
 
     def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> Iterator[pb.FetchResponse]:

@@ -12,6 +12,8 @@ On disk, a broker's data directory holds one folder per partition and a few chec
             00000000000000000000.timeindex    # time index (12 bytes per entry)
             00000000000000001234.log          # next segment: its first offset is 1234
             ...
+            leader-epoch-checkpoint           # which leader epoch wrote which offsets
+            producer-snapshot                 # idempotent producers' state (_producer_state.py)
 
 Segment files are named by their base offset zero-padded to 20 digits, so ``ls`` lists them in
 offset order. A topic name may itself contain ``-``; the partition number is what follows the

@@ -47,6 +47,7 @@ from annal.broker.storage._checkpoint import fsync_dir
 from annal.broker.storage._file_io import OS_FILE_IO, FileIO
 from annal.broker.storage._handles import HandleCache
 from annal.broker.storage._leader_epoch import LeaderEpochCache
+from annal.broker.storage._producer_state import ProducerStateManager
 from annal.broker.storage._recovery import RecoveryReport, load_segments
 from annal.broker.storage._segment import LogSegment, SegmentConfig, SegmentHandle
 from annal.record import BatchHeader, check_records, set_base_offset, validate_batch
@@ -234,6 +235,8 @@ class PartitionLog:
         # Which leader epoch wrote which offsets (``leader-epoch-checkpoint``, KIP-101).
         self.leader_epochs = LeaderEpochCache(path)
         self.leader_epochs.truncate_from_end(self._head.log_end_offset)
+        # Idempotent producers' sequences (``producer-snapshot``), loaded on first use.
+        self.producer_state = ProducerStateManager(path)
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -780,6 +783,8 @@ class PartitionLog:
             raise OffsetOutOfRangeError(f"cannot truncate to negative offset {offset}",
                                         offset=offset, log_start_offset=self._log_start_offset,
                                         log_end_offset=self.log_end_offset)
+        if offset < self.log_end_offset:
+            self.producer_state.truncated(offset)
         with self._lock:
             self._check_open()
             segs = list(self._head.segments)
@@ -813,6 +818,7 @@ class PartitionLog:
         """Delete every segment and restart the log empty at ``offset`` (Kafka's name): a
         follower whose log lies wholly before the leader's log start (retention deleted what
         it needs) starts again where the leader's log starts."""
+        self.producer_state.truncated(-1)
         with self._lock:
             self._check_open()
             self._truncations += 1
@@ -832,9 +838,14 @@ class PartitionLog:
     # --- close, delete ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush, trim the active segment's files and release every descriptor."""
+        """Write the producer-state snapshot, flush, trim the active segment's files and
+        release every descriptor."""
         if self._closed:
             return
+        try:
+            self.producer_state.write_snapshot(self)
+        except AnnalError as exc:  # a damaged range read back: the log rebuilds the state later
+            log.warning("%s: producer state not snapshotted at close: %s", self.path, exc)
         self.flush()  # the bulk, outside the lock
         with self._lock:
             if self._closed:

@@ -134,6 +134,11 @@ def test_builders_write_identical_bytes(records, base, compression, batch_size, 
     assert nat.build(base_offset) == built
     assert nat.build_parts(base_offset) == py.build_parts(base_offset)
     assert b"".join(nat.build_parts(base_offset)) == built
+    # An idempotent producer's stamp: the same bytes as build(), in both.
+    stamp = dict(producer_id=base_offset % 2**40, producer_epoch=base % 32768, base_sequence=base % 2**31)
+    stamped = py.build(base_offset, **stamp)
+    assert b"".join(py.build_parts(base_offset, **stamp)) == stamped
+    assert nat.build_parts(base_offset, **stamp) == py.build_parts(base_offset, **stamp)
     if compression == CODEC_NONE:
         assert py.size_in_bytes == len(built)
     # and both decoders read back the same records

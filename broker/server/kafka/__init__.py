@@ -1,6 +1,6 @@
 """The broker's Kafka protocol edge: ``listener`` (sockets, frames, sendfile), ``handlers``
 (each API answered from the ``Broker`` core), ``groups`` (the classic group coordinator) and
-``producers`` (producer ids and idempotent appends). The codec is ``annal.kafka``."""
+``producers`` (InitProducerId). The codec is ``annal.kafka``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ def make_listener(broker: Any, config: Any) -> KafkaListener:
     from annal.broker.server.kafka.handlers import KafkaHandlers
 
     from annal.broker.server.kafka.groups import GroupCoordinator
-    from annal.broker.server.kafka.producers import ProducerStates
+    from annal.broker.server.kafka.producers import KafkaProducerIds
 
-    handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=ProducerStates(broker))
+    handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=KafkaProducerIds(broker))
     listener = KafkaListener(broker, config.host, config.kafka_port, request_timeout_ms=config.request_timeout_ms,
                              max_request_bytes=config.max_request_bytes, handlers=handlers)
     return listener

@@ -312,7 +312,7 @@ class KafkaHandlers:
 
     def _produce_sync(self, body: dict[str, Any], acks: int) -> dict[tuple[str, int], tuple[int, str | None, int, int]]:
         out: dict[tuple[str, int], tuple[int, str | None, int, int]] = {}
-        append = self.producers.append if self.producers is not None else None
+        append = self.broker.append
         for t in body.get("topic_data") or ():
             name = t["name"]
             for p in t.get("partition_data") or ():
@@ -321,12 +321,9 @@ class KafkaHandlers:
                 try:
                     if not records:
                         raise InvalidRequestError("a produce request with no records")
-                    if append is not None:
-                        base, start = append(name, p["index"], records, acks)
-                    else:
-                        res = self.broker.append(name, p["index"], (records,), acks)
-                        base, start = (res.base_offsets[0] if res.base_offsets else -1), -1
-                    out[key] = (0, None, base, start)
+                    # An idempotent producer's batch is checked by the log's producer state.
+                    res = append(name, p["index"], (records,), acks)
+                    out[key] = (0, None, res.base_offsets[0] if res.base_offsets else -1, -1)
                 except AnnalError as err:
                     code = _code(err)
                     if code not in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
