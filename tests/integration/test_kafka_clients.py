@@ -205,23 +205,46 @@ def test_acks_and_consume_from_timestamp_and_committed_offsets(broker: BrokerPro
 
 
 def _group_run(consumers: list[Any], poll: Any, assigned: Any, close: Any, topic_records: int) -> None:
-    """Two consumers share a topic; then the first leaves and the second takes every partition."""
+    """Two consumers share a topic, each polled by its own thread as applications do (a
+    member that stops polling cannot finish a rebalance: the follower's SyncGroup waits for
+    the leader's); then the first leaves and the second takes every partition."""
     seen: dict[int, set[tuple[int, int]]] = {0: set(), 1: set()}
+    owned: dict[int, set[int]] = {0: set(), 1: set()}
+    stop = [threading.Event(), threading.Event()]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        c = consumers[i]
+        try:
+            while not stop[i].is_set():
+                got = set(poll(c))
+                seen[i] |= got
+                owned[i] = set(assigned(c))
+            close(c)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in (0, 1)]
+    for t in threads:
+        t.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for i, c in enumerate(consumers):
-            seen[i] |= set(poll(c))
-        if len(seen[0] | seen[1]) == topic_records and all(assigned(c) for c in consumers):
+    while time.monotonic() < deadline and not errors:
+        if len(seen[0] | seen[1]) == topic_records and owned[0] and owned[1] and owned[0] | owned[1] == {0, 1, 2, 3}:
             break
-    a0, a1 = assigned(consumers[0]), assigned(consumers[1])
+        time.sleep(0.1)
+    a0, a1 = owned[0], owned[1]
+    assert not errors, errors
     assert a0 and a1 and not (a0 & a1) and a0 | a1 == {0, 1, 2, 3}
     assert len(seen[0] | seen[1]) == topic_records
-    close(consumers[0])
+    stop[0].set()
+    threads[0].join(30)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and assigned(consumers[1]) != {0, 1, 2, 3}:
-        poll(consumers[1])
-    assert assigned(consumers[1]) == {0, 1, 2, 3}
-    close(consumers[1])
+    while time.monotonic() < deadline and owned[1] != {0, 1, 2, 3} and not errors:
+        time.sleep(0.1)
+    stop[1].set()
+    threads[1].join(30)
+    assert not errors, errors
+    assert owned[1] == {0, 1, 2, 3}
 
 
 def _fill(broker: BrokerProcess, topic: str, n: int) -> None:

@@ -489,7 +489,10 @@ class GroupCoordinator:
         code = self._not_mine(gid)
         if not code and (generation >= 0 or member_id):
             g, m, code = self._check_member(gid, member_id, generation)
-            if not code and g is not None and g.state == PREPARING:
+            if not code and g is not None and g.state == COMPLETING:
+                # As Kafka: a member of the current generation may commit while the group
+                # prepares a rebalance (clients commit before they rejoin); between the new
+                # generation's JoinGroup answers and its SyncGroup it must wait.
                 code = int(ErrorCode.REBALANCE_IN_PROGRESS)
             if m is not None and not code:
                 self._touch(m)
