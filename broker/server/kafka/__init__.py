@@ -11,14 +11,16 @@ from annal.broker.server.kafka.listener import KafkaListener
 __all__ = ["KafkaListener", "make_listener"]
 
 
-def make_listener(broker: Any, config: Any) -> KafkaListener:
-    """The Kafka listener of ``broker`` on ``config.host:config.kafka_port`` (not yet bound)."""
+def make_listener(broker: Any, config: Any, pool: Any = None) -> KafkaListener:
+    """The Kafka listener of ``broker`` on ``config.host:config.kafka_port`` (not yet bound);
+    ``pool``: the request-handler pool its appends run on (the data port's)."""
     from annal.broker.server.kafka.handlers import KafkaHandlers
 
     from annal.broker.server.kafka.groups import GroupCoordinator
     from annal.broker.server.kafka.producers import KafkaProducerIds
 
-    handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=KafkaProducerIds(broker))
+    handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=KafkaProducerIds(broker),
+                             pool=pool)
     listener = KafkaListener(broker, config.host, config.kafka_port, request_timeout_ms=config.request_timeout_ms,
                              max_request_bytes=config.max_request_bytes, handlers=handlers)
     return listener

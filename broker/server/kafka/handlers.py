@@ -8,8 +8,8 @@ the controller, the cluster id, and a topic id derived from the cluster id and t
 (Annal's topics have no id of their own; the same name in the same cluster gets the same id).
 ``AnnalError`` subclasses become their Kafka error codes (``annal.kafka.kafka_error_code``).
 
-Thread-safety: called on the event loop thread only; appends run on the loop's executor
-threads.
+Thread-safety: called on the event loop thread only; appends run on the broker's
+request-handler pool (shared with the data port), topic changes on the loop's executor.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import uuid
 from typing import Any, Awaitable
 
-from annal.errors import AnnalError, InvalidRequestError, NotLeaderForPartitionError, OffsetOutOfRangeError
+from annal.errors import AnnalError, BrokerShuttingDownError, InvalidRequestError, NotLeaderForPartitionError, OffsetOutOfRangeError
 from annal.kafka import ApiKey, ErrorCode, RequestHeader, kafka_error_code
 from annal.kafka.apis import SUPPORTED
 from annal.broker.server.broker import Broker, read_result_size, release_read
@@ -68,8 +68,10 @@ assert set(KAFKA_CONFIG_NAMES) <= TOPIC_CONFIG_KEYS
 class KafkaHandlers:
     """Answers decoded Kafka requests. ``loop`` is set by the listener when it starts."""
 
-    def __init__(self, broker: Broker, groups: Any = None, producers: Any = None) -> None:
+    def __init__(self, broker: Broker, groups: Any = None, producers: Any = None, pool: Any = None) -> None:
         self.broker = broker
+        # The request-handler pool that appends (request_handlers.py); None: executor threads.
+        self.pool = pool
         self.loop: asyncio.AbstractEventLoop | None = None
         self.groups = groups
         self.producers = producers
@@ -293,15 +295,67 @@ class KafkaHandlers:
         acks = body.get("acks", 1)
         if body.get("transactional_id"):
             return self._produce_refused(body, ErrorCode.INVALID_REQUEST, "transactions are not supported")
-        # Appends run off the event loop, as on the data port: validation, a segment roll and
-        # an fdatasync (acks=-1, flush_messages) must not stall the other connections.
+        # Appends run off the event loop, on the broker's request-handler pool shared with
+        # the data port (Kafka's num.io.threads): validation, a segment roll and an fdatasync
+        # (acks=-1, flush_messages) must not stall the other connections, and appends to one
+        # partition from both listeners are coalesced.
         assert self.loop is not None
-        return self._produce_async(body, acks)
+        if self.pool is None:
+            return self._produce_async(body, acks)
+        return self._produce_pooled(body, acks)
 
     async def _produce_async(self, body: dict[str, Any], acks: int) -> Any:
         assert self.loop is not None
         results = await self.loop.run_in_executor(None, self._produce_sync, body, acks)
         return self._produce_answer(body, acks, results)
+
+    async def _produce_pooled(self, body: dict[str, Any], acks: int) -> Any:
+        loop = self.loop
+        assert loop is not None and self.pool is not None
+        results: dict[tuple[str, int], tuple[int, str | None, int, int]] = {}
+        waiting = loop.create_future()
+        left = [0]
+
+        def finish(key: tuple[str, int], result: Any) -> None:  # on the loop
+            results[key] = self._produce_result(key, result)
+            left[0] -= 1
+            if not left[0] and not waiting.done():
+                waiting.set_result(None)
+
+        def done_for(key: tuple[str, int]) -> Any:
+            def done(result: Any) -> None:  # on a worker thread
+                try:
+                    loop.call_soon_threadsafe(finish, key, result)
+                except RuntimeError:  # the loop is closed: shutting down
+                    pass
+            return done
+
+        timeout_ms = int(body.get("timeout_ms", 30_000))
+        for t in body.get("topic_data") or ():
+            name = t["name"]
+            for p in t.get("partition_data") or ():
+                key = (name, p["index"])
+                records = p.get("records")
+                if not records:
+                    results[key] = self._produce_result(key, InvalidRequestError("a produce request with no records"))
+                    continue
+                left[0] += 1
+                try:
+                    self.pool.submit(name, p["index"], records, acks, done_for(key), timeout_ms)
+                except RuntimeError:  # the pool is closed: the broker is shutting down
+                    left[0] -= 1
+                    results[key] = self._produce_result(key, BrokerShuttingDownError("broker is shutting down"))
+        if left[0]:
+            await waiting
+        return self._produce_answer(body, acks, results)
+
+    def _produce_result(self, key: tuple[str, int], result: Any) -> tuple[int, str | None, int, int]:
+        if isinstance(result, AnnalError):
+            code = _code(result)
+            if code not in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
+                log.info("kafka produce to %s-%d refused: %s", key[0][:100], key[1], result.message)
+            return (code, result.message, -1, -1)
+        return (0, None, result.base_offsets[0] if result.base_offsets else -1, -1)
 
     def _produce_refused(self, body: dict[str, Any], code: int, message: str) -> Any:
         results: dict[tuple[str, int], tuple[int, str | None, int, int]] = {}

@@ -22,7 +22,7 @@ written to a log. A peer that stalls in the middle of a frame is disconnected af
 ``request_timeout_ms``.
 
 Thread-safety: everything runs on the event loop thread; handlers that may block on the disk
-(every append) run on the loop's executor threads.
+(appends, topic changes) run on the request-handler pool or the loop's executor threads.
 """
 
 from __future__ import annotations
