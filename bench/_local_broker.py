@@ -64,11 +64,13 @@ class LocalBroker:
         stop_timeout_s: float = 15.0,
         python: str = sys.executable,
         data_dir: str | None = None,
+        kafka_port: int | None = 0,
     ) -> None:
         """``extra_args`` go after the defaults, so they override them (argparse keeps the last
         value): ``["--metrics-port", "-1", "--log-level", "WARNING"]``, say. A ``data_dir``
         given here is used as it is and kept on ``stop()``; by default a temporary one is made
-        and removed."""
+        and removed. ``kafka_port``: the Kafka listener's port (0: any free one, -1: none); None
+        leaves out ``--kafka-port`` (for an A/B base broker that predates the Kafka listener)."""
         self.host = host
         self.extra_args = list(extra_args or [])
         self.start_timeout_s = start_timeout_s
@@ -77,6 +79,7 @@ class LocalBroker:
         self.port = 0
         self.fetch_port = 0
         self.kafka_port = 0  # the Kafka protocol listener (annal.bench.kafka_clients)
+        self._kafka_arg = kafka_port
         self._given_data_dir = data_dir
         self.data_dir = ""
         self._log_dir = ""
@@ -99,7 +102,8 @@ class LocalBroker:
             "--data-dir", self.data_dir,
             "--host", self.host,
             "--port", "0",
-            "--fetch-port", "0", "--kafka-port", "0",
+            "--fetch-port", "0",
+            *(["--kafka-port", str(self._kafka_arg)] if self._kafka_arg is not None else []),
             "--metrics-port", "0",
             *self.extra_args,
         ]  # fmt: skip

@@ -550,7 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         # Read by LocalBroker's subprocess only: this process has imported its code already.
         os.environ["PYTHONPATH"] = args.broker_pythonpath
         os.environ["PYTHONSAFEPATH"] = "1"
-    b = LocalBroker(data_dir=str(data_dir), extra_args=["--log-level", "WARNING", "--metrics-port", "-1"])
+    # The figures here are the data port's: no Kafka listener (a base broker given by
+    # --broker-pythonpath may predate it and its flag).
+    b = LocalBroker(data_dir=str(data_dir), extra_args=["--log-level", "WARNING", "--metrics-port", "-1"],
+                    kafka_port=None if args.broker_pythonpath else -1)
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count()}
     try:
         b.start()
