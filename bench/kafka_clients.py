@@ -98,10 +98,9 @@ def confluent_consume(bootstrap: str, topic: str, n: int) -> float:
     return elapsed
 
 
-def kafka_python_produce(bootstrap: str, topic: str, n: int) -> float:
-    from kafka import KafkaProducer
-
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5)
+def _timed_sends(p: Any, topic: str, n: int) -> float:
+    """Seconds for ``n`` sends of VALUE to partition 0 and the flush, by a kafka-python style
+    producer (kafka-python's and Annal's SDK have the same send/flush/close)."""
     send = p.send
     started = time.perf_counter()
     for _ in range(n):
@@ -110,6 +109,13 @@ def kafka_python_produce(bootstrap: str, topic: str, n: int) -> float:
     elapsed = time.perf_counter() - started
     p.close()
     return elapsed
+
+
+def kafka_python_produce(bootstrap: str, topic: str, n: int) -> float:
+    from kafka import KafkaProducer
+
+    return _timed_sends(KafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False, linger_ms=5),
+                        topic, n)
 
 
 def kafka_python_consume(bootstrap: str, topic: str, n: int) -> float:
@@ -131,15 +137,7 @@ def kafka_python_consume(bootstrap: str, topic: str, n: int) -> float:
 def sdk_produce(bootstrap: str, topic: str, n: int) -> float:
     from annal.client.producer import Producer
 
-    p = Producer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
-    send = p.send
-    started = time.perf_counter()
-    for _ in range(n):
-        send(topic, VALUE, partition=0)
-    p.flush(300)
-    elapsed = time.perf_counter() - started
-    p.close()
-    return elapsed
+    return _timed_sends(Producer(bootstrap_servers=bootstrap, acks=1, linger_ms=5), topic, n)
 
 
 def sdk_consume(bootstrap: str, topic: str, n: int) -> float:

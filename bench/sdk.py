@@ -65,8 +65,6 @@ FIGURES: dict[str, tuple[str, str, str, str]] = {
     "consume_broker_pct": ("consume: broker's share of the CPU time (broker / (broker + client))", "%", "-", "lower"),
     "consume_client_us": ("consume: client process CPU per record", "us/record", "-", "lower"),
     "consume_broker_us": ("consume: broker process CPU per record", "us/record", "-", "lower"),
-    "consume_gc_paused": ("Consumer reading them back, pause_gc_during_decode=True (opt-in)", "records/s", "-",
-                          "higher"),
     "plain_log": ("Producer acks=1, log-like text (~120 B), no compression", "records/s", "-", "higher"),
     "lz4": ("Producer acks=1, log-like text, lz4", "records/s", "-", "higher"),
     "lz4_pct": ("lz4 rate as % of the uncompressed rate (same text)", "%", ">= 70", "higher"),
@@ -178,9 +176,8 @@ def produce(bootstrap: str, topic: str, values: list[bytes] | None, n: int, comp
     return (n if values is None else len(values)) / dt
 
 
-def consume(bootstrap: str, topic: str, n: int, poll_records: int, pause_gc: bool = False) -> float:
-    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=bootstrap, max_poll_records=poll_records,
-                  pause_gc_during_decode=pause_gc) as c:
+def consume(bootstrap: str, topic: str, n: int, poll_records: int) -> float:
+    with Consumer(topic, auto_offset_reset="earliest", bootstrap_servers=bootstrap, max_poll_records=poll_records) as c:
         got = 0
         t0 = time.perf_counter()
         deadline = t0 + 600
@@ -241,9 +238,6 @@ def run_once(
                         f"run {run}: consume {r['consume']:,.0f} records/s (CPU: client {cpu.client_s:.2f} s, "
                         f"broker {cpu.broker_s:.2f} s)"
                     )
-                    r["consume_gc_paused"] = consume(bootstrap, names["perf"], args.records + 1, args.poll_records,
-                                                     pause_gc=True)
-                    log(f"run {run}: consume with the GC paused {r['consume_gc_paused']:,.0f} records/s")
             if "lz4" in args.only:
                 lines = log_lines(args.log_records)
                 r["plain_log"] = produce(bootstrap, names["log-plain"], lines, len(lines), None)

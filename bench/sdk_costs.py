@@ -21,7 +21,6 @@ from typing import Callable
 
 from annal.record import BatchBuilder, decode_records_into
 from annal.client._accumulator import FutureRecordMetadata
-from annal.client.consumer import _decode_gc_paused
 from annal.client.structs import ConsumerRecord
 
 VALUE = b"v" * 100
@@ -112,6 +111,16 @@ class _Allocation:
 
     def __init__(self, records: list[ConsumerRecord]) -> None:
         self.records = records
+
+
+def _decode_gc_paused(records: bytes, start: int, prefix: tuple[str, int], check_crcs: bool) -> tuple[list[ConsumerRecord], int]:
+    """``decode_records_into`` with this process's collector paused while it runs: what an
+    application may choose to do around ``poll`` (the consumer itself never switches it)."""
+    gc.disable()
+    try:
+        return decode_records_into(records, start, ConsumerRecord, check_crcs, prefix)
+    finally:
+        gc.enable()
 
 
 def consumer_building(records: int, repeats: int) -> dict[str, float]:

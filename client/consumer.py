@@ -17,7 +17,6 @@ Thread-safety: kafka-python's rule applies — one application thread uses a con
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -56,30 +55,6 @@ def _check_tp(tp: Any) -> TopicPartition:
     raise TypeError(f"expected a TopicPartition(topic, partition), not {tp!r}")
 
 
-def _decode_gc_paused(
-    records: Any, start_offset: int, prefix: tuple[str, int], check_crcs: bool
-) -> tuple[list[ConsumerRecord], int]:
-    """``decode_records_into`` with the cyclic garbage collector paused while it runs (only
-    with ``Consumer(pause_gc_during_decode=True)``: the collector is the application's, so a
-    library leaves it alone unless asked).
-
-    A fetch of 1 MiB builds about 10,000 ConsumerRecords, all reachable and none part of a
-    cycle; left running, the collector would start a pass every 700 of them and walk the
-    growing list each time (about 30 % of the build's instructions). Paused, it makes one pass
-    over them at its next trigger after ``gc.enable()`` (timed with that pass, the build is
-    3-42 % faster: ``python -m annal.bench.sdk_costs``). Nothing is skipped: the
-    collector's counts keep growing while paused. If the application disabled the collector
-    itself, it is left disabled.
-    """
-    if not gc.isenabled():
-        return decode_records_into(records, start_offset, ConsumerRecord, check_crcs, prefix)
-    gc.disable()
-    try:
-        return decode_records_into(records, start_offset, ConsumerRecord, check_crcs, prefix)
-    finally:
-        gc.enable()
-
-
 class Consumer:
     """Reads records from Annal partitions.
 
@@ -97,9 +72,6 @@ class Consumer:
         max_poll_records: most records one ``poll`` returns.
         key_deserializer / value_deserializer: callables applied to the raw bytes.
         check_crcs: verify each batch's CRC-32C before decoding it.
-        pause_gc_during_decode: pause the process-wide cyclic garbage collector while a
-            fetch's records are built (off by default: the collector belongs to the
-            application; on, the build is faster, see docs/client.md).
         consumer_timeout_ms: iteration stops after this long without a record (default: never).
         metadata_max_age_ms: how often the partitions of consumed topics are re-read.
         zookeeper, enable_auto_commit, auto_commit_interval_ms: group consumption in cluster
@@ -130,7 +102,6 @@ class Consumer:
         enable_auto_commit: bool = True,
         auto_commit_interval_ms: int = 5000,
         client_id: str = "annal-consumer",
-        pause_gc_during_decode: bool = False,
     ) -> None:
         for t in topics:
             if not isinstance(t, str) or not t:
@@ -161,9 +132,8 @@ class Consumer:
             consumer_timeout_ms=consumer_timeout_ms, retry_backoff_ms=retry_backoff_ms,
             request_timeout_ms=request_timeout_ms, zookeeper=zookeeper,
             enable_auto_commit=enable_auto_commit, auto_commit_interval_ms=auto_commit_interval_ms,
-            client_id=client_id, pause_gc_during_decode=pause_gc_during_decode,
+            client_id=client_id,
         )
-        self._pause_gc = bool(pause_gc_during_decode)
         self._key_deserializer = key_deserializer
         self._value_deserializer = value_deserializer
         self._check_crcs = bool(check_crcs)
@@ -497,10 +467,8 @@ class Consumer:
         kd, vd = self._key_deserializer, self._value_deserializer
         if kd is None and vd is None:
             # The codec builds each ConsumerRecord in C, once, with (topic, partition) in
-            # front: several times cheaper than a Python call per record. The cyclic GC is
-            # paused meanwhile only when the application asked for it (_decode_gc_paused).
-            if self._pause_gc:
-                return _decode_gc_paused(records, start_offset, (tp.topic, tp.partition), self._check_crcs)
+            # front: several times cheaper than a Python call per record. The cyclic garbage
+            # collector is the application's: the consumer never switches it.
             return decode_records_into(records, start_offset, ConsumerRecord, self._check_crcs,
                                        (tp.topic, tp.partition))
         topic, part = tp

@@ -91,7 +91,7 @@ class ProducerStateManager:
         """The producer id of the first batch in ``buf`` (-1: none, or too short to say)."""
         if len(buf) < 61:
             return -1
-        return int.from_bytes(bytes(buf[43:51]), "big", signed=True)
+        return int.from_bytes(buf[43:51], "big", signed=True)
 
     def check(self, plog: Any, buf: Any, leader_epoch: int | None) -> tuple[BatchHeader, tuple[int, int] | None]:
         """Check the one batch in ``buf`` against the state, with ``lock`` held. Returns its

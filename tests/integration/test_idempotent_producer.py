@@ -8,7 +8,6 @@ written once."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any, Callable
 
 import pytest

@@ -376,13 +376,10 @@ class KafkaHandlers:
                     if not records:
                         raise InvalidRequestError("a produce request with no records")
                     # An idempotent producer's batch is checked by the log's producer state.
-                    res = append(name, p["index"], (records,), acks)
-                    out[key] = (0, None, res.base_offsets[0] if res.base_offsets else -1, -1)
+                    result: Any = append(name, p["index"], (records,), acks)
                 except AnnalError as err:
-                    code = _code(err)
-                    if code not in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
-                        log.info("kafka produce to %s-%d refused: %s", name[:100], p["index"], err.message)
-                    out[key] = (code, err.message, err.details.get("base_offset", -1) if code == 46 else -1, -1)
+                    result = err
+                out[key] = self._produce_result(key, result)
         return out
 
     def _produce_answer(self, body: dict[str, Any], acks: int, results: dict[tuple[str, int], tuple[int, str | None, int, int]]) -> Any:
