@@ -35,6 +35,7 @@ from annal.broker.storage._file_io import OS_FILE_IO, FileIO
 __all__ = ["AbstractIndex", "OffsetIndex", "TimeIndex", "IndexCorruptError"]
 
 _U32 = struct.Struct(">I")
+RESERVE_STEP = 64 << 10  # bytes of index given disk blocks per ``reserve`` that needs any
 _TIME_ENTRY = struct.Struct(">qi")
 
 
@@ -112,7 +113,9 @@ class AbstractIndex:
         end = min((self._entries + extra) * self.ENTRY_SIZE, self._capacity)
         if end <= self._allocated:
             return
-        end = _page_round_up(end, self._capacity)
+        # Whole pages, at least RESERVE_STEP bytes at a time (one open + fallocate + close
+        # per 16 pages rather than per page: dense entries fill a page every 1,024 offsets).
+        end = _page_round_up(max(end, min(self._allocated + RESERVE_STEP, self._capacity)), self._capacity)
         fd = self.fio.open(self.path, os.O_RDWR)
         try:
             self.fio.posix_fallocate(fd, self._allocated, end - self._allocated)

@@ -82,6 +82,9 @@ class ScanResult:
     error: str | None  # why the scan stopped early, or None if the whole file was valid
 
 
+LOG_GROWTH_MIN = 8 << 20  # the smallest step by which an active ``.log`` (and its mapping) grows
+
+
 class SegmentHandle:
     """The open descriptors of one segment, reference-counted.
 
@@ -148,11 +151,21 @@ class SegmentHandle:
         return len(self.log_mm) if self.log_mm is not None else 0
 
     def ensure_log_capacity(self, end: int) -> None:
-        """Grow the (preallocated) file and its mapping so ``[0, end)`` is mapped. The previous
-        mapping stays alive as long as views of it do."""
-        if end <= self.log_capacity:
+        """Grow the file and its mapping so ``[0, end)`` is mapped. The previous mapping stays
+        alive as long as views of it do.
+
+        The file grows geometrically (to twice its size, at least ``LOG_GROWTH_MIN`` bytes, at
+        most ``segment_bytes`` unless one append needs more): growing it to exactly ``end`` on
+        every append cost an ``ftruncate``, a new mapping and an unmap per request (seven
+        system calls, measured 10-15 % of data-port produce throughput with 1 MiB requests).
+        The part past the data is a hole (no disk blocks); roll and clean close cut it
+        (``make_inactive``), recovery cuts it after a crash, so a data dir's apparent size is
+        at most its data plus one active segment's worth while the broker runs."""
+        cur = self.log_capacity
+        if end <= cur:
             return
-        cap = max(end, self.log_capacity * 2 if self.segment.config.preallocate else end)
+        limit = self.segment.config.segment_bytes
+        cap = max(end, min(limit, max(2 * cur, cur + LOG_GROWTH_MIN)))
         self.fio.ftruncate(self.log_fd, cap)
         self.log_mm = mmap.mmap(self.log_fd, cap, access=mmap.ACCESS_READ)
 
