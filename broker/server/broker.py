@@ -436,13 +436,21 @@ class Broker:
             raise result
         return result
 
-    def append_coalesced(self, topic: str, partition: int,
-                         parts: Sequence[tuple[Buffer, int, int]]) -> list[AppendResult | AnnalError]:
+    def append_coalesced(self, topic: str, partition: int, parts: Sequence[tuple[Buffer, int, int]],
+                         answered: Callable[[int, AppendResult | AnnalError], None] | None = None,
+                         ) -> list[AppendResult | AnnalError]:
         """Append several requests' ``(records, acks, timeout_ms)`` to one partition in order,
         each validated and answered on its own (a refused one does not affect the others), with
         one ``fdatasync`` (or, replicated, one wait for the in-sync replicas, up to the largest
         ``timeout_ms``) for all those with acks=-1 and one wake-up of the partition's
-        long-polls. Raises only what refuses them all (not the leader, shutting down)."""
+        long-polls. Raises only what refuses them all (not the leader, shutting down).
+
+        ``answered(i, result)``, when given, is called as soon as part ``i``'s result is final
+        without waiting for the others: right after its append for acks 0/1, at once for a
+        refusal (acks=-1 parts wait for the shared flush or replication). The request-handler
+        pool answers those producers then, so that a pipelining producer is not held back by
+        the parts coalesced behind its request. The returned list holds every result, these
+        included."""
         self._check_serving()
         plog = self.leader_log(topic, partition)
         health = self.storage_health
@@ -453,6 +461,8 @@ class Broker:
         active_before = plog.active_segment
         appended = False
         for buf, acks, timeout_ms in parts:
+            if answered is not None and out and (not durable or durable[-1] != len(out) - 1):
+                answered(len(out) - 1, out[-1])  # the previous part: final (not waiting for a flush)
             if acks not in (0, 1, -1):
                 out.append(InvalidRequiredAcksError(f"acks must be 0, 1 or -1 (all), not {acks}", acks=acks))
                 continue
@@ -501,6 +511,8 @@ class Broker:
                 durable.append(len(out))
                 wait_ms = max(wait_ms, timeout_ms)
             out.append(AppendResult(tuple(offsets), next_offset, len(buf), records))
+        if answered is not None and out and (not durable or durable[-1] != len(out) - 1):
+            answered(len(out) - 1, out[-1])
         if appended:
             health.write_succeeded()
             if plog.active_segment is not active_before:

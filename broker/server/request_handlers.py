@@ -11,6 +11,10 @@ Appends to the same partition are **coalesced**: requests queued for a partition
 is busy with it are taken together by the next worker pass (``Broker.append_coalesced``: each
 keeps its own result, they share the log's lock pass and one ``fdatasync`` for all acks=-1
 among them). A partition is worked on by one thread at a time, so appends keep their order.
+Within a pass, a part with acks 0/1 (or a refused one) is answered as soon as it is appended,
+not at the end of the pass: a pipelining producer's next request then arrives while the
+worker goes on with the parts behind it (answering at the end of the pass measured 6-17 %
+less produce throughput; docs/benchmarks/broker.md).
 
 The queue is bounded: at most ``max_queued_requests`` parts wait for a worker; past it,
 ``submit`` keeps the part in a backlog that is moved into the queue as workers finish (the
@@ -24,6 +28,7 @@ by ``close()``, which lets queued work finish.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from typing import Any, Callable
@@ -38,6 +43,13 @@ Done = Callable[[Any], None]
 _Key = tuple[str, int]
 
 
+def _complete(done: Done, result: Any) -> None:
+    try:
+        done(result)
+    except Exception:
+        log.exception("produce completion failed")
+
+
 class RequestHandlerPool:
     def __init__(self, broker: Any, num_io_threads: int = 2, max_queued_requests: int = 500) -> None:
         if num_io_threads < 1 or max_queued_requests < 1:
@@ -45,7 +57,10 @@ class RequestHandlerPool:
         self.broker = broker
         self.num_io_threads = num_io_threads
         self.max_queued_requests = max_queued_requests
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # One token per entry of ``_ready`` (and one per thread at close): a worker blocks in
+        # the C-level ``get`` (one futex wait and wake per hand-off; a Condition takes several).
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._pending: dict[_Key, list[tuple[Any, int, int, Done]]] = {}  # partition -> parts, in order
         self._ready: deque[_Key] = deque()  # partitions with parts and no worker on them
         self._running: set[_Key] = set()
@@ -61,7 +76,7 @@ class RequestHandlerPool:
 
     @property
     def queued(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._in_queue + len(self._backlog)
 
     def submit(self, topic: str, partition: int, records: Any, acks: int, done: Done,
@@ -69,7 +84,7 @@ class RequestHandlerPool:
         """Queue one partition's part of a produce; ``timeout_ms`` bounds a replicated acks=-1
         wait for the in-sync replicas."""
         key = (topic, partition)
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("request handler pool is closed")
             if self._in_queue >= self.max_queued_requests:
@@ -83,28 +98,34 @@ class RequestHandlerPool:
             parts = self._pending[key] = []
             if key not in self._running:
                 self._ready.append(key)
-                self._cond.notify()
+                self._tokens.put(None)
         parts.append((records, acks, timeout_ms, done))
         self._in_queue += 1
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                while not self._ready and not self._closed:
-                    self._cond.wait()
+            self._tokens.get()
+            with self._lock:
                 if not self._ready:
-                    return  # closed and drained
+                    return  # a close token: closed and drained
                 key = self._ready.popleft()
                 parts = self._pending.pop(key)
                 self._running.add(key)
+            early = [False] * len(parts)
+
+            def answered(i: int, result: Any, parts: list[Any] = parts, early: list[bool] = early) -> None:
+                early[i] = True
+                _complete(parts[i][3], result)
+
             try:
-                results = self.broker.append_coalesced(key[0], key[1], [(r, a, t) for r, a, t, _ in parts])
+                results = self.broker.append_coalesced(
+                    key[0], key[1], [(r, a, t) for r, a, t, _ in parts], answered)
             except AnnalError as err:
                 results = [err] * len(parts)
             except Exception as err:  # a bug: answer every part rather than leave it hanging
                 log.exception("append to %s-%d failed", key[0], key[1])
                 results = [UnknownServerError(f"append failed: {err!r}")] * len(parts)
-            with self._cond:
+            with self._lock:
                 self._running.discard(key)
                 self._in_queue -= len(parts)
                 self.passes += 1
@@ -112,21 +133,22 @@ class RequestHandlerPool:
                     self.coalesced += len(parts)
                 if key in self._pending:  # more arrived meanwhile: its turn again
                     self._ready.append(key)
-                    self._cond.notify()
+                    self._tokens.put(None)
                 while self._backlog and self._in_queue < self.max_queued_requests:
                     self._enqueue(*self._backlog.popleft())
-            for (_, _, _, done), result in zip(parts, results):
-                try:
-                    done(result)
-                except Exception:
-                    log.exception("produce completion failed")
+            for (_, _, _, done), result, was_answered in zip(parts, results, early):
+                if not was_answered:
+                    _complete(done, result)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the workers after the queued work is done."""
-        with self._cond:
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
             while self._backlog:
                 self._enqueue(*self._backlog.popleft())
-            self._cond.notify_all()
+        for _ in self._threads:
+            self._tokens.put(None)  # after every ready entry's token: the queue drains first
         for t in self._threads:
             t.join(timeout)

@@ -21,15 +21,22 @@ class FakeBroker:
         self.gate.set()
         self.entered = threading.Event()
         self.lock = threading.Lock()
+        self.before_return = threading.Event()
 
-    def append_coalesced(self, topic, partition, parts):
+    def append_coalesced(self, topic, partition, parts, answered=None):
         self.entered.set()
         self.gate.wait(10)
         with self.lock:
             self.calls.append((topic, partition, [r for r, *_ in parts]))
         if topic == "not-leader":
             raise NotLeaderForPartitionError("elsewhere")
-        return [CorruptRecordError("bad") if r == b"bad" else ("ok", r) for r, *_ in parts]
+        out = [CorruptRecordError("bad") if r == b"bad" else ("ok", r) for r, *_ in parts]
+        if answered is not None and topic == "early":
+            for i, (r, acks, _) in enumerate(parts):
+                if acks != -1:
+                    answered(i, out[i])
+            self.before_return.wait(10)
+        return out
 
 
 def _collect(n: int):
@@ -107,3 +114,36 @@ def test_close_lets_queued_work_finish_and_then_refuses():
     assert done.is_set() and len(results) == 3
     with pytest.raises(RuntimeError):
         pool.submit("t", 0, b"late", 1, cb)
+
+
+def test_a_part_answered_early_is_answered_once_and_before_the_pass_ends():
+    """acks 0/1 parts are answered from inside the pass (Broker.append_coalesced's
+    ``answered``), once; the acks=-1 part of a pass is answered at its end."""
+    b = FakeBroker()
+    pool = RequestHandlerPool(b, num_io_threads=1)
+    try:
+        b.gate.clear()
+        got: list = []
+        first = threading.Event()
+        all_done = threading.Event()
+
+        def cb(r):
+            got.append(r)
+            first.set()
+            if len(got) == 3:
+                all_done.set()
+
+        pool.submit("early", 0, b"a", 1, cb)
+        assert b.entered.wait(5)  # pass 1 holds [a]; b and c queue behind it
+        pool.submit("early", 0, b"b", -1, cb)
+        pool.submit("early", 0, b"c", 0, cb)
+        b.gate.set()
+        assert first.wait(5)  # a answered while pass 1 has not returned
+        assert got == [("ok", b"a")]
+        b.before_return.set()
+        assert all_done.wait(5)
+        assert got == [("ok", b"a"), ("ok", b"c"), ("ok", b"b")]
+        pool.close()
+        assert len(got) == 3  # nothing answered twice
+    finally:
+        pool.close()
