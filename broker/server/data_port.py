@@ -21,7 +21,8 @@ Python).
 The loop does no log work: every PRODUCE is handed, partition by partition, to the
 request-handler pool (``request_handlers.py``, ``num_io_threads`` threads), which validates,
 appends, rolls segments and fdatasyncs, coalescing the appends queued for one partition; the
-answer is built back on the loop (``call_soon_threadsafe``). Up to ``MAX_PRODUCES_IN_FLIGHT``
+answer is built back on the loop (``loop_mailbox.py``: one wake-up of the loop for every answer
+finished while it was busy). Up to ``MAX_PRODUCES_IN_FLIGHT``
 produces of one connection are on the pool at once, answered in request order; a FETCH behind
 them waits for them (answers leave in request order).
 
@@ -36,7 +37,7 @@ frame is disconnected after ``request_timeout_ms``; a peer that disconnects mid-
 ends its own connection. Nothing a client sends can take the broker down.
 
 Thread-safety: everything here runs on the event loop thread, except ``_LongPoll.wake`` and the
-produce completions, which hop onto the loop with ``call_soon_threadsafe`` from other threads.
+produce completions, which hop onto the loop through its ``LoopMailbox`` from other threads.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from annal.errors import (
 )
 from annal.protocol import framing as fr
 from annal.broker.server.broker import Broker, read_result_size, release_read
+from annal.broker.server.loop_mailbox import LoopMailbox
 from annal.broker.server.request_handlers import RequestHandlerPool
 
 __all__ = ["DataPortServer"]
@@ -281,11 +283,8 @@ class _LongPoll:
             if not self.scheduled and not self.done:
                 self.scheduled = True
                 loop.call_soon(self.check)
-        else:
-            try:
-                loop.call_soon_threadsafe(self._wake_on_loop)
-            except RuntimeError:  # the loop is closed: shutting down
-                pass
+        elif server._mailbox is not None:
+            server._mailbox.post(self._wake_on_loop)
 
     def _wake_on_loop(self) -> None:
         if not self.scheduled and not self.done:
@@ -403,6 +402,7 @@ class DataPortServer:
         self._lsock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._mailbox: LoopMailbox | None = None  # calls from worker threads onto the loop
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Connection] = set()
         self._all_closed: asyncio.Event | None = None
@@ -438,6 +438,7 @@ class DataPortServer:
         assert self._lsock is not None, "bind() first"
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._mailbox = LoopMailbox(self._loop)
         self._all_closed = asyncio.Event()
         self._server = await self._loop.create_server(
             lambda: _Connection(self), sock=self._lsock, backlog=1024, start_serving=True
@@ -818,8 +819,8 @@ class DataPortServer:
         results: list[Any] = [None] * len(parts)
         left = [len(parts)]
         lock = threading.Lock()
-        loop = self._loop
-        assert loop is not None
+        mailbox = self._mailbox
+        assert mailbox is not None
 
         def done_at(i: int) -> Any:
             def done(result: Any) -> None:  # on a worker thread
@@ -828,10 +829,7 @@ class DataPortServer:
                     left[0] -= 1
                     last = left[0] == 0
                 if last:
-                    try:
-                        loop.call_soon_threadsafe(self._produce_answered, conn, entry, results)
-                    except RuntimeError:  # the loop is closed: shutting down
-                        pass
+                    mailbox.post(self._produce_answered, conn, entry, results)
             return done
 
         for i, p in enumerate(parts):

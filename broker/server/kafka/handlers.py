@@ -25,6 +25,7 @@ from annal.kafka import ApiKey, ErrorCode, RequestHeader, kafka_error_code
 from annal.kafka.apis import SUPPORTED
 from annal.broker.server.broker import Broker, read_result_size, release_read
 from annal.broker.server.config import TOPIC_CONFIG_KEYS
+from annal.broker.server.loop_mailbox import LoopMailbox
 
 __all__ = ["KafkaHandlers", "NoResponse", "topic_id"]
 
@@ -72,7 +73,9 @@ class KafkaHandlers:
         self.broker = broker
         # The request-handler pool that appends (request_handlers.py); None: executor threads.
         self.pool = pool
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Answers and long-poll wake-ups from worker threads onto the loop (loop_mailbox.py).
+        self.mailbox: LoopMailbox | None = None
         self.groups = groups
         self.producers = producers
         self.kafka_port = 0  # set by the listener's owner once bound (this broker's Kafka port)
@@ -99,6 +102,16 @@ class KafkaHandlers:
             })
         if producers is not None:
             self._dispatch[ApiKey.INIT_PRODUCER_ID] = producers.init_producer_id
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The listener's event loop (set by the listener when it starts)."""
+        return self._loop
+
+    @loop.setter
+    def loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+        self.mailbox = LoopMailbox(loop) if loop is not None else None
 
     @property
     def supported(self) -> dict[int, Any]:
@@ -322,12 +335,12 @@ class KafkaHandlers:
             if not left[0] and not waiting.done():
                 waiting.set_result(None)
 
+        mailbox = self.mailbox
+        assert mailbox is not None
+
         def done_for(key: tuple[str, int]) -> Any:
             def done(result: Any) -> None:  # on a worker thread
-                try:
-                    loop.call_soon_threadsafe(finish, key, result)
-                except RuntimeError:  # the loop is closed: shutting down
-                    pass
+                mailbox.post(finish, key, result)
             return done
 
         timeout_ms = int(body.get("timeout_ms", 30_000))
@@ -435,11 +448,11 @@ class KafkaHandlers:
         assert loop is not None
         woken = asyncio.Event()
 
+        mailbox = self.mailbox
+        assert mailbox is not None
+
         def wake() -> None:  # from whatever thread appended
-            try:
-                loop.call_soon_threadsafe(woken.set)
-            except RuntimeError:  # loop closed: shutting down
-                pass
+            mailbox.post(woken.set)
 
         keys = [(t["topic"], p["partition"]) for t in body.get("topics") or () for p in t.get("partitions") or ()]
         keys = self.broker.add_waiter(keys, wake)
