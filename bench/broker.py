@@ -183,6 +183,26 @@ def write_ceiling(directory: pathlib.Path, batch: bytes, count: int) -> float:
         os.unlink(path)
 
 
+def warm_free_memory(directory: pathlib.Path, block: bytes, count: int) -> None:
+    """Write ``count`` blocks into a scratch file and unlink it, just before a timed produce.
+
+    On a virtual machine whose host takes back the guest's free memory (virtio-balloon free
+    page reporting, as on the machine of docs/benchmarks.md), the first write into a page the
+    host took back costs about 8x: ``os.write`` of 1 GiB into a new file measured 4.0-4.9 GB/s
+    right after another such file was deleted and 0.47-0.76 GB/s after 5 s of pause, and the
+    broker's produce runs swung between about 0.5 and 1.7 GB/s with it, whatever the broker
+    code. Freeing a run's worth of just-written page cache first gives the timed run pages the
+    host still backs, so runs compare the broker, not the host's memory reclaim."""
+    path = directory / "warm.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(count):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
     batch = one_mib_batch()
     count = args.produce_mib
@@ -201,6 +221,8 @@ def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any])
             topic = f"produce-{name}-{run}"
             create_topic(b, topic, max_message_bytes=2 * MiB)
             fn(b, topic, batch, 16, args.window)  # warm-up: connection, first segment
+            if args.warm_memory:
+                warm_free_memory(pathlib.Path(b.data_dir).parent, batch, count + count // 8)
             elapsed = fn(b, topic, batch, count, args.window)
             rate = count * len(batch) / elapsed / MB
             runs[name].append(rate)
@@ -525,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--produce-mib", type=int, default=1024, help="MiB produced per run and path")
     p.add_argument("--window", type=int, default=4, help="produce requests in flight")
+    p.add_argument("--no-warm-memory", dest="warm_memory", action="store_false",
+                   help="produce: skip writing and freeing a run's worth of page cache before each timed run "
+                        "(see warm_free_memory)")
     p.add_argument("--paths", default=None, help="produce: comma-separated subset of grpc_unary,grpc_stream,data_port")
     p.add_argument("--fetch-gib", type=int, default=1)
     p.add_argument("--fetch-max-mib", type=int, default=64, help="max_bytes of each fetch")
