@@ -157,7 +157,8 @@ class SegmentHandle:
         The file grows geometrically (to twice its size, at least ``LOG_GROWTH_MIN`` bytes, at
         most ``segment_bytes`` unless one append needs more): growing it to exactly ``end`` on
         every append cost an ``ftruncate``, a new mapping and an unmap per request (seven
-        system calls, measured 10-15 % of data-port produce throughput with 1 MiB requests).
+        system calls; removing them took data-port produce with 1 MiB requests from 16 % to
+        7 % below the broker that appended on its event loop, docs/benchmarks/broker.md).
         The part past the data is a hole (no disk blocks); roll and clean close cut it
         (``make_inactive``), recovery cuts it after a crash, so a data dir's apparent size is
         at most its data plus one active segment's worth while the broker runs."""
