@@ -14,8 +14,13 @@ one partition, acks=1:
 - broker CPU-seconds per million records of each of those (utime + stime of the broker process
   from ``/proc/<pid>/stat`` around each phase, so client CPU is not counted);
 - large fetches: a page-cached partition of ~1 MiB batches read from offset 0 to its end with
-  64 MiB fetches, once through the Kafka listener (Fetch v11, raw socket, Annal's codec) and
-  once through the data port (raw socket), the two clients doing the same work per answer.
+  64 MiB fetches, three times alternately through the Kafka listener (Fetch v11, raw socket,
+  Annal's codec) and through the data port (raw socket), the two clients doing the same work
+  per answer (each port's figure: the median of its three reads);
+- the same client work through both ports (``same_client_phases``): raw sockets producing the
+  same ~64 KiB batches and fetching the same records back 1 MiB at a time, broker CPU per
+  million records of each: the listener's own cost, apart from how each client library
+  batches and fetches (librdkafka's batches, fetches and socket reads differ from the SDK's).
 
 Prints one line per figure and run, then the medians; ``--markdown`` writes the fragment
 (docs/benchmarks/kafka.md) with the command, the date and the load average.
@@ -36,7 +41,7 @@ from annal.bench._local_broker import LocalBroker
 from annal.bench.broker import _cpu_seconds, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
 from annal.kafka import ApiKey
 from annal.kafka.header import decode_response, encode_request
-from annal.record import iter_batch_positions, parse_header
+from annal.record import encode_batch, iter_batch_positions, parse_header
 
 __all__ = ["main"]
 
@@ -185,6 +190,82 @@ def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int) -> tuple
     return elapsed, total
 
 
+def produce_kafka(port: int, topic: str, batch: bytes, count: int, window: int) -> float:
+    """``count`` Produce v9 requests (acks=1) of ``batch`` over a raw socket, ``window`` in
+    flight: the Kafka listener's counterpart of ``produce_data_port``."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(4096)
+    req = {"transactional_id": None, "acks": 1, "timeout_ms": 30000,
+           "topic_data": [{"name": topic, "partition_data": [{"index": 0, "records": batch}]}]}
+    sent = received = 0
+    started = time.perf_counter()
+    while received < count:
+        while sent < count and sent - received < window:
+            sent += 1
+            sock.sendall(encode_request(ApiKey.PRODUCE, 9, sent, "bench", req))
+        _, resp = decode_response(ApiKey.PRODUCE, 9, _recv_frame(sock, buf))
+        err = resp["responses"][0]["partition_responses"][0]["error_code"]
+        if err:
+            raise RuntimeError(f"kafka produce: error {err}")
+        received += 1
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed
+
+
+def _sdk_sized_batch(records: int = 600) -> bytes:
+    """A RecordBatch of ``records`` 100-byte values (~64 KiB, the size the SDK's producer sends)."""
+    now = int(time.time() * 1000)
+    return encode_batch([(now, None, VALUE, None)] * records)
+
+
+READS = 5  # same_client_phases: how many times each port reads the records back
+
+
+def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], None]) -> dict[str, float]:
+    """The listener against the data port with the *same* client work: raw sockets sending the
+    same ~64 KiB batches (4 in flight), then reading the same records back with 1 MiB fetches.
+    Broker CPU per million records of each; what differs is only the protocol the broker
+    speaks, not how a client library batches, fetches or reads its socket."""
+    out: dict[str, float] = {}
+    batch = _sdk_sized_batch()
+    per = parse_header(batch).last_offset_delta + 1
+    count = max(1, n // per)
+    records = count * per
+    for name, topic, fn in (
+        ("data port", "same-data", lambda: produce_data_port(b, "same-data", batch, count, window=4)),
+        ("kafka", "same-kafka", lambda: produce_kafka(b.kafka_port, "same-kafka", batch, count, 4)),
+    ):
+        create_topic(b, topic)
+        with _Cpu(pid) as cpu:
+            elapsed = fn()
+        out[f"same-client produce {name} broker cpu s/M"] = cpu.seconds / records * 1e6
+        log(f"same client, produce via {name}: {records / elapsed:,.0f} records/s, broker "
+            f"{cpu.seconds / records * 1e6:.3f} CPU-s per million")
+    # Reading is cheap for the broker (~0.04 CPU-s per million): each port reads the records
+    # READS times, alternately, so the CPU figure spans ~60 clock ticks, not ~12.
+    fetchers = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB),
+                "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB)}
+    cpu_s = {name: 0.0 for name in fetchers}
+    wall = {name: 0.0 for name in fetchers}
+    for _ in range(READS):
+        for name, fn2 in fetchers.items():
+            with _Cpu(pid) as cpu:
+                elapsed, _ = fn2()
+            cpu_s[name] += cpu.seconds
+            wall[name] += elapsed
+    for name in fetchers:
+        out[f"same-client consume {name} broker cpu s/M"] = cpu_s[name] / (READS * records) * 1e6
+        log(f"same client, fetch via {name} ({READS} reads): {READS * records / wall[name]:,.0f} records/s, broker "
+            f"{cpu_s[name] / (READS * records) * 1e6:.3f} CPU-s per million")
+    out["same-client produce cpu ratio kafka/data"] = (out["same-client produce kafka broker cpu s/M"]
+                                                       / out["same-client produce data port broker cpu s/M"])
+    out["same-client consume cpu ratio kafka/data"] = (out["same-client consume kafka broker cpu s/M"]
+                                                       / out["same-client consume data port broker cpu s/M"])
+    return out
+
+
 def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, float]:
     out: dict[str, float] = {}
     with LocalBroker(extra_args=["--metrics-port", "-1", "--log-level", "WARNING"]) as b:
@@ -216,11 +297,20 @@ def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, f
         end = parse_header(batch).last_offset_delta + 1
         end *= batches
         fetch_data_port(b, "big", end, 64 * MiB)  # warm the page cache
-        t_data, bytes_data = fetch_data_port(b, "big", end, 64 * MiB)
-        t_kafka, bytes_kafka = fetch_kafka(b.kafka_port, "big", end, 64 * MiB)
-        out["large fetch data port MB/s"] = bytes_data / t_data / 1e6
-        out["large fetch kafka MB/s"] = bytes_kafka / t_kafka / 1e6
-        log(f"large fetch: data port {bytes_data / t_data / 1e6:,.0f} MB/s, kafka {bytes_kafka / t_kafka / 1e6:,.0f} MB/s")
+        # Three alternating reads through each port (a single pair swung 0.6-1.4x between runs
+        # on this machine); each port's figure for the run is the median of its three.
+        rates: dict[str, list[float]] = {"data": [], "kafka": []}
+        for _ in range(3):
+            t_data, bytes_data = fetch_data_port(b, "big", end, 64 * MiB)
+            t_kafka, bytes_kafka = fetch_kafka(b.kafka_port, "big", end, 64 * MiB)
+            rates["data"].append(bytes_data / t_data / 1e6)
+            rates["kafka"].append(bytes_kafka / t_kafka / 1e6)
+        out["large fetch data port MB/s"] = statistics.median(rates["data"])
+        out["large fetch kafka MB/s"] = statistics.median(rates["kafka"])
+        log(f"large fetch: data port {out['large fetch data port MB/s']:,.0f} MB/s "
+            f"({', '.join(f'{r:,.0f}' for r in rates['data'])}), kafka {out['large fetch kafka MB/s']:,.0f} MB/s "
+            f"({', '.join(f'{r:,.0f}' for r in rates['kafka'])})")
+        out.update(same_client_phases(b, pid, n, log))
     out["produce cpu ratio kafka/data"] = out["confluent-kafka produce broker cpu s/M"] / out["annal sdk produce (data port) broker cpu s/M"]
     out["consume cpu ratio kafka/data"] = out["confluent-kafka consume broker cpu s/M"] / out["annal sdk consume (data port) broker cpu s/M"]
     out["large fetch ratio kafka/data"] = out["large fetch kafka MB/s"] / out["large fetch data port MB/s"]
@@ -245,6 +335,18 @@ ROWS = [
     ("large fetch (64 MiB fetches, page-cached ~1 MiB batches), Kafka listener, MB/s", "large fetch kafka MB/s", "-", "{:,.0f}"),
     ("large fetch, data port, MB/s (same runs)", "large fetch data port MB/s", "-", "{:,.0f}"),
     ("large fetch: Kafka listener / data port", "large fetch ratio kafka/data", ">= 0.8", "{:.2f}"),
+    ("same client (raw sockets, ~64 KiB batches, 4 in flight): broker CPU-s per million produced, Kafka listener",
+     "same-client produce kafka broker cpu s/M", "-", "{:.3f}"),
+    ("same client: broker CPU-s per million produced, data port", "same-client produce data port broker cpu s/M", "-",
+     "{:.3f}"),
+    ("same client, produce: Kafka listener / data port broker CPU per record", "same-client produce cpu ratio kafka/data",
+     "<= 1.2", "{:.2f}"),
+    ("same client (raw sockets, 1 MiB fetches, same records): broker CPU-s per million consumed, Kafka listener",
+     "same-client consume kafka broker cpu s/M", "-", "{:.3f}"),
+    ("same client: broker CPU-s per million consumed, data port", "same-client consume data port broker cpu s/M", "-",
+     "{:.3f}"),
+    ("same client, consume: Kafka listener / data port broker CPU per record", "same-client consume cpu ratio kafka/data",
+     "<= 1.2", "{:.2f}"),
 ]
 
 
