@@ -383,14 +383,25 @@ class LogSegment:
         """Rebuild the indexes of a segment below the recovery point (flushed: trusted) whose
         index check failed, **without cutting anything**: the scan stops at the first invalid
         batch, and offsets from there to ``end_offset`` (the next segment's base) are marked
-        ``damaged``; the file keeps its bytes. Leaves the segment inactive (indexes trimmed)."""
+        ``damaged``; the file keeps its bytes. The one thing cut is a tail of zeros after a
+        scan that found every offset up to ``end_offset``: the unused part of a file that grew
+        in steps (``ensure_log_capacity``) whose cut at roll was not on disk yet. Leaves the
+        segment inactive (indexes trimmed)."""
         try:
             file_bytes = os.stat(self.log_path).st_size
         except FileNotFoundError:
             file_bytes = 0
         result = self.recover(max_batch_bytes, truncate=False, file_bytes=file_bytes)
         self.readable_bytes = result.valid_bytes
-        if result.error is not None or self.next_offset != end_offset:
+        h = self._active
+        if (self.next_offset == end_offset and result.valid_bytes < file_bytes and h is not None
+                and h.log_mm is not None
+                and _nonzero_tail_length(h.log_mm, result.valid_bytes, min(file_bytes, h.log_capacity)) == 0):
+            # Every offset is there and only zeros follow: the hole of a segment that grew in
+            # steps while it was active and was rolled (or flushed) without its cut to size
+            # reaching the disk before the broker stopped. Cutting it loses nothing.
+            result = ScanResult(result.batches, result.valid_bytes, 0, None)
+        elif result.error is not None or self.next_offset != end_offset:
             self.damaged = (self.next_offset, end_offset)
             self.size = file_bytes
         self.next_offset = max(self.next_offset, end_offset)

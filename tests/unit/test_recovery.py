@@ -212,6 +212,36 @@ def test_damaged_index_below_recovery_point_is_rebuilt(tmp_path, damage):
         lg.close()
 
 
+def test_zero_hole_after_a_flushed_segment_is_cut_not_reported_damaged(tmp_path, caplog):
+    """An active .log grows in steps, a hole past its data that roll cuts. If the broker stops
+    after a flush covered the segment but before that cut reached the disk, the flushed segment
+    comes back with zeros after its last batch: recovery cuts them (every offset is there) and
+    reports no damage; a tail that is not all zeros still counts as damage."""
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    first = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".log"))[0]
+    size = os.path.getsize(first)
+    os.truncate(first, size + 4096)  # the hole the cut at roll had removed
+    with caplog.at_level(logging.WARNING, logger="annal.broker.storage._log"):
+        lg = PartitionLog.open(path, recovery_point=120, had_clean_shutdown=False)
+    try:
+        assert lg.report.damaged == []
+        assert all_offsets(lg) == list(range(120))
+        assert lg.append(batch(1)) == 120
+    finally:
+        lg.close()
+    assert os.path.getsize(first) == size
+    # Not zeros: a flushed segment with bytes after its last batch that are not a batch.
+    with open(first, "r+b") as f:
+        f.seek(size)
+        f.write(b"\x01" * 64)
+    lg = PartitionLog.open(path, recovery_point=121, had_clean_shutdown=False)
+    try:
+        assert len(lg.report.damaged) == 1
+    finally:
+        lg.close()
+
+
 def test_leftover_files_are_removed(tmp_path):
     path = str(tmp_path / "t-0")
     fill(path, 3)
