@@ -554,18 +554,43 @@ static PyObject *make_row(PyTypeObject *cls, PyObject *prefix, Py_ssize_t plen) 
 }
 
 /* decode_records(data, pos, end, count, base_offset, base_timestamp, out, cls, prefix, check_only)
- * -> bool. True: the count records of data[pos:end] were appended to out as
+ * -> bool. data: bytes; with check_only, any contiguous buffer (a memoryview of a received
+ * request). True: the count records of data[pos:end] were appended to out as
  * cls(*prefix, offset, timestamp, key, value, headers) (check_only: none built, but every
  * record was walked and its offsetDelta is its index). False: out is left as it was and the
  * caller runs the Python decoder, which raises the error (or, for a varint wider than 64
  * bits, decodes it as a big int). */
+static PyObject *decode_records_in(const unsigned char *base, Py_ssize_t n, PyObject *const *args,
+                                   int check_only);
+
 static PyObject *decode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError, "decode_records takes 10 arguments");
         return NULL;
     }
-    PyObject *data = args[0], *out = args[6], *clsobj = args[7], *prefix = args[8];
-    if (!PyBytes_CheckExact(data)) Py_RETURN_FALSE;
+    PyObject *data = args[0];
+    int check_only = PyObject_IsTrue(args[9]);
+    if (check_only < 0) return NULL;
+    if (PyBytes_CheckExact(data))
+        return decode_records_in((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), args,
+                                 check_only);
+    /* check_only builds nothing from the data, so any contiguous buffer will do (the broker
+     * checks a request's batch where it was received, without copying it into bytes). The
+     * GIL is held throughout: nothing can resize the buffer meanwhile. */
+    if (!check_only) Py_RETURN_FALSE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    PyObject *r = decode_records_in((const unsigned char *)view.buf, view.len, args, 1);
+    PyBuffer_Release(&view);
+    return r;
+}
+
+static PyObject *decode_records_in(const unsigned char *base, Py_ssize_t n, PyObject *const *args,
+                                   int check_only) {
+    PyObject *out = args[6], *clsobj = args[7], *prefix = args[8];
     if (!PyList_Check(out) || !PyType_Check(clsobj) || !PyTuple_Check(prefix)) {
         PyErr_SetString(PyExc_TypeError, "decode_records: out must be a list, cls a type, prefix a tuple");
         return NULL;
@@ -580,11 +605,7 @@ static PyObject *decode_records(PyObject *module, PyObject *const *args, Py_ssiz
     Py_ssize_t count = PyLong_AsSsize_t(args[3]);
     int64_t base_offset, base_ts;
     if (PyErr_Occurred() || as_int64(args[4], &base_offset) < 0 || as_int64(args[5], &base_ts) < 0) return NULL;
-    int check_only = PyObject_IsTrue(args[9]);
-    if (check_only < 0) return NULL;
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
     if (pos < 0 || end > n || pos > end || count < 0) Py_RETURN_FALSE;
-    const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(data);
     const unsigned char *p = base + pos, *stop = base + end;
     Py_ssize_t plen = PyTuple_GET_SIZE(prefix);
     Py_ssize_t start_len = PyList_GET_SIZE(out);

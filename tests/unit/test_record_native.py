@@ -246,6 +246,38 @@ def test_random_bytes_never_crash_the_native_decoder() -> None:
         assert native.decode_records(data, 0, len(data), count, 0, 0, [], tuple, (), True) in (True, False)  # type: ignore[union-attr]
 
 
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    records=st.lists(_record, min_size=1, max_size=12),
+    cut=st.integers(0, 10_000),
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
+    pad=st.integers(0, 7),
+)
+def test_check_only_over_a_buffer_answers_as_over_bytes(records, cut, edits, pad) -> None:
+    """The broker checks a received request's records in place (a bytearray or a memoryview
+    of it): the same True/False as over the same bytes, with the area at an offset."""
+    area = bytearray(_area([(off, k, v, h) for off, k, v, h in records]))
+    for where, byte in edits:
+        if area:
+            area[where % len(area)] = byte
+    if cut and area:
+        del area[len(area) - cut % len(area) :]
+    held = bytearray(b"\xaa" * pad) + area + bytearray(b"\xbb" * pad)
+    want = native.decode_records(bytes(area), 0, len(area), len(records), 0, 0, [], tuple, (), True)  # type: ignore[union-attr]
+    for buf in (held, memoryview(held)):
+        got = native.decode_records(buf, pad, pad + len(area), len(records), 0, 0, [], tuple, (), True)  # type: ignore[union-attr]
+        assert got is want
+    # Building records still takes bytes only: anything else is left to the Python decoder.
+    assert native.decode_records(held, pad, pad + len(area), len(records), 0, 0, [], tuple, (), False) is False  # type: ignore[union-attr]
+
+
+def test_check_only_over_a_buffer_refuses_positions_outside_it() -> None:
+    data = bytearray(_area([(0, None, b"abc", None)]))
+    for pos, end in [(-1, len(data)), (0, len(data) + 1), (5, 4), (0, 10**9)]:
+        assert native.decode_records(memoryview(data), pos, end, 1, 0, 0, [], tuple, (), True) is False  # type: ignore[union-attr]
+    assert native.decode_records(object(), 0, 1, 1, 0, 0, [], tuple, (), True) is False  # type: ignore[union-attr]
+
+
 def test_native_decoder_refuses_positions_outside_the_buffer() -> None:
     data = _area([(0, None, b"abc", None)])
     for pos, end in [(-1, len(data)), (0, len(data) + 1), (5, 4), (0, 10**9)]:
