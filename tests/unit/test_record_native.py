@@ -208,6 +208,17 @@ def _area(records) -> bytes:
     )
 
 
+def _mutated_area(records, cut: int, edits) -> bytearray:
+    """The records' area with bytes overwritten at ``edits`` and the last ``cut`` bytes cut."""
+    area = bytearray(_area([(off, k, v, h) for off, k, v, h in records]))
+    for where, byte in edits:
+        if area:
+            area[where % len(area)] = byte
+    if cut and area:
+        del area[len(area) - cut % len(area) :]
+    return area
+
+
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
     records=st.lists(_record, min_size=1, max_size=12),
@@ -216,12 +227,7 @@ def _area(records) -> bytes:
     count_change=st.sampled_from([0, 0, -1, 1, 5]),
 )
 def test_mutated_record_areas_get_the_same_outcome(records, cut, edits, count_change) -> None:
-    area = bytearray(_area([(off, k, v, h) for off, k, v, h in records]))
-    for where, byte in edits:
-        if area:
-            area[where % len(area)] = byte
-    if cut and area:
-        del area[len(area) - cut % len(area) :]
+    area = _mutated_area(records, cut, edits)
     data = bytes(area)
     count = max(0, len(records) + count_change)
     assert _outcome(data, count, True) == _outcome(data, count, False)
@@ -256,12 +262,7 @@ def test_random_bytes_never_crash_the_native_decoder() -> None:
 def test_check_only_over_a_buffer_answers_as_over_bytes(records, cut, edits, pad) -> None:
     """The broker checks a received request's records in place (a bytearray or a memoryview
     of it): the same True/False as over the same bytes, with the area at an offset."""
-    area = bytearray(_area([(off, k, v, h) for off, k, v, h in records]))
-    for where, byte in edits:
-        if area:
-            area[where % len(area)] = byte
-    if cut and area:
-        del area[len(area) - cut % len(area) :]
+    area = _mutated_area(records, cut, edits)
     held = bytearray(b"\xaa" * pad) + area + bytearray(b"\xbb" * pad)
     want = native.decode_records(bytes(area), 0, len(area), len(records), 0, 0, [], tuple, (), True)  # type: ignore[union-attr]
     for buf in (held, memoryview(held)):
