@@ -233,13 +233,14 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
     per = parse_header(batch).last_offset_delta + 1
     count = max(1, n // per)
     records = count * per
-    for name, topic, fn in (
-        ("data port", "same-data", lambda: produce_data_port(b, "same-data", batch, count, window=4)),
-        ("kafka", "same-kafka", lambda: produce_kafka(b.kafka_port, "same-kafka", batch, count, 4)),
-    ):
+    producers: dict[str, tuple[str, Callable[[str], float]]] = {
+        "data port": ("same-data", lambda topic: produce_data_port(b, topic, batch, count, window=4)),
+        "kafka": ("same-kafka", lambda topic: produce_kafka(b.kafka_port, topic, batch, count, 4)),
+    }
+    for name, (topic, produce) in producers.items():
         create_topic(b, topic)
         with _Cpu(pid) as cpu:
-            elapsed = fn()
+            elapsed = produce(topic)
         out[f"same-client produce {name} broker cpu s/M"] = cpu.seconds / records * 1e6
         log(f"same client, produce via {name}: {records / elapsed:,.0f} records/s, broker "
             f"{cpu.seconds / records * 1e6:.3f} CPU-s per million")

@@ -41,6 +41,7 @@ def check_records(buf: Buffer, pos: int, h: BatchHeader) -> None:
         if nat.decode_records(view, pos + HEADER_SIZE, pos + h.batch_length + LOG_OVERHEAD, count, 0, 0, [],
                               tuple, (), True):
             return
+        nat = None  # walked in C already: the Python decoder below names the error
     data, pos = _batch_bytes(buf, pos, h)
     records, p, end = _records_of(data, pos, h)
     if nat is not None and nat.decode_records(records, p, end, count, 0, 0, [], tuple, (), True):

@@ -460,9 +460,14 @@ class Broker:
         wait_ms = 0
         active_before = plog.active_segment
         appended = False
-        for buf, acks, timeout_ms in parts:
+
+        def answer_last() -> None:
+            """Hand the last part's result to ``answered`` unless it waits for the flush."""
             if answered is not None and out and (not durable or durable[-1] != len(out) - 1):
-                answered(len(out) - 1, out[-1])  # the previous part: final (not waiting for a flush)
+                answered(len(out) - 1, out[-1])
+
+        for buf, acks, timeout_ms in parts:
+            answer_last()  # the previous part's result is final (its ``continue``s skip the end)
             if acks not in (0, 1, -1):
                 out.append(InvalidRequiredAcksError(f"acks must be 0, 1 or -1 (all), not {acks}", acks=acks))
                 continue
@@ -511,8 +516,7 @@ class Broker:
                 durable.append(len(out))
                 wait_ms = max(wait_ms, timeout_ms)
             out.append(AppendResult(tuple(offsets), next_offset, len(buf), records))
-        if answered is not None and out and (not durable or durable[-1] != len(out) - 1):
-            answered(len(out) - 1, out[-1])
+        answer_last()
         if appended:
             health.write_succeeded()
             if plog.active_segment is not active_before:
