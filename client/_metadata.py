@@ -58,12 +58,15 @@ _CONFIG_KEYS = (
 @dataclass(frozen=True, slots=True)
 class MetadataSnapshot:
     """One answer about the cluster. ``topics`` holds the topics that exist; ``missing`` the
-    ones asked for that do not. ``complete`` is True when ``topics`` lists every topic (so a
-    topic absent from it was deleted)."""
+    ones asked for that do not; ``unsettled`` the ones asked for that exist but that the
+    answering broker could not describe yet (a retriable topic-level error such as
+    LEADER_NOT_AVAILABLE while a new topic's placement reaches it). ``complete`` is True
+    when ``topics`` lists every topic (so a topic absent from it was deleted)."""
 
     brokers: Mapping[int, BrokerMetadata]
     topics: Mapping[str, TopicDescription]
     missing: frozenset[str] = frozenset()
+    unsettled: frozenset[str] = frozenset()
     complete: bool = False
     controller_id: int = -1
     cluster_id: str = ""
@@ -81,9 +84,13 @@ def snapshot_from_response(resp: annal_pb2.MetadataResponse, asked: Iterable[str
     }
     topics: dict[str, TopicDescription] = {}
     missing: set[str] = set()
+    unsettled: set[str] = set()
     for t in resp.topics:
         if t.error_code == UnknownTopicOrPartitionError.code:
             missing.add(t.name)
+            continue
+        if t.error_code:
+            unsettled.add(t.name)
             continue
         parts = tuple(
             sorted(
@@ -107,11 +114,12 @@ def snapshot_from_response(resp: annal_pb2.MetadataResponse, asked: Iterable[str
         )
         topics[t.name] = TopicDescription(t.name, parts, topic_config_dict(t.config))
     if asked is not None:
-        missing.update(n for n in asked if n not in topics)
+        missing.update(n for n in asked if n not in topics and n not in unsettled)
     return MetadataSnapshot(
         brokers=brokers,
         topics=topics,
         missing=frozenset(missing),
+        unsettled=frozenset(unsettled),
         complete=asked is None,
         controller_id=resp.controller_id,
         cluster_id=resp.cluster_id,
@@ -207,7 +215,7 @@ class ClusterMetadata:
                 for name in snap.missing:
                     self._topics.pop(name, None)
             self._partition_counts = {n: len(t.partitions) for n, t in self._topics.items()}
-            self._missing = set(snap.missing) | (self._missing - set(snap.topics))
+            self._missing = set(snap.missing) | (self._missing - set(snap.topics) - snap.unsettled)
             self.controller_id = snap.controller_id
             self.cluster_id = snap.cluster_id
             self._need_update = False

@@ -16,6 +16,7 @@ from annal.errors import (
     AnnalError,
     BrokerNotAvailableError,
     InvalidPartitionsError,
+    LeaderNotAvailableError,
     LocalUsageError,
     UnknownTopicOrPartitionError,
     for_code,
@@ -139,9 +140,15 @@ class Admin:
         resp = self._call("Metadata", annal_pb2.MetadataRequest(topics=names or []))
         snap = snapshot_from_response(resp, names)
         if names:
-            missing = [n for n in names if n not in snap.topics]
+            missing = [n for n in names if n in snap.missing]
             if missing:
                 raise UnknownTopicOrPartitionError(f"no such topic: {', '.join(missing)}", topics=missing)
+            unsettled = [n for n in names if n not in snap.topics]
+            if unsettled:
+                raise LeaderNotAvailableError(
+                    f"topic(s) {', '.join(unsettled)} exist but the broker has not loaded them yet; retry",
+                    topics=unsettled,
+                )
         wanted = names if names else sorted(snap.topics)
         return self._with_leader_offsets([snap.topics[n] for n in wanted], snap.brokers)
 

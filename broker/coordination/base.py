@@ -69,6 +69,12 @@ class Coordinator(abc.ABC):
         UnknownTopicOrPartitionError; RequestTimedOutError past ``deadline`` (the caller's,
         ``time.monotonic()``)."""
 
+    def topic_registered(self, name: str) -> bool | None:
+        """Whether the cluster's store holds topic ``name`` now (not marked for deletion),
+        read from the store itself rather than this broker's copy of it; None when the
+        store did not answer. A standalone broker's copy is the store."""
+        return name in self.topics()
+
     @abc.abstractmethod
     def add_listener(self, listener: PlacementListener) -> None:
         """Call ``listener`` with the placement map now and after every change."""

@@ -89,6 +89,8 @@ __all__ = ["ZooKeeperCoordinator", "MAX_PARTITIONS"]
 log = logging.getLogger(__name__)
 
 MAX_PARTITIONS = 10_000
+# How long a metadata answer waits for ZooKeeper to confirm a topic this broker has not seen.
+TOPIC_READ_TIMEOUT_S = 1.0
 
 
 def _hex(session_id: int | None) -> str:
@@ -279,6 +281,24 @@ class ZooKeeperCoordinator(Coordinator):
     def topics(self) -> dict[str, TopicPlacement]:
         with self._lock:
             return dict(self._topics)
+
+    def topic_registered(self, name: str) -> bool | None:
+        """Read ``/brokers/topics/<name>`` and its deletion mark from ZooKeeper itself: a
+        topic another broker just created exists there before this broker's watch has
+        delivered its placement. At most ``TOPIC_READ_TIMEOUT_S`` (None past it or while
+        disconnected)."""
+        zk = self._zk
+        if not zk.connected:
+            return None
+        try:
+            exists = zk.exists_async(paths.topic_path(name))
+            marked = zk.exists_async(paths.delete_topic_path(name))
+            found = exists.get(timeout=TOPIC_READ_TIMEOUT_S)
+            deleting = marked.get(timeout=TOPIC_READ_TIMEOUT_S)
+        except (KazooException, KazooTimeoutError) as exc:
+            log.debug("cannot read topic %s from ZooKeeper: %r", name, exc)
+            return None
+        return found is not None and deleting is None
 
     def add_listener(self, listener: PlacementListener) -> None:
         with self._lock:

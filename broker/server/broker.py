@@ -336,10 +336,19 @@ class Broker:
             raise UnknownTopicOrPartitionError(f"topic {name[:60]!r} does not exist", topic=name)
         self.coordinator.delete_topic(name, deadline=deadline)
 
-    def metadata(self, topics: Sequence[str] | None = None) -> tuple[dict[int, BrokerInfo], list[TopicMetadata]]:
+    def metadata(
+        self, topics: Sequence[str] | None = None, *, confirm_missing: bool = False
+    ) -> tuple[dict[int, BrokerInfo], list[TopicMetadata]]:
         """Live brokers and, for ``topics`` (all when empty), placements plus local offsets.
         A partition whose leader is not among the live brokers reports leader -1 with
-        LEADER_NOT_AVAILABLE (Kafka's answer), not the dead broker's id."""
+        LEADER_NOT_AVAILABLE (Kafka's answer), not the dead broker's id.
+
+        ``confirm_missing``: before a named topic is reported as not existing, the
+        coordinator's store is read (``Coordinator.topic_registered``); a topic created
+        through another broker whose placement has not reached this one yet is answered
+        with the retriable LEADER_NOT_AVAILABLE instead. The SDK fails at once on
+        UNKNOWN_TOPIC_OR_PARTITION, so its answer must be the cluster's, not this broker's
+        possibly late copy. Blocks up to a ZooKeeper round trip: not for the event loop."""
         placements = self._placements
         live = self.coordinator.brokers()
         names = list(topics) if topics else sorted(placements)
@@ -347,7 +356,7 @@ class Broker:
         for name in names:
             placement = placements.get(name)
             if placement is None:
-                out.append(TopicMetadata(name, error=UnknownTopicOrPartitionError(f"topic {name[:60]!r} does not exist")))
+                out.append(TopicMetadata(name, error=self._missing_topic_error(name, confirm_missing and bool(topics))))
                 continue
             parts = []
             for partition in sorted(placement.partitions):
@@ -372,6 +381,14 @@ class Broker:
                     parts.append(PartitionMetadata(partition, leader, replicas=replicas, isr=isr, leader_epoch=epoch))
             out.append(TopicMetadata(name, tuple(parts), self.config.topic_config(placement.config)))
         return live, out
+
+    def _missing_topic_error(self, name: str, confirm: bool) -> AnnalError:
+        if confirm and is_valid_topic_name(name) and self.coordinator.topic_registered(name):
+            me = self.me.broker_id if self.me else -1
+            return LeaderNotAvailableError(
+                f"topic {name!r} exists but its placement has not reached broker {me} yet", topic=name
+            )
+        return UnknownTopicOrPartitionError(f"topic {name[:60]!r} does not exist")
 
     # ------------------------------------------------------------------ partition lookup
 

@@ -208,7 +208,7 @@ class AnnalServicer(annal_pb2_grpc.AnnalServicer):
 
     @_rpc("Metadata")
     def Metadata(self, request: pb.MetadataRequest, context: grpc.ServicerContext) -> pb.MetadataResponse:
-        brokers, topics = self.broker.metadata(list(request.topics))
+        brokers, topics = self.broker.metadata(list(request.topics), confirm_missing=True)
         resp = pb.MetadataResponse(
             brokers=[_broker_pb(b) for _, b in sorted(brokers.items())],
             controller_id=self.broker.coordinator.controller_id(),

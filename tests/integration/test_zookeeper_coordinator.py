@@ -253,3 +253,48 @@ def test_unreachable_zookeeper_is_a_network_error() -> None:
     with pytest.raises(NetworkError, match="could not connect to ZooKeeper"):
         c.start(_info(1))
     c.stop()
+
+
+def test_topic_registered_reads_zookeeper_itself(zk: ZooKeeperHarness, coordinators: list[ZooKeeperCoordinator]) -> None:
+    c1 = _start(zk, coordinators, 1)
+    client = zk.client()
+    assert c1.topic_registered("fresh") is False
+    c1.create_topic("fresh", 1, {})
+    assert c1.topic_registered("fresh") is True
+    client.create(paths.delete_topic_path("fresh"), b"", makepath=True)
+    assert c1.topic_registered("fresh") is False  # marked for deletion: as good as gone
+    client.delete(paths.delete_topic_path("fresh"))
+    zk.stop_server()
+    try:
+        wait_until(lambda: c1.topic_registered("fresh") is None, message="no answer while ZooKeeper is down")
+    finally:
+        zk.start_server()
+
+
+def test_a_broker_whose_placement_is_late_answers_leader_not_available(
+    zk: ZooKeeperHarness, coordinators: list[ZooKeeperCoordinator], tmp_path
+) -> None:
+    """A topic created through another broker exists in ZooKeeper before this broker's watch
+    delivers it: the SDK's metadata answer must not be 'does not exist' in that window."""
+    from annal.broker.server.broker import Broker
+    from annal.broker.server.config import BrokerConfig
+    from annal.errors import LeaderNotAvailableError
+
+    other = _start(zk, coordinators, 2)
+    coord = ZooKeeperCoordinator(zk.hosts, session_timeout_ms=SESSION_MS)
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data"), coord)
+    broker.open()
+    broker.start(_info(1))
+    try:
+        wait_until(lambda: set(other.brokers()) == {1, 2}, message="both registered")
+        with broker._placement_lock:  # the placement cannot reach the broker meanwhile
+            other.create_topic("late", 2, {})
+            _, [confirmed] = broker.metadata(["late"], confirm_missing=True)
+            _, [cached] = broker.metadata(["late"])
+            _, [absent] = broker.metadata(["never-made"], confirm_missing=True)
+        assert isinstance(confirmed.error, LeaderNotAvailableError) and confirmed.error.retriable
+        assert isinstance(cached.error, UnknownTopicOrPartitionError)  # the loop's answer: no store read
+        assert isinstance(absent.error, UnknownTopicOrPartitionError)
+        wait_until(lambda: broker.metadata(["late"])[1][0].error is None, message="placement arrives")
+    finally:
+        broker.close()

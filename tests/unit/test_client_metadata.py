@@ -87,3 +87,28 @@ def test_complete_snapshot_drops_deleted_topics():
     assert md.topics() == {"a", "b"}
     md.refresh(None)
     assert md.topics() == {"a"} and md.partition_count("b") is None
+
+
+def test_a_topic_the_broker_has_not_loaded_yet_is_waited_for_not_missing():
+    """LEADER_NOT_AVAILABLE at topic level (a new topic's placement has not reached the
+    answering broker) is neither a topic nor missing: wait_for_topic asks again."""
+    from annal.client._metadata import snapshot_from_response
+    from annal.protocol import annal_pb2
+
+    pending = annal_pb2.MetadataResponse()
+    pending.topics.add(name="new", error_code=5)
+    snap = snapshot_from_response(pending, ["new"])
+    assert snap.unsettled == {"new"} and not snap.missing and not snap.topics
+    src = ScriptedSource([
+        MetadataSnapshot(BROKERS, {}, missing=frozenset({"new"})),  # an earlier answer: gone
+        snap,
+        snap,
+        MetadataSnapshot(BROKERS, {"new": topic("new", [1, 1, 1])}),
+    ])
+    md = ClusterMetadata(src, retry_backoff_ms=1)
+    md.refresh(["new"])
+    assert md.is_missing("new")
+    md.refresh(["new"])
+    assert not md.is_missing("new")  # exists now, only not described yet
+    assert md.wait_for_topic("new", 5000) == 3
+    assert len(src.calls) == 4
