@@ -10,6 +10,7 @@ Thread-safe: gRPC channels are; each call is independent.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Mapping, Sequence
 
 from annal.errors import (
@@ -41,6 +42,9 @@ EARLIEST = -2
 """``list_offsets`` spec: the log start offset."""
 LATEST = -1
 """``list_offsets`` spec: the log end offset (the next offset to be written)."""
+
+# Pause between Metadata calls while a named topic exists but is not described yet.
+UNSETTLED_RETRY_S = 0.05
 
 
 def _topic_config(configs: Mapping[str, Any]) -> annal_pb2.TopicConfig:
@@ -135,20 +139,31 @@ class Admin:
 
     def describe_topics(self, topics: Sequence[str] | None = None) -> list[TopicDescription]:
         """Topics (all when None) with each partition's leader and log start/end offsets.
-        Raises ``UnknownTopicOrPartitionError`` for a named topic that does not exist."""
+        Raises ``UnknownTopicOrPartitionError`` for a named topic that does not exist. A named
+        topic that exists but that the answering broker has not loaded yet (created through
+        another broker a moment ago) is asked for again, within ``request_timeout_ms``."""
         names = list(topics) if topics is not None else None
-        resp = self._call("Metadata", annal_pb2.MetadataRequest(topics=names or []))
-        snap = snapshot_from_response(resp, names)
-        if names:
+        deadline = time.monotonic() + self._timeout_ms / 1000.0
+        while True:
+            resp = self._call("Metadata", annal_pb2.MetadataRequest(topics=names or []))
+            snap = snapshot_from_response(resp, names)
+            if not names:
+                break
             missing = [n for n in names if n in snap.missing]
             if missing:
                 raise UnknownTopicOrPartitionError(f"no such topic: {', '.join(missing)}", topics=missing)
             unsettled = [n for n in names if n not in snap.topics]
-            if unsettled:
+            if not unsettled:
+                break
+            # A topic just created through another broker: it exists, the answering broker
+            # has not loaded its placement yet. Asked again, as Kafka's AdminClient retries
+            # LEADER_NOT_AVAILABLE, within the call's timeout.
+            if time.monotonic() >= deadline:
                 raise LeaderNotAvailableError(
-                    f"topic(s) {', '.join(unsettled)} exist but the broker has not loaded them yet; retry",
-                    topics=unsettled,
+                    f"topic(s) {', '.join(unsettled)} exist but the broker had not loaded them after "
+                    f"{self._timeout_ms} ms", topics=unsettled,
                 )
+            time.sleep(UNSETTLED_RETRY_S)
         wanted = names if names else sorted(snap.topics)
         return self._with_leader_offsets([snap.topics[n] for n in wanted], snap.brokers)
 
