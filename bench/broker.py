@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import selectors
@@ -109,7 +110,15 @@ def _recv_frame(sock: socket.socket, buf: bytearray) -> memoryview:
     return view
 
 
-def produce_data_port(b: LocalBroker, topic: str, batch: bytes, count: int, window: int, acks: int = 1) -> float:
+class _Port:
+    """Where ``produce_data_port`` connects, for a process that has no ``LocalBroker``."""
+
+    def __init__(self, fetch_port: int) -> None:
+        self.fetch_port = fetch_port
+
+
+def produce_data_port(b: LocalBroker | _Port, topic: str, batch: bytes, count: int, window: int,
+                      acks: int = 1) -> float:
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(4096)
@@ -496,8 +505,17 @@ def _p99(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(0.99 * len(xs)))]
 
 
+def _produce_load(fetch_port: int, topic: str, window: int, producing: Any, done: Any) -> None:
+    """The long-poll benchmark's load, in its own process: ~1 MiB batches until ``done``
+    (``producing`` is set once the first 64 are appended)."""
+    batch = one_mib_batch()
+    while not done.is_set():
+        produce_data_port(_Port(fetch_port), topic, batch, 64, window)
+        producing.set()
+
+
 def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
-    """p99 of long-poll wake-ups, idle and while (a) another connection produces ~1 MiB batches
+    """p99 of long-poll wake-ups, idle and while (a) another process produces ~1 MiB batches
     into a topic with 16 MiB segments (a roll every 16 requests) and (b) retention deletes a
     1 GiB segment (a topic of one 1 GiB segment plus one batch, retention_bytes 1 MiB: the
     maintenance timer deletes the big segment within its interval)."""
@@ -512,18 +530,21 @@ def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]
         produce_data_port(b, big, batch, 1024, args.window)  # 1 GiB in one segment (not deleted yet)
         load = f"longpoll-load-{run}"
         create_topic(b, load, segment_bytes=16 * MiB, max_message_bytes=2 * MiB)
-        done = threading.Event()
-
-        def produce_load() -> None:
-            while not done.is_set():
-                produce_data_port(b, load, batch, 64, args.window)
-
-        t = threading.Thread(target=produce_load, daemon=True)
-        t.start()
+        # The load comes from another process: in this one its thread would share the GIL
+        # with the latency client, and the p99 would measure this process, not the broker.
+        ctx = multiprocessing.get_context("spawn")
+        done, producing = ctx.Event(), ctx.Event()
+        loader = ctx.Process(target=_produce_load, args=(b.fetch_port, load, args.window, producing, done),
+                             daemon=True)
+        loader.start()
+        if not producing.wait(60):
+            raise RuntimeError("the load process did not start producing")
         produce_data_port(b, big, batch, 2, 1)  # rolls the 1 GiB segment: retention deletes it now
         busy = _longpoll_latencies(b, lp, args.window_s / 2)
         done.set()
-        t.join()
+        loader.join(60)
+        if loader.exitcode != 0:
+            raise RuntimeError(f"the load process failed (exit {loader.exitcode})")
         for name in (lp, big, load):
             delete_topic(b, name)
         i99, l99 = _p99(idle), _p99(busy)
