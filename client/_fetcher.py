@@ -346,8 +346,9 @@ class Fetcher(threading.Thread):
                     continue
                 leader = md.leader_for(tp.topic, tp.partition)
                 if leader < 0 or md.broker(leader) is None:
-                    self.warnings.warn(("leader", tp), "no live leader for %s-%d (leader %d); its records wait",
-                                       tp.topic, tp.partition, leader)
+                    if md.partition_count(tp.topic) is not None:  # not just metadata still on its way
+                        self.warnings.warn(("leader", tp), "no live leader for %s-%d (leader %d); its records wait",
+                                           tp.topic, tp.partition, leader)
                     need_metadata = True
                     continue
                 self.warnings.clear(("leader", tp))

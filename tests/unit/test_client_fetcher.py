@@ -131,3 +131,43 @@ def test_list_offsets_asks_for_metadata_even_right_after_another_refresh():
                 retry_backoff_ms=10, request_timeout_ms=1000)
     assert f.list_offsets({TopicPartition("t", 0): LATEST}) == {TopicPartition("t", 0): (7, -1)}
     assert Source.calls == 1
+
+
+def test_no_leader_warning_while_the_topics_metadata_is_still_on_its_way(caplog):
+    """Right after assign(), before the first metadata answer, a partition has no known
+    leader: that is not a leaderless partition and must not be reported as one. Once the
+    metadata says its leader is not alive, it is."""
+    import logging
+
+    from annal.client._fetcher import Fetcher
+    from annal.client._metadata import ClusterMetadata, MetadataSnapshot
+    from annal.client.structs import BrokerMetadata, PartitionMetadata, TopicDescription
+
+    class Source:
+        def __init__(self):
+            self.snap = MetadataSnapshot({0: BrokerMetadata(0, "127.0.0.1", 1, 2)}, {})
+
+        def fetch(self, topics):
+            return self.snap
+
+        def close(self):
+            pass
+
+    src = Source()
+    md = ClusterMetadata(src, retry_backoff_ms=0)
+    f = Fetcher(md, None, auto_offset_reset="earliest", fetch_min_bytes=1,  # type: ignore[arg-type]
+                fetch_max_wait_ms=500, fetch_max_bytes=1 << 20, max_partition_fetch_bytes=1 << 20,
+                retry_backoff_ms=10, request_timeout_ms=1000)
+    tp = TopicPartition("t", 0)
+    f.states[tp] = PartitionState(tp)
+    f.states[tp].seek(0)
+    with caplog.at_level(logging.WARNING, logger="annal.client"):
+        f._run_once()  # the topic is not in the metadata yet (its answer is still on its way)
+        assert not [r for r in caplog.records if "no live leader" in r.getMessage()]
+        src.snap = MetadataSnapshot({0: BrokerMetadata(0, "127.0.0.1", 1, 2)},
+                                    {"t": TopicDescription("t", (PartitionMetadata("t", 0, 5, 0, 0, 0),))})
+        f._run_once()  # asks again: the answer names broker 5 as the leader
+        assert md.leader_for("t", 0) == 5
+        f._run_once()  # which is not alive
+        assert [r for r in caplog.records if "no live leader for t-0 (leader 5)" in r.getMessage()]
+    f._waker.close()
