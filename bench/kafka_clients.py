@@ -10,11 +10,14 @@ one partition, acks=1:
   reading the topic back with ``consume(num_messages=10000)`` and ``fetch.queue.backoff.ms=1``
   (the issue's Kafka 4.1 figures were taken the same way);
 - kafka-python: ``send()`` in a loop then ``flush()``; a consumer iterating over the topic;
-- Annal's SDK over the data port, the same records (the baseline for broker CPU);
-- broker CPU-seconds per million records of each of those (utime + stime of the broker process
-  from ``/proc/<pid>/stat`` around each phase, so client CPU is not counted);
+- Annal's SDK over the data port, the same numbers of records (the baseline for broker CPU),
+  and the SDK reading confluent-kafka's records back over the data port: the same batches, so
+  the same records per fetch, as the confluent-kafka consumer got through the listener;
+- broker CPU-seconds per million records of each of those (the on-CPU time of the broker's
+  threads from ``/proc/<pid>/task/*/schedstat``, nanoseconds, around each phase, so client CPU
+  is not counted);
 - large fetches: a page-cached partition of ~1 MiB batches read from offset 0 to its end with
-  64 MiB fetches, three times alternately through the Kafka listener (Fetch v11, raw socket,
+  64 MiB fetches, three times alternately through the Kafka listener (Fetch v12, raw socket,
   Annal's codec) and through the data port (raw socket), the two clients doing the same work
   per answer (each port's figure: the median of its three reads);
 - the same client work through both ports (``same_client_phases``): raw sockets producing the
@@ -38,7 +41,7 @@ import time
 from typing import Any, Callable
 
 from annal.bench._local_broker import LocalBroker
-from annal.bench.broker import _cpu_seconds, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
+from annal.bench.broker import _cpu_seconds_precise, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
 from annal.kafka import ApiKey
 from annal.kafka.header import decode_response, encode_request
 from annal.record import encode_batch, iter_batch_positions, parse_header
@@ -50,19 +53,20 @@ VALUE = b"x" * 100
 
 
 class _Cpu:
-    """Broker CPU seconds spent between ``start()`` and ``stop()``."""
+    """Broker CPU seconds spent inside the ``with`` block (the scheduler's nanosecond
+    accounting of the broker's threads, ``_cpu_seconds_precise``)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.before = 0.0
 
     def __enter__(self) -> "_Cpu":
-        self.before = _cpu_seconds(self.pid)
+        self.before = _cpu_seconds_precise(self.pid)
         self.seconds = 0.0
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = _cpu_seconds(self.pid) - self.before
+        self.seconds = _cpu_seconds_precise(self.pid) - self.before
 
 
 def confluent_produce(bootstrap: str, topic: str, n: int) -> float:
@@ -162,7 +166,9 @@ def sdk_consume(bootstrap: str, topic: str, n: int) -> float:
     return elapsed
 
 
-def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
+def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version: int = 12) -> tuple[float, int]:
+    """Read ``topic``-0 from offset 0 to ``end_offset`` with Fetch ``version`` (12: the flexible
+    version librdkafka 2.x and aiokafka use against Annal), one request in flight."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -170,11 +176,11 @@ def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int) -> tuple
     started = time.perf_counter()
     while offset < end_offset:
         cid += 1
-        sock.sendall(encode_request(ApiKey.FETCH, 11, cid, "bench", {
+        sock.sendall(encode_request(ApiKey.FETCH, version, cid, "bench", {
             "max_wait_ms": 0, "min_bytes": 0, "max_bytes": max_bytes, "topics": [
                 {"topic": topic, "partitions": [{"partition": 0, "fetch_offset": offset,
                                                  "partition_max_bytes": max_bytes}]}]}))
-        _, resp = decode_response(ApiKey.FETCH, 11, _recv_frame(sock, buf))
+        _, resp = decode_response(ApiKey.FETCH, version, _recv_frame(sock, buf))
         p = resp["responses"][0]["partitions"][0]
         records = p["records"]
         if p["error_code"] or not records:
@@ -245,7 +251,7 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
         log(f"same client, produce via {name}: {records / elapsed:,.0f} records/s, broker "
             f"{cpu.seconds / records * 1e6:.3f} CPU-s per million")
     # Reading is cheap for the broker (~0.04 CPU-s per million): each port reads the records
-    # READS times, alternately, so the CPU figure spans ~60 clock ticks, not ~12.
+    # READS times, alternately, so each figure spans a few hundred ms of broker CPU, not ~40 ms.
     fetchers = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB),
                 "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB)}
     cpu_s = {name: 0.0 for name in fetchers}
@@ -284,6 +290,11 @@ def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, f
             ("kafka-python consume", lambda: kafka_python_consume(kafka, "kp", m), m),
             ("annal sdk produce (data port)", lambda: sdk_produce(b.bootstrap, "sdk", n), n),
             ("annal sdk consume (data port)", lambda: sdk_consume(b.bootstrap, "sdk", n), n),
+            # The records confluent-kafka wrote and read, read again by the SDK: the same batches
+            # in the same fetches (a consumer's broker cost per record is set by how many
+            # records each fetch carries, i.e. by the producer's batches).
+            ("annal sdk consume of the confluent-kafka records (data port)",
+             lambda: sdk_consume(b.bootstrap, "cf", n), n),
         ]
         for name, fn, count in phases:
             with _Cpu(pid) as cpu:
@@ -314,6 +325,9 @@ def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, f
         out.update(same_client_phases(b, pid, n, log))
     out["produce cpu ratio kafka/data"] = out["confluent-kafka produce broker cpu s/M"] / out["annal sdk produce (data port) broker cpu s/M"]
     out["consume cpu ratio kafka/data"] = out["confluent-kafka consume broker cpu s/M"] / out["annal sdk consume (data port) broker cpu s/M"]
+    out["consume cpu ratio kafka/data, same records"] = (
+        out["confluent-kafka consume broker cpu s/M"]
+        / out["annal sdk consume of the confluent-kafka records (data port) broker cpu s/M"])
     out["large fetch ratio kafka/data"] = out["large fetch kafka MB/s"] / out["large fetch data port MB/s"]
     return out
 
@@ -329,6 +343,10 @@ ROWS = [
     ("broker CPU-s per million records consumed, Kafka listener (confluent-kafka)", "confluent-kafka consume broker cpu s/M", "-", "{:.3f}"),
     ("broker CPU-s per million records consumed, data port (Annal SDK)", "annal sdk consume (data port) broker cpu s/M", "-", "{:.3f}"),
     ("consume: Kafka listener / data port broker CPU per record", "consume cpu ratio kafka/data", "<= 1.2", "{:.2f}"),
+    ("broker CPU-s per million records consumed, data port (Annal SDK reading the confluent-kafka records)",
+     "annal sdk consume of the confluent-kafka records (data port) broker cpu s/M", "-", "{:.3f}"),
+    ("consume of the same records: Kafka listener (confluent-kafka) / data port (Annal SDK) broker CPU per record",
+     "consume cpu ratio kafka/data, same records", "<= 1.2", "{:.2f}"),
     ("broker CPU-s per million records, kafka-python produce", "kafka-python produce broker cpu s/M", "-", "{:.3f}"),
     ("broker CPU-s per million records, kafka-python consume", "kafka-python consume broker cpu s/M", "-", "{:.3f}"),
     ("Annal SDK produce over the data port, records/s (same runs)", "annal sdk produce (data port) records/s", "-", "{:,.0f}"),
