@@ -205,3 +205,67 @@ def test_stalled_frame_is_cut_after_the_request_timeout(broker_factory: Any) -> 
     assert raw.closed()
     b.wait_for_log("no complete request within request_timeout_ms=500")
     raw.close()
+
+
+def _produce_request(cid: int, topic: str, records: bytes, acks: int = 1) -> bytes:
+    return encode_request(ApiKey.PRODUCE, 9, cid, "raw", {"acks": acks, "timeout_ms": 10000, "topic_data": [
+        {"name": topic, "partition_data": [{"index": 0, "records": records}]}]})
+
+
+def test_pipelined_produces_are_answered_in_request_order(broker: BrokerProcess) -> None:
+    """A client with many produce requests in flight on one connection (librdkafka keeps 5),
+    all sent before any answer is read: every one is answered, in request order, each with
+    the offsets of its own batch, and a request of another API sent behind them after them."""
+    with Admin(bootstrap_servers=broker.bootstrap) as admin:
+        admin.create_topics([NewTopic("piped", 1), NewTopic("piped2", 1)])
+    raw = Raw(broker)
+    sizes = [1 + (i * 7) % 13 for i in range(40)]
+    out = b""
+    for i, n in enumerate(sizes):
+        # Two partitions' worth of topics interleaved: answers must still come back in order.
+        topic = "piped" if i % 3 else "piped2"
+        out += _produce_request(100 + i, topic, _batch([b"v%d-%d" % (i, j) for j in range(n)], -1, -1, -1))
+    out += encode_request(ApiKey.API_VERSIONS, 3, 999, "raw", {"client_software_name": "raw",
+                                                               "client_software_version": "1"})
+    raw.send(out)  # every request at once
+    next_offset = {"piped": 0, "piped2": 0}
+    for i, n in enumerate(sizes):
+        frame = raw.read_frame()
+        assert frame is not None
+        cid, resp = decode_response(ApiKey.PRODUCE, 9, frame)
+        assert cid == 100 + i
+        topic = "piped" if i % 3 else "piped2"
+        part = resp["responses"][0]["partition_responses"][0]
+        assert resp["responses"][0]["name"] == topic
+        assert (part["error_code"], part["base_offset"]) == (0, next_offset[topic])
+        next_offset[topic] += n
+    frame = raw.read_frame()
+    assert frame is not None
+    cid, versions = decode_response(ApiKey.API_VERSIONS, 3, frame)
+    assert cid == 999 and versions["error_code"] == 0
+    raw.close()
+    assert _end_offset(broker, "piped") == next_offset["piped"]
+    assert _end_offset(broker, "piped2") == next_offset["piped2"]
+
+
+def test_a_bad_request_behind_pipelined_produces_is_answered_after_them(broker: BrokerProcess) -> None:
+    """The INVALID_REQUEST answer of a malformed produce waits for the answers of the produces
+    sent before it; then the connection closes, and nothing of the bad request is written."""
+    with Admin(bootstrap_servers=broker.bootstrap) as admin:
+        admin.create_topics([NewTopic("piped-bad", 1)])
+    raw = Raw(broker)
+    good = [_produce_request(10 + i, "piped-bad", _batch([b"g%d" % i] * 50, -1, -1, -1)) for i in range(6)]
+    bad = _produce_request(77, "piped-bad", _batch([b"b"], -1, -1, -1))
+    bad = len(bad[4:-30]).to_bytes(4, "big") + bad[4:-30]  # a truncated body
+    raw.send(b"".join(good) + bad)
+    for i in range(6):
+        frame = raw.read_frame()
+        assert frame is not None
+        cid, resp = decode_response(ApiKey.PRODUCE, 9, frame)
+        assert cid == 10 + i and resp["responses"][0]["partition_responses"][0]["error_code"] == 0
+    answer = raw.read_frame()
+    assert answer is not None and answer[:4] == (77).to_bytes(4, "big")
+    assert int.from_bytes(answer[4:6], "big") == ErrorCode.INVALID_REQUEST
+    assert raw.closed()
+    raw.close()
+    assert _end_offset(broker, "piped-bad") == 6 * 50
