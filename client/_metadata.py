@@ -27,6 +27,7 @@ from annal.errors import (
     KafkaTimeoutError,
     LocalUsageError,
     UnknownTopicOrPartitionError,
+    for_code,
 )
 from annal.protocol import annal_pb2
 
@@ -90,7 +91,9 @@ def snapshot_from_response(resp: annal_pb2.MetadataResponse, asked: Iterable[str
             missing.add(t.name)
             continue
         if t.error_code:
-            unsettled.add(t.name)
+            # Retriable (LEADER_NOT_AVAILABLE while a new topic's placement reaches the
+            # broker): ask again. Anything else: the topic cannot be used.
+            (unsettled if for_code(t.error_code).retriable else missing).add(t.name)
             continue
         parts = tuple(
             sorted(

@@ -356,7 +356,7 @@ class Broker:
         for name in names:
             placement = placements.get(name)
             if placement is None:
-                out.append(TopicMetadata(name, error=self._missing_topic_error(name, confirm_missing and bool(topics))))
+                out.append(TopicMetadata(name, error=self._missing_topic_error(name, confirm_missing)))
                 continue
             parts = []
             for partition in sorted(placement.partitions):
