@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import threading
 import time
@@ -65,6 +64,7 @@ from annal.protocol import framing as fr
 from annal.broker.server.broker import Broker, read_result_size, release_read
 from annal.broker.server.loop_mailbox import LoopMailbox
 from annal.broker.server.request_handlers import RequestHandlerPool
+from annal.broker.server.sendfile import send_file_range
 
 __all__ = ["DataPortServer"]
 
@@ -755,27 +755,10 @@ class DataPortServer:
             self._request_done(conn)
 
     async def _sendfile(self, conn: _Connection, fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (asyncio's
-        native path: it waits for the transport's buffer to empty, then sendfiles on the
-        socket). The lseek it does afterwards is harmless: segments use positional I/O only."""
-        loop = self._loop
-        assert loop is not None and conn.transport is not None
-        if conn.closed:
+        """Send ``count`` bytes of file ``fd`` from ``offset`` (``sendfile.py``)."""
+        if conn.closed or conn.transport is None:
             raise ConnectionResetError("connection closed")
-        transport = conn.transport
-        if transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-            try:
-                sent = await loop.sendfile(transport, f, offset, count, fallback=False)
-            except asyncio.SendfileNotAvailableError as err:
-                # asyncio turns any OSError of the *first* os.sendfile call into this (without
-                # a cause), to fall back to send() for files that cannot be sendfile'd. Ours is
-                # always a regular segment file, so that failure is the socket's: the peer
-                # reset the connection (ECONNRESET, EPIPE). A disconnect, not a server error.
-                if conn.closed or transport.is_closing() or str(err) == "os.sendfile call failed":
-                    raise ConnectionResetError(f"connection lost during sendfile ({err})") from None
-                raise
+        sent = await send_file_range(conn.transport, fd, offset, count)
         if sent != count:
             # The file is shorter than the index said: this frame can no longer be completed,
             # so the connection must be dropped.

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import socket
 import time
 from typing import Any
@@ -42,6 +41,7 @@ from annal.kafka.header import read_header
 from annal.protocol.framing import FrameReader
 from annal.broker.server.broker import Broker, release_read
 from annal.broker.server.kafka.handlers import KafkaHandlers, NoResponse
+from annal.broker.server.sendfile import send_file_range
 
 __all__ = ["KafkaListener"]
 
@@ -317,7 +317,6 @@ class KafkaListener:
             conn.write(parts[0])
             await conn.drain()
             return
-        loop = asyncio.get_running_loop()
         for part in parts:
             if isinstance(part, bytes):
                 if part:
@@ -326,8 +325,7 @@ class KafkaListener:
             for chunk in part.chunks:
                 if conn.lost or conn.transport is None:
                     raise ConnectionResetError("connection closed")
-                with os.fdopen(chunk.fd, "rb", buffering=0, closefd=False) as f:
-                    sent = await loop.sendfile(conn.transport, f, chunk.position, chunk.size, fallback=False)
+                sent = await send_file_range(conn.transport, chunk.fd, chunk.position, chunk.size)
                 if sent != chunk.size:
                     raise ConnectionResetError(f"segment file ended {chunk.size - sent} bytes early during sendfile")
         await conn.drain()
