@@ -400,11 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python-records", type=int, default=200_000, help="records for kafka-python")
     p.add_argument("--fetch-mib", type=int, default=512, help="size of the large-fetch partition")
     p.add_argument("--markdown", default=None, help="write the fragment here (docs/benchmarks/kafka.md)")
+    p.add_argument("--broker-pythonpath", default=None,
+                   help="start the broker with this PYTHONPATH (an 'annal' package tree of other code: A/B "
+                        "comparisons of the broker; the clients stay the same)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.broker_pythonpath:
+        # Read by LocalBroker's subprocess only: this process has imported its code already.
+        os.environ["PYTHONPATH"] = args.broker_pythonpath
+        os.environ["PYTHONSAFEPATH"] = "1"
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     runs, loads = [], []
     for i in range(args.runs):
