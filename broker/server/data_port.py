@@ -14,9 +14,9 @@ long-poll is a ``_LongPoll`` object holding one timer and a wake-up registered w
 for the partitions it named (any append to one of them calls it, from whatever thread
 appended). An idle long-poll costs a timer and a few dict entries, no CPU; when the timer fires
 with no append since the last read, that (empty) read is the answer. Only answers that move
-bytes run as tasks: a FETCH with records (the fixed fields, then the batches with asyncio's
-native ``loop.sendfile`` straight from the segment file, so record bytes never pass through
-Python).
+bytes run as tasks: a FETCH with records (the fixed fields, then the batches with
+``os.sendfile`` straight from the segment file (``sendfile.py``), so record bytes never pass
+through Python).
 
 The loop does no log work: every PRODUCE is handed, partition by partition, to the
 request-handler pool (``request_handlers.py``, ``num_io_threads`` threads), which validates,

@@ -8,8 +8,8 @@ as the data port, so a Produce's batches are appended from the buffer the kernel
 one task per connection takes whole frames, decodes them with ``annal.kafka`` and answers them
 in order, as Kafka does (a client may pipeline; answers go back in request order). The APIs are
 answered by ``handlers.KafkaHandlers``; the bytes of a Fetch answer's records go to the socket
-with ``loop.sendfile`` straight from the segment files (the data port's path), never through
-Python.
+with ``os.sendfile`` straight from the segment files (``sendfile.py``, the data port's path),
+never through Python.
 
 Failure handling: a frame whose length prefix is negative or over ``max_request_bytes`` is
 logged and the connection closed (its correlation id is unknown, nothing can be answered); a
