@@ -498,6 +498,12 @@ class FrameReader:
         """Bytes held by complete frames not yet taken plus the frame being assembled."""
         return sum(len(f) for f in self._ready) + (self._frame_len if self._frame is not None else 0)
 
+    @property
+    def ready_bytes(self) -> int:
+        """Bytes of the complete frames not yet taken (the frame being assembled not counted:
+        a reader that paused for it could never complete it)."""
+        return sum(len(f) for f in self._ready)
+
 
 # --------------------------------------------------------------------------- encoding
 

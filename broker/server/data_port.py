@@ -26,10 +26,11 @@ finished while it was busy). Up to ``MAX_PRODUCES_IN_FLIGHT``
 produces of one connection are on the pool at once, answered in request order; a FETCH behind
 them waits for them (answers leave in request order).
 
-Request memory is bounded broker-wide (``queued_max_request_bytes``): the bytes of frames being
-read, complete but not yet taken, or being answered, over all connections. At the bound, a
-connection whose next read would need new memory reads into a small hold buffer and is muted
-(reading paused); answers that free memory unmute connections, oldest first.
+Request memory is bounded broker-wide (``queued_max_request_bytes``, ``request_memory.py``,
+shared with the Kafka listener): the bytes of frames being read, complete but not yet taken,
+or being answered, over all connections. At the bound, a connection whose next read would need
+new memory reads into a small hold buffer and is muted (reading paused); answers that free
+memory unmute connections, oldest first.
 
 Failure handling: a frame whose length prefix is out of bounds, or that does not parse, is
 answered with INVALID_REQUEST and the connection closed; a peer that stops in the middle of a
@@ -64,6 +65,7 @@ from annal.protocol import framing as fr
 from annal.broker.server.broker import Broker, read_result_size, release_read
 from annal.broker.server.loop_mailbox import LoopMailbox
 from annal.broker.server.request_handlers import RequestHandlerPool
+from annal.broker.server.request_memory import RequestMemory
 from annal.broker.server.sendfile import send_file_range
 
 __all__ = ["DataPortServer"]
@@ -137,19 +139,19 @@ class _Connection(asyncio.BufferedProtocol):
         self.server._connection_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        server = self.server
-        if server._queued >= server.queued_max_request_bytes and self.reader.next_read_allocates:
+        memory = self.server.memory
+        if memory.full and self.reader.next_read_allocates:
             # Over the broker-wide bound, and these bytes would need new memory: take at most
             # a small hold buffer's worth, then stop reading (buffer_updated) until memory frees.
             self.holding = True
-            return server._hold_view
+            return memory.hold_view
         self.holding = False
         return self.reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.holding:
             self.holding = False
-            self.held += self.server._hold_view[:nbytes]
+            self.held += self.server.memory.hold_view[:nbytes]
             self.server._mute(self)
             return
         r = self.reader
@@ -195,10 +197,24 @@ class _Connection(asyncio.BufferedProtocol):
 
     def resume_reading(self) -> None:
         if self.muted:
-            return  # the memory bound resumes it (DataPortServer._unmute)
+            return  # the memory bound resumes it (unmute)
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
+
+    def unmute(self) -> None:
+        """Request memory fell below the bound (``RequestMemory``): take back the bytes read
+        into the hold buffer, read again, and answer what is complete."""
+        self.muted = False
+        if self.closed:
+            return
+        held, self.held = bytes(self.held), bytearray()
+        server = self.server
+        if held:
+            self.reader.receive_data(held)
+            server._account(self)
+        self.resume_reading()
+        server._pump(self)
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -361,11 +377,10 @@ class _LongPoll:
 class DataPortServer:
     """Serves the data port on one event loop. Not thread-safe: call its methods from the loop.
 
-    Request memory is bounded broker-wide by ``queued_max_request_bytes`` (see ``__init__``):
-    ``annal_data_port_queued_request_bytes`` and ``annal_data_port_muted_connections`` show it.
+    Request memory is bounded broker-wide by ``memory`` (``request_memory.py``; one is made
+    from ``queued_max_request_bytes`` unless given, to share with the Kafka listener).
     """
 
-    HOLD_BYTES = 4096  # what a connection over the bound may read before it is muted
     MAX_PRODUCES_IN_FLIGHT = 8  # per connection, on the request-handler pool
 
     def __init__(
@@ -380,20 +395,13 @@ class DataPortServer:
         queued_max_request_bytes: int = 512 * 1024 * 1024,
         num_io_threads: int = 2,
         queued_max_requests: int = 500,
+        memory: RequestMemory | None = None,
     ) -> None:
         self.broker = broker
         self.handlers = RequestHandlerPool(broker, num_io_threads, queued_max_requests)
-        # Kafka's queued.max.request.bytes: bytes of requests being read or waiting for an
-        # answer, over all connections. At the bound, a connection whose next bytes need new
-        # memory is muted (reading paused) until answers free some; frames whose buffer is
-        # already allocated keep filling, so they complete. Overshoot: the one allocation that
-        # crosses the bound (at most max(4 MiB, a frame's size / 2)) plus HOLD_BYTES per
-        # muted connection.
-        self.queued_max_request_bytes = max(queued_max_request_bytes, max_request_bytes)
-        self._queued = 0
-        self._muted: dict[_Connection, None] = {}  # insertion-ordered: unmuted first in, first out
-        self._hold_view = memoryview(bytearray(self.HOLD_BYTES))
-        self._unmuting = False
+        # Kafka's queued.max.request.bytes (request_memory.py): one request must always fit.
+        self.memory = memory if memory is not None else RequestMemory(max(queued_max_request_bytes,
+                                                                           max_request_bytes))
         self.host = host
         self.port = port
         self.request_timeout = request_timeout_ms / 1000
@@ -411,15 +419,7 @@ class DataPortServer:
         metrics = broker.metrics
         metrics.long_poll_sources.append(lambda: self._long_polls)
         metrics.connection_sources.append(lambda: len(self._conns))
-        try:
-            from prometheus_client import Gauge
-
-            Gauge("annal_data_port_queued_request_bytes", "Bytes of data port requests read or queued",
-                  registry=metrics.registry).set_function(lambda: self._queued)
-            Gauge("annal_data_port_muted_connections", "Data port connections not read: request memory is full",
-                  registry=metrics.registry).set_function(lambda: len(self._muted))
-        except ValueError:  # a second server on the same registry (tests): the first one's gauges stay
-            pass
+        metrics.watch_request_memory(self.memory)
         self._observe_fetch = metrics.request_observer("Fetch", "data")
         self._observe_produce = metrics.request_observer("Produce", "data")
 
@@ -483,53 +483,25 @@ class DataPortServer:
         """Bring ``conn``'s share of the request memory up to date; unmute others if it fell."""
         if not conn.busy:
             conn.inflight = 0
-        mem = 0 if conn.lost else conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes
-        delta = mem - conn.mem
-        conn.mem = mem
-        self._queued += delta
-        if self._queued >= self.queued_max_request_bytes:
+        if conn.lost:
+            self.memory.set(conn, 0)
+            return
+        memory = self.memory
+        memory.set(conn, conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes)
+        if memory.full:
             conn.reader.drop_spares()
-            mem = conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes
-            self._queued += mem - conn.mem
-            conn.mem = mem
-        elif delta < 0 and self._muted:
-            self._unmute()
+            memory.set(conn, conn.reader.allocated_bytes + conn.inflight + conn.produce_bytes)
 
     def _mute(self, conn: _Connection) -> None:
         if not conn.muted and not conn.closed:
             conn.muted = True
-            self._muted[conn] = None
+            self.memory.mute(conn)
             if not conn.read_paused and conn.transport is not None:
                 conn.read_paused = True
                 conn.transport.pause_reading()
 
-    def _unmute(self) -> None:
-        """Resume muted connections, oldest first, while memory is below the bound."""
-        if self._unmuting:
-            return  # re-entered from a resumed connection's _pump: the outer loop carries on
-        self._unmuting = True
-        try:
-            self._unmute_loop()
-        finally:
-            self._unmuting = False
-
-    def _unmute_loop(self) -> None:
-        while self._muted and self._queued < self.queued_max_request_bytes:
-            conn = next(iter(self._muted))
-            del self._muted[conn]
-            conn.muted = False
-            if conn.closed:
-                continue
-            held, conn.held = bytes(conn.held), bytearray()
-            if held:
-                conn.reader.receive_data(held)
-                self._account(conn)
-            conn.resume_reading()
-            self._pump(conn)
-
     def _connection_lost(self, conn: _Connection) -> None:
-        self._muted.pop(conn, None)
-        self._account(conn)
+        self.memory.forget(conn)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
@@ -637,6 +609,11 @@ class DataPortServer:
 
     def _on_read_timeout(self, conn: _Connection) -> None:
         conn.timer = None
+        if conn.muted and not conn.closed:
+            # Not read because request memory is full: the stall is the broker's, not the
+            # client's. The timeout starts again (unmuting resumes reading meanwhile).
+            self._arm_read_timeout(conn)
+            return
         if not conn.busy and conn.reader.in_frame and not conn.closed:
             log.info(
                 "data port %s: no complete request within request_timeout_ms=%d (%d bytes of a frame received); "

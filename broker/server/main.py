@@ -162,7 +162,7 @@ async def _serve(config: Any) -> int:
         if config.kafka_port >= 0:
             from annal.broker.server.kafka import make_listener
 
-            kafka = make_listener(broker, config, pool=data_port.handlers)
+            kafka = make_listener(broker, config, pool=data_port.handlers, memory=data_port.memory)
             kafka_port = kafka.bind()
         grpc_server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="annal-grpc"),

@@ -19,6 +19,8 @@ Names (Kafka's JMX names, Prometheus style)::
     annal_partition_size_bytes{topic,partition}
     annal_long_polls_waiting                 fetches waiting for data right now
     annal_data_port_connections              open data port connections
+    annal_queued_request_bytes               bytes of requests read or queued, all listeners
+    annal_muted_connections                  connections not read: request memory at its bound
 """
 
 from __future__ import annotations
@@ -115,6 +117,11 @@ class BrokerMetrics:
         self.long_polls.set_function(lambda: sum(f() for f in list(self.long_poll_sources)))
         self.connections = Gauge("annal_data_port_connections", "Open data port connections", registry=r)
         self.connections.set_function(lambda: sum(f() for f in list(self.connection_sources)))
+        self._request_memories: list[Any] = []  # RequestMemory objects (request_memory.py)
+        Gauge("annal_queued_request_bytes", "Bytes of requests read or queued, all listeners (queued_max_request_bytes)",
+              registry=r).set_function(lambda: sum(m.queued for m in list(self._request_memories)))
+        Gauge("annal_muted_connections", "Connections not read because request memory is at its bound",
+              registry=r).set_function(lambda: sum(m.muted for m in list(self._request_memories)))
         if partition_stats is not None:
             r.register(_PartitionCollector(partition_stats))
         self._loop_stats: dict[tuple[str, str], _LoopStats] = {}
@@ -141,6 +148,11 @@ class BrokerMetrics:
         with self._stats_lock:
             stats = self._loop_stats.setdefault((api, transport), _LoopStats())
         return stats.observe
+
+    def watch_request_memory(self, memory: Any) -> None:
+        """Publish a ``RequestMemory``'s figures (once, however many listeners share it)."""
+        if all(m is not memory for m in self._request_memories):
+            self._request_memories.append(memory)
 
     def record_append(self, topic: str, nbytes: int, records: int) -> None:
         self.bytes_in.labels(topic).inc(nbytes)

@@ -16,6 +16,7 @@ from annal.client.structs import NewTopic
 from annal.kafka import ApiKey, ErrorCode
 from annal.kafka.header import decode_response, encode_request
 from annal.record import BatchBuilder
+from harness.batches import make_batch
 from harness.broker import BrokerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -269,3 +270,24 @@ def test_a_bad_request_behind_pipelined_produces_is_answered_after_them(broker: 
     assert raw.closed()
     raw.close()
     assert _end_offset(broker, "piped-bad") == 6 * 50
+
+
+def test_a_produce_request_larger_than_the_pending_frames_bound_is_read_whole(broker: BrokerProcess) -> None:
+    """A request bigger than what a connection may keep unanswered (16 MiB of complete frames)
+    is still read to its end and answered: the pause is for complete frames piling up, never
+    for the one still arriving (which could then never complete)."""
+    with Admin(bootstrap_servers=broker.bootstrap) as admin:
+        admin.create_topics([NewTopic("big-request", 24)])
+    batches = [make_batch(1000, value_size=1000) for _ in range(24)]  # ~1 MB each
+    request = encode_request(ApiKey.PRODUCE, 9, 7, "raw", {"acks": 1, "timeout_ms": 10000, "topic_data": [
+        {"name": "big-request", "partition_data": [{"index": i, "records": b} for i, b in enumerate(batches)]}]})
+    assert len(request) > 20 << 20
+    raw = Raw(broker)
+    raw.send(request)
+    frame = raw.read_frame()
+    assert frame is not None, "connection closed without an answer"
+    cid, resp = decode_response(ApiKey.PRODUCE, 9, frame)
+    assert cid == 7
+    parts = resp["responses"][0]["partition_responses"]
+    assert sorted((p["index"], p["error_code"], p["base_offset"]) for p in parts) == [(i, 0, 0) for i in range(24)]
+    raw.close()

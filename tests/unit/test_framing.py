@@ -325,3 +325,13 @@ def test_reader_reports_the_memory_it_holds_and_when_the_next_read_allocates():
     assert r.allocated_bytes >= 10 << 20  # the spares count until dropped
     r.drop_spares()
     assert r.allocated_bytes == 0
+
+
+def test_ready_bytes_counts_complete_frames_only() -> None:
+    r = fr.FrameReader(max_frame_bytes=64 << 20, min_frame_bytes=0)
+    r.receive_data(struct.pack(">i", 5) + b"hello" + struct.pack(">i", 32 << 20) + b"\0" * 1000)
+    assert r.pending_frames == 1
+    assert r.ready_bytes == 5
+    assert r.pending_bytes == 5 + (32 << 20)  # the frame still arriving counts at its full length
+    assert bytes(r.next_frame()) == b"hello"
+    assert r.ready_bytes == 0 and r.in_frame

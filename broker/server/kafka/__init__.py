@@ -11,9 +11,12 @@ from annal.broker.server.kafka.listener import KafkaListener
 __all__ = ["KafkaListener", "make_listener"]
 
 
-def make_listener(broker: Any, config: Any, pool: Any = None) -> KafkaListener:
+def make_listener(broker: Any, config: Any, pool: Any = None, memory: Any = None) -> KafkaListener:
     """The Kafka listener of ``broker`` on ``config.host:config.kafka_port`` (not yet bound);
-    ``pool``: the request-handler pool its appends run on (the data port's)."""
+    ``pool``: the request-handler pool its appends run on, ``memory``: the request memory
+    bound it shares (both the data port's)."""
+    from annal.broker.server.request_memory import RequestMemory
+
     from annal.broker.server.kafka.handlers import KafkaHandlers
 
     from annal.broker.server.kafka.groups import GroupCoordinator
@@ -22,5 +25,7 @@ def make_listener(broker: Any, config: Any, pool: Any = None) -> KafkaListener:
     handlers = KafkaHandlers(broker, groups=GroupCoordinator(broker), producers=KafkaProducerIds(broker),
                              pool=pool)
     listener = KafkaListener(broker, config.host, config.kafka_port, request_timeout_ms=config.request_timeout_ms,
-                             max_request_bytes=config.max_request_bytes, handlers=handlers)
+                             max_request_bytes=config.max_request_bytes, handlers=handlers,
+                             memory=memory if memory is not None else RequestMemory(
+                                 max(config.queued_max_request_bytes, config.max_request_bytes)))
     return listener

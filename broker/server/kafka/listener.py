@@ -41,6 +41,7 @@ from annal.kafka.header import read_header
 from annal.protocol.framing import FrameReader
 from annal.broker.server.broker import Broker, release_read
 from annal.broker.server.kafka.handlers import KafkaHandlers, NoResponse
+from annal.broker.server.request_memory import RequestMemory
 from annal.broker.server.sendfile import send_file_range
 
 __all__ = ["KafkaListener"]
@@ -51,7 +52,8 @@ log = logging.getLogger("annal.kafka_listener")
 class _Connection(asyncio.BufferedProtocol):
     """The transport receives straight into the ``FrameReader``'s buffers (no copy through a
     stream buffer: a large Produce lands in its own frame); the connection's task takes whole
-    frames in order. Reading pauses while unanswered frames pile up."""
+    frames in order. Reading pauses while unanswered frames pile up, and while the broker-wide
+    request memory is at its bound (``request_memory.py``, shared with the data port)."""
 
     MAX_PENDING_FRAMES = 64
     MAX_PENDING_BYTES = 16 * 1024 * 1024
@@ -68,6 +70,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.drained: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.error: Exception | None = None
+        # The broker-wide request memory bound: bytes counted for this connection, the size of
+        # the frame being answered, whether it is muted, bytes it read into the hold buffer.
+        self.mem = 0
+        self.answering = 0
+        self.muted = False
+        self.holding = False
+        self.held = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -88,15 +97,35 @@ class _Connection(asyncio.BufferedProtocol):
         self.task = asyncio.get_running_loop().create_task(self.listener._serve(self))
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        memory = self.listener.memory
+        if memory.full and self.frames.next_read_allocates:
+            # Over the broker-wide bound, and these bytes would need new memory: take at most
+            # a small hold buffer's worth, then stop reading until memory frees (unmute).
+            self.holding = True
+            return memory.hold_view
+        self.holding = False
         return self.frames.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.holding:
+            self.holding = False
+            memory = self.listener.memory
+            self.held += memory.hold_view[:nbytes]
+            if not self.muted and not self.lost:
+                self.muted = True
+                memory.mute(self)
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            return
         try:
             self.frames.buffer_updated(nbytes)
         except Exception as err:  # a bad length prefix: the task reports it
             self.error = err
+        self.account()
         f = self.frames
-        if f.pending_frames >= self.MAX_PENDING_FRAMES or f.pending_bytes >= self.MAX_PENDING_BYTES:
+        # Complete frames only: pausing for a large frame still arriving would never let it
+        # complete (taking frames is what resumes reading).
+        if f.pending_frames >= self.MAX_PENDING_FRAMES or f.ready_bytes >= self.MAX_PENDING_BYTES:
             if not self.read_paused and self.transport is not None:
                 self.read_paused = True
                 self.transport.pause_reading()
@@ -115,6 +144,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.listener._conns.discard(self)
+        self.listener.memory.forget(self)
         self._wake()
         if self.drained is not None and not self.drained.done():
             self.drained.set_exception(ConnectionResetError("connection lost"))
@@ -126,6 +156,32 @@ class _Connection(asyncio.BufferedProtocol):
         self.write_paused = False
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+
+    def account(self) -> None:
+        """Bring this connection's share of the request memory up to date."""
+        if self.lost:
+            return  # forgotten by connection_lost
+        memory = self.listener.memory
+        memory.set(self, self.frames.allocated_bytes + self.answering)
+        if memory.full:
+            self.frames.drop_spares()
+            memory.set(self, self.frames.allocated_bytes + self.answering)
+
+    def unmute(self) -> None:
+        """Request memory fell below the bound: take back the held bytes and read again."""
+        self.muted = False
+        if self.lost:
+            return
+        held, self.held = bytes(self.held), bytearray()
+        if held:
+            try:
+                self.frames.receive_data(held)
+            except Exception as err:
+                self.error = err
+            self.account()
+        if not self.read_paused and self.transport is not None:
+            self.transport.resume_reading()
+        self._wake()
 
     def _wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
@@ -142,15 +198,17 @@ class _Connection(asyncio.BufferedProtocol):
             if frame is not None:
                 f = self.frames
                 if self.read_paused and f.pending_frames < self.MAX_PENDING_FRAMES // 2 \
-                        and f.pending_bytes < self.MAX_PENDING_BYTES // 2 and self.transport is not None:
+                        and f.ready_bytes < self.MAX_PENDING_BYTES // 2 and self.transport is not None:
                     self.read_paused = False
-                    self.transport.resume_reading()
+                    if not self.muted:
+                        self.transport.resume_reading()
                 return frame
             if self.lost or self.frames.eof or self.listener._closing:
                 return None
             self.wakeup = loop.create_future()
             try:
-                if self.frames.in_frame:
+                if self.frames.in_frame and not self.muted:
+                    # (a muted connection is not read: its stall is the broker's; unmute wakes it)
                     await asyncio.wait_for(self.wakeup, timeout)
                 else:
                     await self.wakeup
@@ -177,8 +235,12 @@ class KafkaListener:
     """Serves the Kafka protocol on one event loop. Call its methods from the loop."""
 
     def __init__(self, broker: Broker, host: str, port: int, *, request_timeout_ms: int, max_request_bytes: int,
-                 handlers: KafkaHandlers | None = None) -> None:
+                 handlers: KafkaHandlers | None = None, memory: RequestMemory | None = None) -> None:
+        """``memory``: the broker-wide request memory bound, shared with the data port (by
+        default one of 512 MiB of its own)."""
         self.broker = broker
+        self.memory = memory if memory is not None else RequestMemory(max(512 * 1024 * 1024, max_request_bytes))
+        broker.metrics.watch_request_memory(self.memory)
         self.host = host
         self.port = port
         self.request_timeout = request_timeout_ms / 1000
@@ -241,8 +303,14 @@ class KafkaListener:
                     return
                 if frame is None:
                     return
-                if not await self._answer(conn, frame):
-                    return
+                conn.answering = frame.nbytes  # held until answered (a Produce's until appended)
+                conn.account()
+                try:
+                    if not await self._answer(conn, frame):
+                        return
+                finally:
+                    conn.answering = 0
+                    conn.account()
         except InvalidRequestError as err:  # bad length prefix
             log.info("kafka %s: %s; closing the connection", peer, err.message)
         except NetworkError as err:  # EOF in the middle of a frame
