@@ -50,19 +50,29 @@ def _metric(b: BrokerProcess, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("ports", ["data", "kafka", "both"])
-def test_200_large_partial_frames_stay_under_the_bound(tmp_path, request, ports):
+def _broker_with_topic(tmp_path, request) -> tuple[BrokerProcess, str]:
+    """A broker with the test's bound, started, and a topic of one partition."""
     b = BrokerProcess(tmp_path / "data", metrics_port=0,
                       config={"queued_max_request_bytes": BOUND, "max_request_bytes": 60 << 20,
                               "request_timeout_ms": 120_000})
     attach_logs(request, b)
-    socks: list[socket.socket] = []
     try:
         b.start()
         topic = "mem-" + uuid.uuid4().hex[:8]
         with Admin(b.bootstrap) as admin:
             admin.create_topics([NewTopic(topic, 1)])
+    except BaseException:
+        b.stop()
+        raise
+    return b, topic
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("ports", ["data", "kafka", "both"])
+def test_200_large_partial_frames_stay_under_the_bound(tmp_path, request, ports):
+    b, topic = _broker_with_topic(tmp_path, request)
+    socks: list[socket.socket] = []
+    try:
         baseline = _rss(b.proc.pid)
         chunk = b"\0" * (256 << 10)
         targets = {"data": [b.fetch_port], "kafka": [b.kafka_port], "both": [b.fetch_port, b.kafka_port]}[ports]
@@ -127,16 +137,9 @@ def test_a_muted_connection_is_served_once_memory_frees(tmp_path, request):
     """A Kafka client whose produce arrives while the bound is taken by stalled frames on the
     data port is not read (muted), and is answered as soon as those connections go: held
     bytes are not lost, and the broker's own stall does not time the client out."""
-    b = BrokerProcess(tmp_path / "data", metrics_port=0,
-                      config={"queued_max_request_bytes": BOUND, "max_request_bytes": 60 << 20,
-                              "request_timeout_ms": 120_000})
-    attach_logs(request, b)
+    b, topic = _broker_with_topic(tmp_path, request)
     hogs: list[socket.socket] = []
     try:
-        b.start()
-        topic = "mem-" + uuid.uuid4().hex[:8]
-        with Admin(b.bootstrap) as admin:
-            admin.create_topics([NewTopic(topic, 1)])
         # Take the whole bound with frames that never complete (sent without blocking: past
         # the bound the broker stops reading them).
         unsent = {}

@@ -21,6 +21,20 @@ class _Conn:
             self.memory.set(self, self.on_unmute)
 
 
+def _hog_and_waiting(take_again: int) -> tuple[RequestMemory, _Conn, list[_Conn], list[str]]:
+    """A bound of 100 taken whole by one connection, and three muted connections that each
+    take ``take_again`` bytes when resumed."""
+    log: list[str] = []
+    m = RequestMemory(100)
+    hog = _Conn(m, "hog", log)
+    m.set(hog, 100)
+    waiting = [_Conn(m, name, log) for name in ("w1", "w2", "w3")]
+    for c in waiting:
+        c.on_unmute = take_again
+        m.mute(c)
+    return m, hog, waiting, log
+
+
 def test_counts_what_each_connection_holds() -> None:
     m = RequestMemory(100)
     a, b = _Conn(m, "a", []), _Conn(m, "b", [])
@@ -35,14 +49,7 @@ def test_counts_what_each_connection_holds() -> None:
 
 
 def test_muted_connections_resume_oldest_first_while_below_the_bound() -> None:
-    log: list[str] = []
-    m = RequestMemory(100)
-    hog = _Conn(m, "hog", log)
-    m.set(hog, 100)
-    waiting = [_Conn(m, name, log) for name in ("w1", "w2", "w3")]
-    for c in waiting:
-        c.on_unmute = 40  # each takes 40 bytes again when resumed
-        m.mute(c)
+    m, hog, _, log = _hog_and_waiting(40)
     assert m.muted == 3
     m.set(hog, 0)  # each is resumed while below the bound: the last one crosses it (the overshoot)
     assert log == ["w1", "w2", "w3"]
@@ -50,14 +57,7 @@ def test_muted_connections_resume_oldest_first_while_below_the_bound() -> None:
 
 
 def test_resuming_stops_at_the_bound_and_goes_on_when_memory_frees_again() -> None:
-    log: list[str] = []
-    m = RequestMemory(100)
-    hog = _Conn(m, "hog", log)
-    m.set(hog, 100)
-    waiting = [_Conn(m, name, log) for name in ("w1", "w2", "w3")]
-    for c in waiting:
-        c.on_unmute = 60
-        m.mute(c)
+    m, hog, waiting, log = _hog_and_waiting(60)
     m.set(hog, 30)  # 70 free: w1 takes 60 -> 90, still below: w2 -> 150, at the bound: stop
     assert log == ["w1", "w2"] and m.muted == 1
     m.forget(waiting[1])  # w2 goes away: 90 -> below again, w3 resumes
