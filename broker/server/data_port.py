@@ -609,11 +609,9 @@ class DataPortServer:
 
     def _on_read_timeout(self, conn: _Connection) -> None:
         conn.timer = None
-        if conn.muted and not conn.closed:
-            # Not read because request memory is full: the stall is the broker's, not the
-            # client's. The timeout starts again (unmuting resumes reading meanwhile).
-            self._arm_read_timeout(conn)
-            return
+        # A connection muted in the middle of a frame is cut too: several large frames that
+        # each hold part of the request memory and all need more would otherwise wait for
+        # each other for ever; cutting one frees its share.
         if not conn.busy and conn.reader.in_frame and not conn.closed:
             log.info(
                 "data port %s: no complete request within request_timeout_ms=%d (%d bytes of a frame received); "

@@ -135,8 +135,8 @@ def test_200_large_partial_frames_stay_under_the_bound(tmp_path, request, ports)
 @pytest.mark.timeout(120)
 def test_a_muted_connection_is_served_once_memory_frees(tmp_path, request):
     """A Kafka client whose produce arrives while the bound is taken by stalled frames on the
-    data port is not read (muted), and is answered as soon as those connections go: held
-    bytes are not lost, and the broker's own stall does not time the client out."""
+    data port is not read (muted, between requests), and is answered as soon as those
+    connections go: the bytes it held are not lost."""
     b, topic = _broker_with_topic(tmp_path, request)
     hogs: list[socket.socket] = []
     try:

@@ -207,8 +207,9 @@ class _Connection(asyncio.BufferedProtocol):
                 return None
             self.wakeup = loop.create_future()
             try:
-                if self.frames.in_frame and not self.muted:
-                    # (a muted connection is not read: its stall is the broker's; unmute wakes it)
+                if self.frames.in_frame:
+                    # Muted or not: large frames that each hold part of the request memory and
+                    # all need more would otherwise wait for each other for ever (data_port.py).
                     await asyncio.wait_for(self.wakeup, timeout)
                 else:
                     await self.wakeup
