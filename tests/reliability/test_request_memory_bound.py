@@ -50,11 +50,11 @@ def _metric(b: BrokerProcess, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-def _broker_with_topic(tmp_path, request) -> tuple[BrokerProcess, str]:
+def _broker_with_topic(tmp_path, request, request_timeout_ms: int = 120_000) -> tuple[BrokerProcess, str]:
     """A broker with the test's bound, started, and a topic of one partition."""
     b = BrokerProcess(tmp_path / "data", metrics_port=0,
                       config={"queued_max_request_bytes": BOUND, "max_request_bytes": 60 << 20,
-                              "request_timeout_ms": 120_000})
+                              "request_timeout_ms": request_timeout_ms})
     attach_logs(request, b)
     try:
         b.start()
@@ -207,3 +207,48 @@ def _kafka_produce(port: int, topic: str) -> None:
         k.sendall(_produce_frame(topic, 1))
         _, body = decode_response(ApiKey.PRODUCE, 9, _recv_frame(k))
         assert body["responses"][0]["partition_responses"][0]["error_code"] == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("port", ["data", "kafka"])
+def test_large_frames_that_wait_for_each_other_are_cut_after_the_request_timeout(tmp_path, request, port):
+    """Two 60 MiB requests under a 64 MiB bound: each grows its buffer as its bytes arrive, so
+    both end up holding about half the bound and needing more, muted in the middle of a frame.
+    Neither can complete; request_timeout_ms cuts them, the memory comes back, and the port
+    serves again (without the timeout they would hold the bound for ever)."""
+    b, topic = _broker_with_topic(tmp_path, request, request_timeout_ms=3000)
+    socks: list[socket.socket] = []
+    try:
+        target = b.fetch_port if port == "data" else b.kafka_port
+        unsent = {}
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", target))
+            s.setblocking(False)
+            socks.append(s)
+            unsent[s] = memoryview(struct.pack(">i", 60 << 20) + b"\0" * (60 << 20))
+        saw_muted = False
+        deadline = time.monotonic() + 60
+        while not saw_muted and time.monotonic() < deadline:
+            for s in socks:
+                try:
+                    unsent[s] = unsent[s][s.send(unsent[s][:1 << 20]):]
+                except (BlockingIOError, ConnectionError):
+                    pass
+            saw_muted = _metric(b, "annal_muted_connections") >= 1
+            time.sleep(0.01)
+        assert saw_muted, "the two frames did not fill the bound"
+        # Nothing more is sent; the broker must let go of the bound by itself.
+        deadline = time.monotonic() + 30
+        while _metric(b, "annal_queued_request_bytes") > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metric(b, "annal_queued_request_bytes") == 0
+        assert _metric(b, "annal_muted_connections") == 0
+        if port == "data":
+            with DataPortClient(*b.fetch_address) as c:
+                assert c.produce([(topic, 0, make_batch(3))]).partitions[0].error_code == 0
+        else:
+            _kafka_produce(b.kafka_port, topic)
+    finally:
+        for s in socks:
+            s.close()
+        b.stop()
