@@ -123,11 +123,12 @@ class BrokerConfig:
     zookeeper_connect_timeout_ms: int = 0  # 0: wait for ZooKeeper until it answers
     request_timeout_ms: int = 30_000
     max_request_bytes: int = 100 * 1024 * 1024
-    # Kafka's queued.max.request.bytes: data port request bytes read or queued, all connections
-    # together (at least max_request_bytes, so that any one request fits).
+    # Kafka's queued.max.request.bytes: request bytes read or queued, all data port and Kafka
+    # listener connections together (at least max_request_bytes, so that any one request fits).
     queued_max_request_bytes: int = 512 * 1024 * 1024
-    # Kafka's num.io.threads / queued.max.requests: the threads doing the data port's log work
-    # (appends, rolls, fdatasyncs) and the parts of produce requests that may wait for them.
+    # Kafka's num.io.threads / queued.max.requests: the threads doing the log work of the data
+    # port and the Kafka listener (appends, rolls, fdatasyncs) and the parts of produce requests
+    # that may wait for them.
     num_io_threads: int = 2
     queued_max_requests: int = 500
     grpc_workers: int = 16

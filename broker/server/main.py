@@ -156,6 +156,7 @@ async def _serve(config: Any) -> int:
             broker, config.host, config.fetch_port,
             request_timeout_ms=config.request_timeout_ms, max_request_bytes=config.max_request_bytes,
             queued_max_request_bytes=config.queued_max_request_bytes,
+            num_io_threads=config.num_io_threads, queued_max_requests=config.queued_max_requests,
         )
         fetch_port = data_port.bind()
         kafka_port = -1

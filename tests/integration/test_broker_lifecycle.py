@@ -116,6 +116,21 @@ def test_config_file_defaults_and_flags_win(broker_factory):
     assert len(t.partitions) == 3 and t.config.retention_ms == 1234567
 
 
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_num_io_threads_sizes_the_request_handler_pool(broker_factory):
+    """The config key reaches the broker: started the same way, a broker with 6 request-handler
+    threads runs 5 more threads than one with 1 (the key was once read and then ignored)."""
+    one = broker_factory("io1", config={"num_io_threads": 1, "queued_max_requests": 10})
+    six = broker_factory("io6", config={"num_io_threads": 6, "queued_max_requests": 10})
+    assert _threads(six.proc.pid) - _threads(one.proc.pid) == 5
+    with DataPortClient(*six.fetch_address) as c:  # and the pool serves
+        _create(six, "io")
+        assert c.produce([("io", 0, make_batch(3))]).partitions[0].error_code == 0
+
+
 @pytest.mark.parametrize(
     "toml, message",
     [
