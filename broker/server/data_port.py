@@ -741,10 +741,24 @@ class DataPortServer:
 
     # ------------------------------------------------------------------ PRODUCE
 
-    def _answer_produce(self, conn: _Connection, req: fr.ProduceRequest, results: list[fr.ProducePartitionResult]) -> str:
-        """Log refusals and send the answer (none for acks=0; with acks=0 and a refused
-        partition the connection is closed instead, as Kafka does, so that the producer
-        notices). Returns the outcome label for the metrics."""
+    def _answer_produce(self, conn: _Connection, req: fr.ProduceRequest, results: list[fr.ProducePartitionResult],
+                        started: float) -> None:
+        """Log refusals, count the request, and send the answer (none for acks=0; with acks=0
+        and a refused partition the connection is closed instead, as Kafka does, so that the
+        producer notices). Counted before the answer leaves: a client that reads its answer,
+        then the metrics, finds it there."""
+        outcome = self._produce_outcome(conn, results)
+        self._observe_produce(outcome, time.perf_counter() - started)
+        if req.acks == 0:
+            if outcome != "NONE":
+                log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
+                conn.close()
+            return
+        conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
+
+    def _produce_outcome(self, conn: _Connection, results: list[fr.ProducePartitionResult]) -> str:
+        """The metrics label of an answered produce (its first refusal's protocol name, or
+        NONE); refusals other than routine ones are logged."""
         outcome = "NONE"
         errors = [r for r in results if r.error_code]
         if errors:
@@ -755,12 +769,6 @@ class DataPortServer:
                 if r.error_code not in (3, 6, StorageError.code):
                     log.info("data port %s: produce to %s-%d refused: %s", conn.peer, r.topic[:100],
                              r.partition, r.error_message)
-        if req.acks == 0:
-            if errors:
-                log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
-                conn.close()
-            return outcome
-        conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
         return outcome
 
     def _produce_on_workers(self, conn: _Connection, req: fr.ProduceRequest, frame: memoryview) -> None:
@@ -812,13 +820,15 @@ class DataPortServer:
         while conn.produces and conn.produces[0].results is not None:
             e = conn.produces.popleft()
             conn.produce_bytes -= len(e.frame)
-            outcome = "NONE"
+            outcome = None  # set when the request was not counted by _answer_produce
             try:
                 # The log has copied the batches into its file: the frame's buffer can take
                 # the next large request (saves allocating and zeroing it).
                 conn.reader.recycle(e.frame)
-                if not conn.closed:
-                    outcome = self._answer_produce(conn, e.req, e.results)  # type: ignore[arg-type]
+                if conn.closed:
+                    outcome = "NONE"  # appended; nobody to answer
+                else:
+                    self._answer_produce(conn, e.req, e.results, e.started)  # type: ignore[arg-type]
             except (ConnectionError, OSError) as err:
                 outcome = "NETWORK_EXCEPTION"
                 log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)
@@ -828,7 +838,8 @@ class DataPortServer:
                 log.exception("data port %s: produce failed", conn.peer)
                 conn.close()
             finally:
-                self._observe_produce(outcome, time.perf_counter() - e.started)
+                if outcome is not None:
+                    self._observe_produce(outcome, time.perf_counter() - e.started)
         if conn.closed:
             self._account(conn)
             return
