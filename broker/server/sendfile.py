@@ -7,8 +7,10 @@ asyncio's ``loop.sendfile`` does that, at a fixed price per call: it pauses the 
 reading and resumes it afterwards, and it registers the socket for writing even when its first
 ``os.sendfile`` sent everything, so it learns that it is done only one loop iteration later, then
 it seeks the file. For a 1 MiB fetch answer, which fits the socket's send buffer (both listeners
-ask for 4 MiB), that is four ``epoll_ctl`` calls, an ``lseek``, an ``fstat``, an extra pass of
-the loop and a few dozen Python calls per answer, where one ``sendfile`` call does the work.
+ask for 4 MiB), that is four ``epoll_ctl`` calls, two ``fstat``, an ``lseek``, two more
+``epoll_wait`` (passes of the loop) and a few dozen Python calls per answer, where one
+``sendfile`` call does the work (``strace -c`` of a broker answering 1 MiB fetches: 14 system
+calls per data-port answer before, 5 after).
 
 ``send_file_range`` calls ``os.sendfile`` itself while the socket takes the bytes, and hands
 only what is left when the socket is full (``EAGAIN``) to ``loop.sendfile``, which waits for
