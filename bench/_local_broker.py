@@ -28,11 +28,27 @@ import sys
 import tempfile
 import time
 from types import TracebackType
+from typing import Any
 
 __all__ = ["LocalBroker", "LocalBrokerError", "wait_for_port"]
 
 _READY = re.compile(r"ready: grpc=([^\s:]+):(\d+) data=([^\s:]+):(\d+)")
 _KAFKA = re.compile(r"ready: .* kafka=[^\s:]+:(\d+)")
+
+
+def add_broker_pythonpath_option(parser: Any) -> None:
+    """``--broker-pythonpath``: A/B comparisons of broker code with the same benchmark client."""
+    parser.add_argument("--broker-pythonpath", default=None,
+                        help="start the broker with this PYTHONPATH (an 'annal' package tree of other code: A/B "
+                             "comparisons in one run; this benchmark's own client code stays the same)")
+
+
+def use_broker_pythonpath(path: str | None) -> None:
+    """Start every later ``LocalBroker`` with the ``annal`` tree at ``path`` (when given).
+    Only the broker subprocess reads it: this process has imported its code already."""
+    if path:
+        os.environ["PYTHONPATH"] = path
+        os.environ["PYTHONSAFEPATH"] = "1"
 
 
 class LocalBrokerError(RuntimeError):

@@ -51,7 +51,7 @@ from annal.protocol import framing as fr
 from annal.record import encode_batch, iter_batch_positions, parse_header
 from annal.client._connection import send_parts
 
-from annal.bench._local_broker import LocalBroker
+from annal.bench._local_broker import LocalBroker, add_broker_pythonpath_option, use_broker_pythonpath
 
 
 MB = 1_000_000
@@ -600,9 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=float, default=10.0)
     p.add_argument("--data-dir", default=None, help="broker data dir (default: a temporary one, removed)")
     p.add_argument("--json", default=None, help="also write the summary here")
-    p.add_argument("--broker-pythonpath", default=None,
-                   help="start the broker with this PYTHONPATH (an 'annal' package tree of other code: A/B "
-                        "comparisons in one run; this benchmark's own client code stays the same)")
+    add_broker_pythonpath_option(p)
     return p
 
 
@@ -614,10 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = pathlib.Path(tmp) / "data"
     else:
         data_dir = pathlib.Path(args.data_dir)
-    if args.broker_pythonpath:
-        # Read by LocalBroker's subprocess only: this process has imported its code already.
-        os.environ["PYTHONPATH"] = args.broker_pythonpath
-        os.environ["PYTHONSAFEPATH"] = "1"
+    use_broker_pythonpath(args.broker_pythonpath)
     # The figures here are the data port's: no Kafka listener (a base broker given by
     # --broker-pythonpath may predate it and its flag).
     b = LocalBroker(data_dir=str(data_dir), extra_args=["--log-level", "WARNING", "--metrics-port", "-1"],

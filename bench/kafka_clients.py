@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from annal.bench._local_broker import LocalBroker
+from annal.bench._local_broker import LocalBroker, add_broker_pythonpath_option, use_broker_pythonpath
 from annal.bench.broker import _cpu_seconds_precise, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
 from annal.kafka import ApiKey
 from annal.kafka.header import decode_response, encode_request
@@ -400,18 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python-records", type=int, default=200_000, help="records for kafka-python")
     p.add_argument("--fetch-mib", type=int, default=512, help="size of the large-fetch partition")
     p.add_argument("--markdown", default=None, help="write the fragment here (docs/benchmarks/kafka.md)")
-    p.add_argument("--broker-pythonpath", default=None,
-                   help="start the broker with this PYTHONPATH (an 'annal' package tree of other code: A/B "
-                        "comparisons of the broker; the clients stay the same)")
+    add_broker_pythonpath_option(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.broker_pythonpath:
-        # Read by LocalBroker's subprocess only: this process has imported its code already.
-        os.environ["PYTHONPATH"] = args.broker_pythonpath
-        os.environ["PYTHONSAFEPATH"] = "1"
+    use_broker_pythonpath(args.broker_pythonpath)
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     runs, loads = [], []
     for i in range(args.runs):

@@ -65,7 +65,7 @@ from annal.protocol import framing as fr
 from annal.broker.server.broker import Broker, read_result_size, release_read
 from annal.broker.server.loop_mailbox import LoopMailbox
 from annal.broker.server.request_handlers import RequestHandlerPool
-from annal.broker.server.request_memory import RequestMemory
+from annal.broker.server.request_memory import DEFAULT_BOUND, RequestMemory
 from annal.broker.server.sendfile import send_file_range
 
 __all__ = ["DataPortServer"]
@@ -392,16 +392,15 @@ class DataPortServer:
         request_timeout_ms: int,
         max_request_bytes: int,
         fetch_max_bytes: int = 64 * 1024 * 1024,
-        queued_max_request_bytes: int = 512 * 1024 * 1024,
+        queued_max_request_bytes: int = DEFAULT_BOUND,
         num_io_threads: int = 2,
         queued_max_requests: int = 500,
         memory: RequestMemory | None = None,
     ) -> None:
         self.broker = broker
         self.handlers = RequestHandlerPool(broker, num_io_threads, queued_max_requests)
-        # Kafka's queued.max.request.bytes (request_memory.py): one request must always fit.
-        self.memory = memory if memory is not None else RequestMemory(max(queued_max_request_bytes,
-                                                                           max_request_bytes))
+        # Kafka's queued.max.request.bytes (request_memory.py).
+        self.memory = memory if memory is not None else RequestMemory(queued_max_request_bytes, max_request_bytes)
         self.host = host
         self.port = port
         self.request_timeout = request_timeout_ms / 1000
@@ -741,20 +740,18 @@ class DataPortServer:
 
     # ------------------------------------------------------------------ PRODUCE
 
-    def _answer_produce(self, conn: _Connection, req: fr.ProduceRequest, results: list[fr.ProducePartitionResult],
-                        started: float) -> None:
-        """Log refusals, count the request, and send the answer (none for acks=0; with acks=0
-        and a refused partition the connection is closed instead, as Kafka does, so that the
-        producer notices). Counted before the answer leaves: a client that reads its answer,
-        then the metrics, finds it there."""
+    def _produce_answer(self, conn: _Connection, req: fr.ProduceRequest,
+                        results: list[fr.ProducePartitionResult]) -> tuple[str, bytes | None]:
+        """The outcome label for the metrics and the answer to send (None for acks=0; with
+        acks=0 and a refused partition the connection is closed instead, as Kafka does, so that
+        the producer notices). Refusals are logged."""
         outcome = self._produce_outcome(conn, results)
-        self._observe_produce(outcome, time.perf_counter() - started)
         if req.acks == 0:
             if outcome != "NONE":
                 log.info("data port %s: closing the acks=0 connection after a refused produce", conn.peer)
                 conn.close()
-            return
-        conn.write(fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results)))
+            return outcome, None
+        return outcome, fr.encode_produce_response(fr.ProduceResponse(req.correlation_id, 0, results))
 
     def _produce_outcome(self, conn: _Connection, results: list[fr.ProducePartitionResult]) -> str:
         """The metrics label of an answered produce (its first refusal's protocol name, or
@@ -820,26 +817,26 @@ class DataPortServer:
         while conn.produces and conn.produces[0].results is not None:
             e = conn.produces.popleft()
             conn.produce_bytes -= len(e.frame)
-            outcome = None  # set when the request was not counted by _answer_produce
+            outcome, answer = "NONE", None
             try:
                 # The log has copied the batches into its file: the frame's buffer can take
                 # the next large request (saves allocating and zeroing it).
                 conn.reader.recycle(e.frame)
-                if conn.closed:
-                    outcome = "NONE"  # appended; nobody to answer
-                else:
-                    self._answer_produce(conn, e.req, e.results, e.started)  # type: ignore[arg-type]
-            except (ConnectionError, OSError) as err:
-                outcome = "NETWORK_EXCEPTION"
-                log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)
-                conn.close()
+                if not conn.closed:
+                    outcome, answer = self._produce_answer(conn, e.req, e.results)  # type: ignore[arg-type]
             except Exception:
                 outcome = "UNKNOWN_SERVER_ERROR"
                 log.exception("data port %s: produce failed", conn.peer)
                 conn.close()
-            finally:
-                if outcome is not None:
-                    self._observe_produce(outcome, time.perf_counter() - e.started)
+            # Counted before the answer leaves: a client that reads its answer, then the
+            # metrics, finds it there.
+            self._observe_produce(outcome, time.perf_counter() - e.started)
+            if answer is not None:
+                try:
+                    conn.write(answer)
+                except (ConnectionError, OSError) as err:
+                    log.info("data port %s: connection lost before a produce answer: %s", conn.peer, err)
+                    conn.close()
         if conn.closed:
             self._account(conn)
             return

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["RequestMemory", "RequestUser"]
+__all__ = ["DEFAULT_BOUND", "RequestMemory", "RequestUser"]
 
 
 class RequestUser(Protocol):
@@ -36,13 +36,18 @@ class RequestUser(Protocol):
         """Take back the held bytes and resume reading (called by the bound)."""
 
 
+DEFAULT_BOUND = 512 * 1024 * 1024  # queued_max_request_bytes' default
+
+
 class RequestMemory:
     HOLD_BYTES = 4096  # what a connection over the bound may read before it is muted
 
-    def __init__(self, bound: int) -> None:
+    def __init__(self, bound: int = DEFAULT_BOUND, max_request_bytes: int = 0) -> None:
+        """``bound``: ``queued_max_request_bytes``; raised to ``max_request_bytes`` if lower,
+        so that any one request fits."""
         if bound <= 0:
             raise ValueError("the request memory bound must be positive")
-        self.bound = bound
+        self.bound = max(bound, max_request_bytes)
         self.queued = 0
         self._muted: dict[RequestUser, None] = {}  # insertion-ordered: first muted, first resumed
         self._hold = bytearray(self.HOLD_BYTES)

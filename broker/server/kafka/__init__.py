@@ -27,5 +27,5 @@ def make_listener(broker: Any, config: Any, pool: Any = None, memory: Any = None
     listener = KafkaListener(broker, config.host, config.kafka_port, request_timeout_ms=config.request_timeout_ms,
                              max_request_bytes=config.max_request_bytes, handlers=handlers,
                              memory=memory if memory is not None else RequestMemory(
-                                 max(config.queued_max_request_bytes, config.max_request_bytes)))
+                                 config.queued_max_request_bytes, config.max_request_bytes))
     return listener

@@ -238,9 +238,9 @@ class KafkaListener:
     def __init__(self, broker: Broker, host: str, port: int, *, request_timeout_ms: int, max_request_bytes: int,
                  handlers: KafkaHandlers | None = None, memory: RequestMemory | None = None) -> None:
         """``memory``: the broker-wide request memory bound, shared with the data port (by
-        default one of 512 MiB of its own)."""
+        default one of its own, of ``queued_max_request_bytes``' default size)."""
         self.broker = broker
-        self.memory = memory if memory is not None else RequestMemory(max(512 * 1024 * 1024, max_request_bytes))
+        self.memory = memory if memory is not None else RequestMemory(max_request_bytes=max_request_bytes)
         broker.metrics.watch_request_memory(self.memory)
         self.host = host
         self.port = port
