@@ -356,6 +356,7 @@ class KafkaListener:
             return False
         outcome = "NONE"
         result: Any = None
+        observe = self._observers.get(header.api_key)
         try:
             result = self.handlers.handle(header, body)
             if inspect.isawaitable(result):
@@ -368,6 +369,11 @@ class KafkaListener:
             if result is NoResponse.CLOSE:
                 return False
             parts = encode_response(header.api_key, header.api_version, header.correlation_id, result)
+            # Counted before the answer leaves: a client that reads its answer, then the
+            # metrics, finds it there.
+            if observe is not None:
+                observe(outcome, time.perf_counter() - started)
+                observe = None
             await self._send(conn, parts)
         except (ConnectionError, OSError):
             outcome = "NETWORK_EXCEPTION"
@@ -376,7 +382,6 @@ class KafkaListener:
             if isinstance(result, dict):
                 for r in result.pop("_reads", ()):
                     release_read(r)
-            observe = self._observers.get(header.api_key)
             if observe is not None:
                 observe(outcome, time.perf_counter() - started)
         return True
