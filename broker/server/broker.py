@@ -566,10 +566,13 @@ class Broker:
 
     # ------------------------------------------------------------------ fetch
 
-    def read(self, topic: str, partition: int, offset: int, max_bytes: int, replica_id: int = -1) -> Any:
+    def read(self, topic: str, partition: int, offset: int, max_bytes: int, replica_id: int = -1,
+             verify: bool = True) -> Any:
         """A ``LogReadResult`` starting at the batch holding ``offset``: whole batches up to
         ``max_bytes``, at least one. The caller must ``release()`` it. Raises
-        ``OffsetOutOfRangeError`` (with the valid range), ``InvalidFetchSizeError``, ..."""
+        ``OffsetOutOfRangeError`` (with the valid range), ``InvalidFetchSizeError``, ...;
+        with ``verify=False`` (an event loop's read), ``NeedsVerification`` when bytes not yet
+        CRC-checked since start-up would have to be checked (``PartitionLog.read``)."""
         if max_bytes <= 0:
             raise InvalidFetchSizeError(f"max_bytes must be positive, not {max_bytes}", max_bytes=max_bytes)
         # The log checks the range itself (OffsetOutOfRangeError with log_start_offset and
@@ -577,14 +580,14 @@ class Broker:
         plog = self.leader_log(topic, partition)
         rep = self.replication
         if rep is None:
-            return plog.read(offset, max_bytes)
+            return plog.read(offset, max_bytes, verify=verify)
         if replica_id >= 0:
             # A follower: its fetch offset is its log end offset; it reads past the HW.
             hw = rep.on_replica_fetch(topic, partition, replica_id, offset, plog)
-            result = plog.read(offset, max_bytes)
+            result = plog.read(offset, max_bytes, verify=verify)
             result.high_watermark = hw
             return result
-        return plog.read(offset, max_bytes, max_offset=rep.high_watermark(topic, partition, plog))
+        return plog.read(offset, max_bytes, max_offset=rep.high_watermark(topic, partition, plog), verify=verify)
 
     def offset_for_leader_epoch(self, topic: str, partition: int, leader_epoch: int) -> tuple[int, int]:
         """OffsetsForLeaderEpoch (KIP-101) on the leader: ``(epoch, end_offset)``."""

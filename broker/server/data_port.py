@@ -24,7 +24,11 @@ appends, rolls segments and fdatasyncs, coalescing the appends queued for one pa
 answer is built back on the loop (``loop_mailbox.py``: one wake-up of the loop for every answer
 finished while it was busy). Up to ``MAX_PRODUCES_IN_FLIGHT``
 produces of one connection are on the pool at once, answered in request order; a FETCH behind
-them waits for them (answers leave in request order).
+them waits for them (answers leave in request order). A FETCH is read on the loop (an index
+lookup, no byte of a record touched) unless its range holds bytes of an older segment not yet
+CRC-checked since the broker started: that first read checks every batch, reading the range
+from disk when it is not cached, so it runs on a worker thread (``_read_off_loop``) and the
+answer continues on the loop.
 
 Request memory is bounded broker-wide (``queued_max_request_bytes``, ``request_memory.py``,
 shared with the Kafka listener): the bytes of frames being read, complete but not yet taken,
@@ -49,7 +53,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from annal.errors import (
     AnnalError,
@@ -59,6 +63,7 @@ from annal.errors import (
     NotLeaderForPartitionError,
     OffsetOutOfRangeError,
     StorageError,
+    UnknownServerError,
     for_code,
 )
 from annal.protocol import framing as fr
@@ -67,6 +72,7 @@ from annal.broker.server.loop_mailbox import LoopMailbox
 from annal.broker.server.request_handlers import RequestHandlerPool
 from annal.broker.server.request_memory import DEFAULT_BOUND, RequestMemory
 from annal.broker.server.sendfile import send_file_range
+from annal.broker.storage import NeedsVerification
 
 __all__ = ["DataPortServer"]
 
@@ -261,7 +267,7 @@ class _LongPoll:
     thread."""
 
     __slots__ = ("server", "conn", "req", "started", "keys", "timer", "results", "woken", "expired",
-                 "done", "scheduled", "counted", "_wake")
+                 "done", "scheduled", "counted", "reading", "_wake")
 
     def __init__(self, server: "DataPortServer", conn: _Connection, req: fr.FetchRequest, started: float) -> None:
         self.server = server
@@ -276,6 +282,7 @@ class _LongPoll:
         self.done = False
         self.scheduled = False
         self.counted = False
+        self.reading = False  # a read is on a worker thread (bytes to CRC-check first)
         self._wake = self.wake  # one bound method: the same object for add and remove
 
     def start(self) -> None:
@@ -309,8 +316,8 @@ class _LongPoll:
 
     def expire(self) -> None:
         self.expired = True
-        if self.done:
-            return
+        if self.done or self.reading:
+            return  # the read on the worker answers when it is back (``expired`` is set)
         if self.results is not None and not self.woken:
             results, self.results = self.results, None
             self.finish(results)  # no append since the last read: that empty read stands
@@ -319,12 +326,29 @@ class _LongPoll:
 
     def check(self) -> None:
         self.scheduled = False
-        if self.done:
+        if self.done or self.reading:
             return
         server = self.server
         self.woken = False
         self.results = None
         results = server._read_all(self.req)
+        if results is None:
+            self.reading = True
+            server._read_off_loop(self.req, self._read_back)
+            return
+        self._checked(results)
+
+    def _read_back(self, results: ReadResults) -> None:
+        """The read that ran on a worker thread, back on the loop."""
+        self.reading = False
+        if self.done:  # cancelled meanwhile: the connection went away
+            for _, r, _ in results:
+                release_read(r)
+            return
+        self._checked(results)
+
+    def _checked(self, results: ReadResults) -> None:
+        server = self.server
         if (self.expired or server.broker.shutting_down or server._closing
                 or any(err is not None for _, _, err in results)):
             self.finish(results)
@@ -341,6 +365,10 @@ class _LongPoll:
         if not self.counted:
             self.counted = True
             server._long_polls += 1
+        if self.woken and not self.scheduled:  # an append while the read was on a worker
+            self.scheduled = True
+            assert server._loop is not None
+            server._loop.call_soon(self.check)
 
     def _stop(self) -> None:
         self.done = True
@@ -599,8 +627,28 @@ class DataPortServer:
         started = time.perf_counter()
         if req.max_wait_ms > 0 and req.min_bytes > 0 and req.partitions and not self.broker.shutting_down:
             _LongPoll(self, conn, req, started).start()
-        elif self._answer_fetch(conn, req, self._read_all(req), started):
+            return
+        results = self._read_all(req)
+        if results is None:
+            self._read_off_loop(req, lambda results: self._fetch_read_back(conn, req, results, started))
+        elif self._answer_fetch(conn, req, results, started):
             conn.busy = False
+
+    def _fetch_read_back(self, conn: _Connection, req: fr.FetchRequest, results: ReadResults, started: float) -> None:
+        """A FETCH read on a worker thread (``_read_off_loop``), back on the loop: answer it."""
+        if conn.closed:
+            for _, r, _ in results:
+                release_read(r)
+            return
+        try:
+            done = self._answer_fetch(conn, req, results, started)
+        except (ConnectionError, OSError) as err:
+            log.info("data port %s: connection lost before a fetch answer: %s", conn.peer, err)
+            conn.close()
+            return
+        if done:
+            conn.busy = False
+            self._pump(conn)
 
     def _arm_read_timeout(self, conn: _Connection) -> None:
         if self._loop is not None:
@@ -633,16 +681,43 @@ class DataPortServer:
                 out.append(fr.EpochPartitionResult(p.topic, p.partition, err.code))
         return fr.EpochResponse(req.correlation_id, 0, out)
 
-    def _read_all(self, req: fr.FetchRequest) -> ReadResults:
+    def _read_all(self, req: fr.FetchRequest, verify: bool = False) -> ReadResults | None:
+        """Every partition's read. On the loop (``verify=False``): None, holding nothing, when
+        one of them has bytes to CRC-check first; ``_read_off_loop`` then reads them all on a
+        worker thread."""
         out: ReadResults = []
         broker = self.broker
         cap = self.fetch_max_bytes
         for p in req.partitions:
             try:
-                out.append((p, broker.read(p.topic, p.partition, p.offset, min(p.max_bytes, cap), req.replica_id), None))
+                out.append((p, broker.read(p.topic, p.partition, p.offset, min(p.max_bytes, cap), req.replica_id,
+                                           verify=verify), None))
             except AnnalError as err:
                 out.append((p, None, err))
+            except NeedsVerification:
+                for _, r, _ in out:
+                    release_read(r)
+                return None
         return out
+
+    def _read_off_loop(self, req: fr.FetchRequest, then: Callable[[ReadResults], None]) -> None:
+        """Read ``req``'s partitions on a worker thread, CRC-checking what was never checked
+        since start-up, and call ``then(results)`` back on the loop."""
+        loop = self._loop
+        assert loop is not None
+        self.broker.metrics.first_reads.labels("data").inc()
+
+        def back(fut: "asyncio.Future[ReadResults | None]") -> None:
+            try:
+                results = fut.result()
+            except Exception as err:  # a bug: answer the partitions rather than leave the fetch hanging
+                log.exception("data port: a fetch read on a worker failed")
+                failure = UnknownServerError(f"read failed: {err!r}")
+                results = [(p, None, failure) for p in req.partitions]
+            assert results is not None
+            then(results)
+
+        loop.run_in_executor(None, self._read_all, req, True).add_done_callback(back)
 
     def _answer_fetch(self, conn: _Connection, req: fr.FetchRequest, results: ReadResults, started: float) -> bool:
         """Send the answer; True when it is complete (no records to send), False when a task

@@ -12,7 +12,7 @@ Names (Kafka's JMX names, Prometheus style)::
     annal_bytes_in_total{topic}              record bytes appended
     annal_bytes_out_total{topic}             record bytes sent to consumers
     annal_records_in_total{topic}            records appended
-    annal_requests_total{api,transport,error}  requests by API, transport (grpc, data) and outcome
+    annal_requests_total{api,transport,error}  requests by API, transport (grpc, data, kafka) and outcome
     annal_request_latency_seconds{api,transport}
     annal_partition_log_end_offset{topic,partition}
     annal_partition_log_start_offset{topic,partition}
@@ -21,6 +21,8 @@ Names (Kafka's JMX names, Prometheus style)::
     annal_data_port_connections              open data port connections
     annal_queued_request_bytes               bytes of requests read or queued, all listeners
     annal_muted_connections                  connections not read: request memory at its bound
+    annal_fetch_first_reads_total{transport} fetches whose bytes were CRC-checked for the first time
+                                             since start-up, on a worker thread (data, kafka)
 """
 
 from __future__ import annotations
@@ -109,6 +111,10 @@ class BrokerMetrics:
         self.bytes_in = Counter("annal_bytes_in", "Record bytes appended", ["topic"], registry=r)
         self.bytes_out = Counter("annal_bytes_out", "Record bytes sent to consumers", ["topic"], registry=r)
         self.records_in = Counter("annal_records_in", "Records appended", ["topic"], registry=r)
+        self.first_reads = Counter(
+            "annal_fetch_first_reads",
+            "Fetches holding bytes of older segments not CRC-checked since start-up, read and checked on a worker "
+            "thread instead of the event loop", ["transport"], registry=r)
         # Read at scrape time from counters the request paths keep as plain ints: a Gauge
         # inc()/dec() pair costs more than the rest of an idle long-poll's bookkeeping.
         self.long_poll_sources: list[Callable[[], int]] = []

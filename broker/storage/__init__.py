@@ -22,7 +22,7 @@ from annal.broker.storage._file_names import (
 from annal.broker.storage._file_io import OS_FILE_IO, FileIO, OsFileIO
 from annal.broker.storage._handles import DEFAULT_MAX_FDS, HandleCache
 from annal.broker.storage._index import IndexCorruptError, OffsetIndex, TimeIndex
-from annal.broker.storage._log import LogConfig, LogReadResult, PartitionLog, ReadChunk
+from annal.broker.storage._log import LogConfig, LogReadResult, NeedsVerification, PartitionLog, ReadChunk
 from annal.broker.storage._log_manager import LogManager
 from annal.broker.storage._recovery import RecoveryReport
 from annal.broker.storage._segment import LogSegment, SegmentHandle
@@ -31,6 +31,7 @@ __all__ = [
     "PartitionLog",
     "LogConfig",
     "LogReadResult",
+    "NeedsVerification",
     "ReadChunk",
     "LogManager",
     "LogSegment",

@@ -54,7 +54,7 @@ from annal.record import BatchHeader, check_records, set_base_offset, validate_b
 
 _EPOCH_AT = struct.Struct(">i")  # partitionLeaderEpoch, bytes 12..16 of a batch (not under the CRC)
 
-__all__ = ["LogConfig", "PartitionLog", "LogReadResult", "ReadChunk"]
+__all__ = ["LogConfig", "PartitionLog", "LogReadResult", "NeedsVerification", "ReadChunk"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,13 @@ class LogConfig:
     @property
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(self.segment_bytes, self.segment_index_bytes, self.preallocate)
+
+
+class NeedsVerification(Exception):
+    """``PartitionLog.read(verify=False)`` met bytes of an inactive segment whose CRC-32C has
+    not been checked since the log was opened: read again with ``verify=True``, off the event
+    loop (the check reads the whole range, from disk when it is not cached). Not an
+    ``AnnalError``: it never reaches a client."""
 
 
 class ReadChunk(NamedTuple):
@@ -469,12 +476,17 @@ class PartitionLog:
 
     # --- read ----------------------------------------------------------------------------------------
 
-    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> LogReadResult:
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None, verify: bool = True) -> LogReadResult:
         """Whole batches from the one holding ``offset``: at least one batch (even if larger than
         ``max_bytes``), then following batches, across segments, while the total stays within
         ``max_bytes``. ``offset == log_end_offset`` gives an empty result;
         outside ``[log_start_offset, log_end_offset]`` raises ``OffsetOutOfRangeError``.
-        Release the result when done with its bytes."""
+        Release the result when done with its bytes.
+
+        Bytes of an inactive segment are CRC-checked the first time they are read after open
+        (``_verify_read``). With ``verify=False`` such a read raises ``NeedsVerification``
+        instead, holding nothing: an event loop calls it so, and repeats the read with
+        ``verify=True`` on a worker thread."""
         if max_bytes <= 0:
             raise InvalidFetchSizeError(f"max_bytes must be positive, got {max_bytes}", max_bytes=max_bytes)
         for _attempt in range(3):
@@ -505,7 +517,7 @@ class PartitionLog:
                 except (FileNotFoundError, IndexError):
                     continue
             try:
-                return self._read_from(head, offset, max_bytes, lso)
+                return self._read_from(head, offset, max_bytes, lso, verify)
             except (FileNotFoundError, IndexError):
                 continue  # retention, truncation or deletion raced with the read: look again
         self._check_open()
@@ -525,7 +537,7 @@ class PartitionLog:
             h.release()
         return _Head(end_offset, head.segments[:i + 1], head.bases[:i + 1], size, head.damaged)
 
-    def _read_from(self, head: _Head, offset: int, max_bytes: int, lso: int) -> LogReadResult:
+    def _read_from(self, head: _Head, offset: int, max_bytes: int, lso: int, verify: bool) -> LogReadResult:
         i = bisect.bisect_right(head.bases, offset) - 1
         chunks: list[ReadChunk] = []
         handles: list[SegmentHandle] = []
@@ -548,7 +560,10 @@ class PartitionLog:
                     break  # only the first batch may exceed max_bytes
                 mm = h.log_mm
                 assert mm is not None
-                if i != last and end > seg.verified_bytes:
+                if i != last and seg.unverified_from(start, end) < end:
+                    if not verify:
+                        raise NeedsVerification(f"{self.path}: bytes [{start}, {end}) of segment "
+                                                f"{seg.base_offset} not CRC-checked since open")
                     bad = self._verify_read(seg, h, start, end)
                     if bad is not None:
                         if bad == start:
@@ -575,21 +590,27 @@ class PartitionLog:
 
     def _verify_read(self, seg: LogSegment, h: SegmentHandle, start: int, end: int) -> int | None:
         """Check the CRC-32C of every batch of ``[start, end)`` of an inactive segment not yet
-        verified since open (``seg.verified_bytes``: a verified prefix, so each byte is
+        checked since open (``seg.verified``: the ranges already checked, so each byte is
         checked once per process, not once per fetch). Returns the position of the first bad
-        batch, after marking the segment damaged from there (logged at ERROR), or None."""
+        batch, after marking the segment damaged from there (logged at ERROR), or None.
+
+        This reads every byte of the range from the file: a disk read when the segment is not
+        in the page cache. The listeners' event loops therefore read with ``verify=False`` and
+        hand a read that needs a check (``NeedsVerification``) to a worker thread."""
         mm = h.log_mm
         assert mm is not None
-        pos = max(start, seg.verified_bytes) if start <= seg.verified_bytes else start
+        pos = seg.unverified_from(start, end)
+        first = pos
         while pos < end:
             try:
                 hd = validate_batch(mm, pos, None)
             except (CorruptRecordError, AnnalError):
+                if pos > first:
+                    seg.mark_verified(first, pos)
                 self._mark_damaged(seg, h, pos)
                 return pos
             pos += hd.batch_length + 12
-        if start <= seg.verified_bytes:
-            seg.verified_bytes = max(seg.verified_bytes, end)
+        seg.mark_verified(first, min(pos, end))
         return None
 
     def _mark_damaged(self, seg: LogSegment, h: SegmentHandle, pos: int) -> None:
@@ -658,7 +679,7 @@ class PartitionLog:
                     pass
             raise StorageError(f"cannot create segment {new.log_path}: {e}", errno=e.errno) from e
         old.make_inactive()
-        old.verified_bytes = old.size  # every batch was validated, CRC included, on append
+        old.verified = ((0, old.size),)  # every batch was validated, CRC included, on append
         old.unflushed = True
         self._rolled_since_flush = True
         self._dir_dirty = True

@@ -241,7 +241,39 @@ class LogSegment:
         # read; ``readable_bytes`` is where its valid batches stop. None: the whole segment.
         self.damaged: tuple[int, int] | None = None
         self.readable_bytes = 0
-        self.verified_bytes = 0  # inactive: a prefix of whole batches whose CRCs were checked on read
+        # Inactive segments: byte ranges [start, end) of whole batches whose CRC-32C was checked
+        # since open (on read, or on append for a segment this process rolled). Sorted and
+        # disjoint; replaced whole, never changed in place, so a reader on another thread sees
+        # the old or the new ranges.
+        self.verified: tuple[tuple[int, int], ...] = ()
+
+    MAX_VERIFIED_RANGES = 64
+
+    def unverified_from(self, start: int, end: int) -> int:
+        """Where the first byte of ``[start, end)`` not yet CRC-checked is (``end`` when all
+        were); ranges are batch-aligned, so the result is a batch boundary."""
+        for a, b in self.verified:
+            if a <= start < b:
+                start = b
+            elif a > start:
+                break
+        return min(start, end)
+
+    def mark_verified(self, start: int, end: int) -> None:
+        """Record ``[start, end)`` (whole batches) as CRC-checked, merged with the ranges it
+        touches. At most ``MAX_VERIFIED_RANGES`` are kept (the largest): a consumer reading
+        at random only costs a check again."""
+        out = []
+        for a, b in self.verified:
+            if b < start or a > end:
+                out.append((a, b))
+            else:
+                start, end = min(a, start), max(b, end)
+        out.append((start, end))
+        if len(out) > self.MAX_VERIFIED_RANGES:
+            out = sorted(out, key=lambda r: r[1] - r[0])[-self.MAX_VERIFIED_RANGES:]
+        out.sort()
+        self.verified = tuple(out)
 
     def __repr__(self) -> str:
         return (f"LogSegment(base_offset={self.base_offset}, next_offset={self.next_offset}, "

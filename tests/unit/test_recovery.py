@@ -188,6 +188,59 @@ def test_crc_failure_on_read_of_flushed_segment_is_reported_not_served(tmp_path,
         lg.close()
 
 
+def test_an_event_loop_read_never_checks_a_crc_itself(tmp_path):
+    """``read(verify=False)`` (how the listeners' event loops read) raises ``NeedsVerification``
+    for bytes of an old segment not CRC-checked since open, holding nothing; once a
+    ``verify=True`` read (on a worker thread) has checked a range, the loop reads it itself.
+    Checked ranges are remembered wherever a read starts, not only from a segment's start."""
+    from annal.broker.storage import NeedsVerification
+
+    path = str(tmp_path / "t-0")
+    fill(path, 60)
+    logs = sorted(n for n in os.listdir(path) if n.endswith(".log"))
+    first, nxt = int(logs[1][:20]), int(logs[2][:20])
+    lg = PartitionLog.open(path, recovery_point=120, had_clean_shutdown=True)
+    try:
+        mid = first + 4
+        with pytest.raises(NeedsVerification):
+            lg.read(mid, 1 << 20, verify=False)
+        with lg.read(mid, 1 << 20) as r:  # checks [mid, next segment)
+            expected = r.tobytes()
+        with lg.read(mid, 1 << 20, verify=False) as r:
+            assert r.tobytes() == expected
+        with pytest.raises(NeedsVerification):  # the bytes before mid were not checked
+            lg.read(first, 1 << 20, verify=False)
+        with lg.read(first, 1 << 20):
+            pass
+        seg = next(s for s in lg.segments if s.base_offset == first)
+        assert seg.verified == ((0, seg.size),)  # the two ranges merged
+        with lg.read(first, 1 << 20, verify=False) as r:  # the reads above went on to the log end
+            assert [rec.offset for rec in iter_records(r.tobytes())] == list(range(first, 120))
+        # The active segment was validated on append: never a check on read.
+        lg.append(batch(2))
+        with lg.read(lg.log_end_offset - 2, 1 << 20, verify=False) as r:
+            assert [rec.offset for rec in iter_records(r.tobytes())] == [lg.log_end_offset - 2, lg.log_end_offset - 1]
+    finally:
+        lg.close()
+
+
+def test_verified_ranges_merge_and_stay_bounded():
+    from annal.broker.storage import LogSegment
+
+    seg = LogSegment.__new__(LogSegment)
+    seg.verified = ()
+    seg.mark_verified(100, 200)
+    seg.mark_verified(300, 400)
+    assert seg.unverified_from(100, 200) == 200 and seg.unverified_from(100, 250) == 200
+    assert seg.unverified_from(0, 50) == 0 and seg.unverified_from(150, 180) == 180
+    seg.mark_verified(200, 300)  # touching ranges merge
+    assert seg.verified == ((100, 400),)
+    for i in range(100):  # scattered reads: at most MAX_VERIFIED_RANGES kept, the largest
+        seg.mark_verified(1000 + 20 * i, 1010 + 20 * i)
+    assert len(seg.verified) == LogSegment.MAX_VERIFIED_RANGES and (100, 400) in seg.verified
+    assert list(seg.verified) == sorted(seg.verified)
+
+
 @pytest.mark.parametrize("damage", ["missing", "short", "garbage"])
 def test_damaged_index_below_recovery_point_is_rebuilt(tmp_path, damage):
     path = str(tmp_path / "t-0")

@@ -26,10 +26,17 @@ from annal.kafka.apis import SUPPORTED
 from annal.broker.server.broker import Broker, read_result_size, release_read
 from annal.broker.server.config import TOPIC_CONFIG_KEYS
 from annal.broker.server.loop_mailbox import LoopMailbox
+from annal.broker.storage import NeedsVerification
 
 __all__ = ["KafkaHandlers", "NoResponse", "topic_id"]
 
 log = logging.getLogger("annal.kafka_listener")
+
+
+def _release_reads(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        for _, _, r, _ in fut.result() or ():
+            release_read(r)
 
 
 class NoResponse(enum.Enum):
@@ -414,7 +421,9 @@ class KafkaHandlers:
 
     # ------------------------------------------------------------------ fetch
 
-    def _read_all(self, body: dict[str, Any]) -> list[tuple[str, int, Any, AnnalError | None]]:
+    def _read_all(self, body: dict[str, Any], verify: bool = False) -> list[tuple[str, int, Any, AnnalError | None]] | None:
+        """Every partition's read. On the loop (``verify=False``): None, holding nothing, when
+        one of them has bytes of an older segment to CRC-check first (``_read_off_loop``)."""
         out: list[tuple[str, int, Any, AnnalError | None]] = []
         broker = self.broker
         for t in body.get("topics") or ():
@@ -426,13 +435,41 @@ class KafkaHandlers:
                         from annal.errors import InvalidFetchSizeError
 
                         raise InvalidFetchSizeError(f"partition_max_bytes must be positive, not {max_bytes}")
-                    out.append((name, p["partition"], broker.read(name, p["partition"], p["fetch_offset"], max_bytes), None))
+                    out.append((name, p["partition"], broker.read(name, p["partition"], p["fetch_offset"], max_bytes,
+                                                                  verify=verify), None))
                 except AnnalError as err:
                     out.append((name, p["partition"], None, err))
+                except NeedsVerification:
+                    for _, _, r, _ in out:
+                        release_read(r)
+                    return None
         return out
+
+    async def _read_off_loop(self, body: dict[str, Any]) -> list[tuple[str, int, Any, AnnalError | None]]:
+        """The reads on a worker thread, CRC-checking bytes never checked since start-up (the
+        check reads them from disk when they are not cached)."""
+        assert self.loop is not None
+        self.broker.metrics.first_reads.labels("kafka").inc()
+        fut = self.loop.run_in_executor(None, self._read_all, body, True)
+        try:
+            reads = await asyncio.shield(fut)
+        except asyncio.CancelledError:  # the connection went away: release the reads when they come
+            fut.add_done_callback(_release_reads)
+            raise
+        assert reads is not None
+        return reads
 
     def fetch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         reads = self._read_all(body)
+        if reads is None:
+            return self._fetch_after_read_off_loop(body)
+        return self._fetch_with(body, reads)
+
+    async def _fetch_after_read_off_loop(self, body: dict[str, Any]) -> dict[str, Any]:
+        answer = self._fetch_with(body, await self._read_off_loop(body))
+        return await answer if asyncio.iscoroutine(answer) else answer
+
+    def _fetch_with(self, body: dict[str, Any], reads: list[tuple[str, int, Any, AnnalError | None]]) -> Any:
         max_wait_ms = body.get("max_wait_ms", 0)
         min_bytes = body.get("min_bytes", 1)
         available = sum(read_result_size(r) for _, _, r, _ in reads if r is not None)
@@ -462,6 +499,8 @@ class KafkaHandlers:
                 # Registered before reading: an append after this read always wakes us.
                 woken.clear()
                 reads = self._read_all(body)
+                if reads is None:
+                    reads = await self._read_off_loop(body)
                 available = sum(read_result_size(r) for _, _, r, _ in reads if r is not None)
                 remaining = deadline - loop.time()
                 if (available >= min_bytes or remaining <= 0 or any(e is not None for *_, e in reads)
