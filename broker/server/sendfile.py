@@ -13,9 +13,16 @@ ask for 4 MiB), that is four ``epoll_ctl`` calls, two ``fstat``, an ``lseek``, t
 calls per data-port answer before, 5 after).
 
 ``send_file_range`` calls ``os.sendfile`` itself while the socket takes the bytes, and hands
-only what is left when the socket is full (``EAGAIN``) to ``loop.sendfile``, which waits for
-it to become writable. Segment files are read with positional I/O only, so neither path cares
-about the file position.
+the socket to ``loop.sendfile`` only when it is full (``EAGAIN``), to wait until it drains.
+Segment files are read with positional I/O only, so neither path cares about the file position.
+
+Each ``os.sendfile`` call is at most ``CHUNK_BYTES`` (2 MiB), and the loop runs its other
+callbacks between two chunks: a client that reads as fast as the kernel copies would otherwise
+keep the socket taking bytes until a whole 64 MiB answer was sent, one call after another, and
+every other connection of the loop (long-polls waking, produce answers) would wait for it. The
+long-poll p99 while a consumer read 1 GiB with 64 MiB fetches was 17-42 ms that way, with the
+loop running nothing else for up to ~30 ms per answer (docs/benchmarks/broker.md, "first
+reads").
 """
 
 from __future__ import annotations
@@ -26,32 +33,48 @@ import os
 __all__ = ["send_file_range"]
 
 
+CHUNK_BYTES = 2 * 1024 * 1024
+
+
 async def send_file_range(transport: asyncio.Transport, fd: int, offset: int, count: int) -> int:
     """Send ``count`` bytes of the open file ``fd`` from ``offset`` on the transport's socket,
     after whatever the transport has buffered. Returns the bytes sent: fewer than ``count``
     only when the file ended first. Raises ``ConnectionResetError`` (or another
     ``ConnectionError``) when the peer is gone."""
-    if transport.is_closing():
-        raise ConnectionResetError("connection closed")
     sent = 0
-    if not transport.get_write_buffer_size():
-        # Nothing queued ahead of these bytes: the socket is ours until it is full.
-        out = transport.get_extra_info("socket").fileno()
-        while sent < count:
+    out = -1
+    while sent < count:
+        if transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        if not transport.get_write_buffer_size():
+            # Nothing queued ahead of these bytes: the socket is ours until it is full.
+            if out < 0:
+                out = transport.get_extra_info("socket").fileno()
             try:
-                n = os.sendfile(out, fd, offset + sent, count - sent)
+                n = os.sendfile(out, fd, offset + sent, min(CHUNK_BYTES, count - sent))
             except (BlockingIOError, InterruptedError):
-                break
+                n = -1
             if n == 0:
                 return sent  # the file ended
-            sent += n
-        if sent == count:
+            if n > 0:
+                sent += n
+                if sent < count:
+                    await asyncio.sleep(0)  # the loop's other callbacks run between chunks
+                continue
+        # The socket is full (or earlier writes are still queued): asyncio waits until it
+        # drains, then sends one chunk.
+        n = await _loop_sendfile(transport, fd, offset + sent, min(CHUNK_BYTES, count - sent))
+        if n == 0:
             return sent
-    # The socket is full (or earlier writes are still queued): asyncio waits until it drains.
+        sent += n
+    return sent
+
+
+async def _loop_sendfile(transport: asyncio.Transport, fd: int, offset: int, count: int) -> int:
     loop = asyncio.get_running_loop()
     with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
         try:
-            return sent + await loop.sendfile(transport, f, offset + sent, count - sent, fallback=False)
+            return await loop.sendfile(transport, f, offset, count, fallback=False)
         except asyncio.SendfileNotAvailableError as err:
             # asyncio turns any OSError of its *first* os.sendfile call into this (without a
             # cause), to fall back to send() for files that cannot be sendfile'd. A segment is

@@ -142,3 +142,64 @@ def test_a_closing_transport_is_refused(segment: tuple[int, bytes]) -> None:
             await send_file_range(transport, fd, 0, 100)
 
     asyncio.run(_with_connection(None, body))
+
+
+def test_a_large_range_goes_in_chunks_with_the_loop_running_between_them(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader as fast as the kernel copies keeps the socket taking bytes: each os.sendfile
+    call is still at most CHUNK_BYTES, and the loop's other callbacks run between two calls
+    (a 64 MiB answer must not hold the loop for its whole length)."""
+    import threading
+
+    from annal.broker.server.sendfile import CHUNK_BYTES
+
+    data = os.urandom(12 << 20)
+    path = tmp_path / "big.log"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    ticks = [0]
+    calls: list[tuple[int, int]] = []  # calls that sent bytes: (count asked, ticks at the call)
+    real = os.sendfile
+
+    def spy(out: int, in_fd: int, offset: int, count: int) -> int:
+        n = real(out, in_fd, offset, count)  # a full socket raises: no bytes, not counted
+        calls.append((count, ticks[0]))
+        return n
+
+    monkeypatch.setattr(os, "sendfile", spy)
+
+    async def body(transport: asyncio.Transport, client: socket.socket) -> None:
+        client.setblocking(True)
+        got = bytearray()
+
+        def read() -> None:
+            while len(got) < len(data):
+                chunk = client.recv(1 << 20)
+                if not chunk:
+                    break
+                got.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+
+        async def ticker() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        t = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        try:
+            assert await send_file_range(transport, fd, 0, len(data)) == len(data)
+        finally:
+            t.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, reader.join, 10)
+        assert bytes(got) == data
+
+    try:
+        asyncio.run(_with_connection(4 << 20, body))
+    finally:
+        os.close(fd)
+    assert len(calls) >= len(data) // CHUNK_BYTES
+    assert all(count <= CHUNK_BYTES for count, _ in calls)
+    assert all(b[1] > a[1] for a, b in zip(calls, calls[1:])), calls
