@@ -7,6 +7,7 @@ against a real broker process (``annal.bench._local_broker.LocalBroker``) on 127
     .venv/bin/python -m annal.bench.broker fetch --runs 3          # data port vs bare os.sendfile
     .venv/bin/python -m annal.bench.broker idle --runs 3           # 200 idle long-polling clients
     .venv/bin/python -m annal.bench.broker longpoll --runs 3       # long-poll p99, idle vs rolls + 1 GiB delete
+    .venv/bin/python -m annal.bench.broker firstread --runs 3      # long-poll p99 while old data is read cold
 
 produce: already-encoded ~1 MiB batches (one batch per request), acks=1, one partition,
 ``--window`` requests in flight on one connection, ``--produce-mib`` MiB per run; MB/s = record
@@ -20,6 +21,11 @@ the same run.
 idle: ``--clients`` connections, each long-polling its own empty partition (max_wait_ms 500, as
 Kafka's fetch.max.wait.ms, min_bytes 1, re-sent as soon as answered); broker CPU % of one core
 from /proc/<pid>/stat (utime + stime) over ``--window-s`` seconds after a warm-up.
+
+firstread: a 1 GiB partition (64 MiB segments) written, the broker restarted and, when this runs
+as root, the page cache dropped; then another process reads it from offset 0 with 64 MiB fetches
+(every byte is CRC-checked on its first read since start-up, from disk) while the long-poll
+latency of ``longpoll`` is measured on another partition; against the idle p99 of the same run.
 
 Prints one line per run and a JSON summary at the end.
 """
@@ -527,6 +533,70 @@ def _p99(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(0.99 * len(xs)))]
 
 
+def _read_cold(fetch_port: int, topic: str, end_offset: int, max_bytes: int, result: Any) -> None:
+    """``firstread``'s reader, in its own process: the whole partition, MB/s into ``result``."""
+    elapsed, total = fetch_data_port(_Port(fetch_port), topic, end_offset, max_bytes)  # type: ignore[arg-type]
+    result.value = total / elapsed / MB
+
+
+def _drop_page_cache() -> bool:
+    """Write back and drop the page cache (root only): True when dropped."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def bench_firstread(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
+    """p99 of long-poll wake-ups while a consumer reads 1 GiB of segments written before a
+    restart (their first reads since start-up: a CRC check of every batch, from disk when the
+    page cache was dropped), against the idle p99 right before."""
+    idle_p99, read_p99, read_max, ratios, rates = [], [], [], [], []
+    batch = one_mib_batch()
+    ctx = multiprocessing.get_context("spawn")
+    for run in range(args.runs):
+        cold = f"firstread-cold-{run}"
+        lp = f"firstread-lp-{run}"
+        create_topic(b, cold, segment_bytes=64 * MiB, max_message_bytes=2 * MiB)
+        create_topic(b, lp)
+        produce_data_port(b, cold, batch, 1024, args.window)
+        end_offset = 1024 * (parse_header(batch).last_offset_delta + 1)
+        b.stop()
+        dropped = args.drop_page_cache and _drop_page_cache()
+        b.start()
+        idle = _longpoll_latencies(b, lp, args.window_s / 2)
+        result = ctx.Value("d", 0.0)
+        reader = ctx.Process(target=_read_cold, args=(b.fetch_port, cold, end_offset, args.fetch_max_mib * MiB, result),
+                             daemon=True)
+        reader.start()
+        time.sleep(0.2)  # the reader's interpreter starts
+        busy = _longpoll_latencies(b, lp, 120.0, stop_early=lambda: not reader.is_alive())
+        reader.join(120)
+        if reader.exitcode != 0:
+            raise RuntimeError(f"the reader process failed (exit {reader.exitcode})")
+        for name in (cold, lp):
+            delete_topic(b, name)
+        i99, r99 = _p99(idle), _p99(busy)
+        idle_p99.append(i99 * 1000)
+        read_p99.append(r99 * 1000)
+        read_max.append(max(busy) * 1000)
+        ratios.append(r99 / i99)
+        rates.append(result.value)
+        print(f"firstread run {run + 1}: idle p99 {i99 * 1000:.2f} ms ({len(idle)} wake-ups); while 1 GiB is read "
+              f"{'cold' if dropped else 'from the page cache'} at {result.value:.0f} MB/s: "
+              f"p99 {r99 * 1000:.2f} ms, max {max(busy) * 1000:.2f} ms ({len(busy)}), ratio {r99 / i99:.2f}; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    out["firstread_idle_p99_ms"] = {"median": statistics.median(idle_p99), "runs": idle_p99}
+    out["firstread_read_p99_ms"] = {"median": statistics.median(read_p99), "runs": read_p99}
+    out["firstread_read_max_ms"] = {"median": statistics.median(read_max), "runs": read_max}
+    out["firstread_p99_ratio"] = {"median": statistics.median(ratios), "runs": ratios}
+    out["firstread_cold_read_MBps"] = {"median": statistics.median(rates), "runs": rates}
+
+
+
 def _produce_load(fetch_port: int, topic: str, window: int, producing: Any, done: Any) -> None:
     """The long-poll benchmark's load, in its own process: ~1 MiB batches until ``done``
     (``producing`` is set once the first 64 are appended)."""
@@ -586,7 +656,8 @@ def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m annal.bench.broker", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["all", "produce", "fetch", "idle", "longpoll"], nargs="?", default="all")
+    p.add_argument("what", choices=["all", "produce", "fetch", "idle", "longpoll", "firstread"], nargs="?",
+                   default="all")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--produce-mib", type=int, default=1024, help="MiB produced per run and path")
     p.add_argument("--window", type=int, default=4, help="produce requests in flight")
@@ -598,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch-max-mib", type=int, default=64, help="max_bytes of each fetch")
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--window-s", type=float, default=10.0)
+    p.add_argument("--keep-page-cache", dest="drop_page_cache", action="store_false",
+                   help="firstread: do not drop the page cache before reading (it is dropped only as root anyway)")
     p.add_argument("--data-dir", default=None, help="broker data dir (default: a temporary one, removed)")
     p.add_argument("--json", default=None, help="also write the summary here")
     add_broker_pythonpath_option(p)
@@ -628,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_idle(args, b, out)
         if args.what in ("all", "longpoll"):
             bench_longpoll(args, b, out)
+        if args.what in ("all", "firstread"):
+            bench_firstread(args, b, out)
     finally:
         rc = b.stop()
         if rc != 0:
