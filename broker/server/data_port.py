@@ -383,17 +383,7 @@ class _LongPoll:
 
     def finish(self, results: ReadResults) -> None:
         self._stop()
-        server = self.server
-        conn = self.conn
-        try:
-            done = server._answer_fetch(conn, self.req, results, self.started)
-        except (ConnectionError, OSError) as err:
-            log.info("data port %s: connection lost before a fetch answer: %s", conn.peer, err)
-            conn.close()
-            return
-        if done:
-            conn.busy = False
-            server._pump(conn)
+        self.server._answer_then_free(self.conn, self.req, results, self.started)
 
     def cancel(self) -> None:
         """The connection went away: drop the poll without answering."""
@@ -640,6 +630,11 @@ class DataPortServer:
             for _, r, _ in results:
                 release_read(r)
             return
+        self._answer_then_free(conn, req, results, started)
+
+    def _answer_then_free(self, conn: _Connection, req: fr.FetchRequest, results: ReadResults, started: float) -> None:
+        """Answer a FETCH that was not answered where it arrived (a long-poll, a read on a
+        worker); when the answer is complete, take the connection's next request."""
         try:
             done = self._answer_fetch(conn, req, results, started)
         except (ConnectionError, OSError) as err:
