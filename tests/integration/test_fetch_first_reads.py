@@ -65,7 +65,7 @@ def _kafka_fetch(b: BrokerProcess, topic: str, offset: int, max_wait_ms: int) ->
 
 @pytest.fixture
 def restarted(broker: BrokerProcess) -> tuple[BrokerProcess, str]:
-    """A topic of ~20 closed segments written before a clean restart."""
+    """A topic of six 16 KiB segments written before a clean restart."""
     topic = f"first-reads-{os.getpid()}"
     with grpc.insecure_channel(broker.bootstrap) as ch:
         r = annal_pb2_grpc.AnnalStub(ch).CreateTopics(pb.CreateTopicsRequest(topics=[pb.NewTopic(
