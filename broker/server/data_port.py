@@ -24,8 +24,8 @@ appends, rolls segments and fdatasyncs, coalescing the appends queued for one pa
 answer is built back on the loop (``loop_mailbox.py``: one wake-up of the loop for every answer
 finished while it was busy). Up to ``MAX_PRODUCES_IN_FLIGHT``
 produces of one connection are on the pool at once, answered in request order; a FETCH behind
-them waits for them (answers leave in request order). A FETCH is read on the loop (an index
-lookup, no byte of a record touched) unless its range holds bytes of an older segment not yet
+them waits for them (answers leave in request order). A FETCH is read on the loop (index
+lookups and the batches' length fields) unless its range holds bytes of an older segment not yet
 CRC-checked since the broker started: that first read checks every batch, reading the range
 from disk when it is not cached, so it runs on a worker thread (``_read_off_loop``) and the
 answer continues on the loop.
