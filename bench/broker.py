@@ -256,7 +256,7 @@ def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any])
 # ---------------------------------------------------------------------- fetch
 
 
-def fetch_data_port(b: LocalBroker, topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
+def fetch_data_port(b: "LocalBroker | _Port", topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -535,7 +535,7 @@ def _p99(xs: list[float]) -> float:
 
 def _read_cold(fetch_port: int, topic: str, end_offset: int, max_bytes: int, result: Any) -> None:
     """``firstread``'s reader, in its own process: the whole partition, MB/s into ``result``."""
-    elapsed, total = fetch_data_port(_Port(fetch_port), topic, end_offset, max_bytes)  # type: ignore[arg-type]
+    elapsed, total = fetch_data_port(_Port(fetch_port), topic, end_offset, max_bytes)
     result.value = total / elapsed / MB
 
 
@@ -594,7 +594,6 @@ def bench_firstread(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any
     out["firstread_read_max_ms"] = {"median": statistics.median(read_max), "runs": read_max}
     out["firstread_p99_ratio"] = {"median": statistics.median(ratios), "runs": ratios}
     out["firstread_cold_read_MBps"] = {"median": statistics.median(rates), "runs": rates}
-
 
 
 def _produce_load(fetch_port: int, topic: str, window: int, producing: Any, done: Any) -> None:

@@ -20,9 +20,9 @@ Each ``os.sendfile`` call is at most ``CHUNK_BYTES`` (2 MiB), and the loop runs 
 callbacks between two chunks: a client that reads as fast as the kernel copies would otherwise
 keep the socket taking bytes until a whole 64 MiB answer was sent, one call after another, and
 every other connection of the loop (long-polls waking, produce answers) would wait for it. The
-long-poll p99 while a consumer read 1 GiB with 64 MiB fetches was 17-42 ms that way, with the
-loop running nothing else for up to ~30 ms per answer (docs/benchmarks/broker.md, "first
-reads").
+long-poll p99 while a consumer read 1 GiB from the page cache with 64 MiB fetches was 17-42 ms
+that way, and 1-2.3 ms with the chunks (docs/benchmarks/broker.md, "First reads of older
+segments").
 """
 
 from __future__ import annotations

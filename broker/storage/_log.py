@@ -610,7 +610,7 @@ class PartitionLog:
                 self._mark_damaged(seg, h, pos)
                 return pos
             pos += hd.batch_length + 12
-        seg.mark_verified(first, min(pos, end))
+        seg.mark_verified(first, end)
         return None
 
     def _mark_damaged(self, seg: LogSegment, h: SegmentHandle, pos: int) -> None:
