@@ -4,6 +4,8 @@ and trimming, reopening."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -81,3 +83,51 @@ def test_reset_and_truncate(tmp_path):
     assert idx.is_full(17) and not idx.is_full(16)
     idx.delete()
     assert not os.path.exists(tmp_path / "a.index")
+
+
+def _mapping_of(path: str) -> dict[str, str]:
+    """The /proc/self/smaps fields of this process's mapping of ``path``."""
+    fields: dict[str, str] = {}
+    found = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:  # a mapping's first line
+                if found:
+                    break
+                found = len(head) >= 6 and head[5] == path
+            elif found:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+    assert found, f"{path} is not mapped"
+    return fields
+
+
+def _cached_bytes(path: str) -> int:
+    """Bytes of ``path`` in the page cache (util-linux ``fincore``)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps") or shutil.which("fincore") is None,
+                    reason="needs Linux /proc/<pid>/smaps and util-linux fincore")
+def test_index_maps_fault_in_one_page_not_a_read_around_window(tmp_path):
+    """The first store into a new segment's index brings one page into memory. Without
+    ``MADV_RANDOM`` the kernel reads around the faulting page: 8 MiB of page cache for a
+    16 MiB sparse index, allocated and zeroed while the appending thread holds the GIL
+    (milliseconds at every segment roll)."""
+    p = str(tmp_path / "00000000000000000000.index")
+    idx = OffsetIndex(p, 0, 16 << 20, writable=True)
+    try:
+        idx.append_batch(0, 1000, 0)  # 4,000 bytes: one page
+        assert "rr" in _mapping_of(p)["VmFlags"].split()  # MADV_RANDOM
+        assert _cached_bytes(p) <= 64 << 10
+    finally:
+        idx.trim_to_valid_size()
+        idx.close()
+    ro = OffsetIndex(p, 0, 16 << 20, writable=False)
+    try:
+        assert "rr" in _mapping_of(p)["VmFlags"].split()
+    finally:
+        ro.close()
