@@ -22,6 +22,13 @@ idle: ``--clients`` connections, each long-polling its own empty partition (max_
 Kafka's fetch.max.wait.ms, min_bytes 1, re-sent as soon as answered); broker CPU % of one core
 from /proc/<pid>/stat (utime + stime) over ``--window-s`` seconds after a warm-up.
 
+longpoll: the time from a 100-byte acks=1 PRODUCE to the answer of the FETCH it wakes (a
+long-poll parked at the log end on another connection, one at a time, each checked to carry
+that PRODUCE's record), idle, then while another process produces ~1 MiB batches into a topic
+with 16 MiB segments (a roll every 16 requests) and retention deletes a 1 GiB segment;
+``--load-mbps`` paces that load (default 0: as fast as the broker takes ``--window`` requests
+in flight, which on a 2-core machine keeps both cores busy). p99 of each, and their ratio.
+
 firstread: a 1 GiB partition (64 MiB segments) written, the broker restarted and, when this runs
 as root, the page cache dropped; then another process reads it from offset 0 with 64 MiB fetches
 (every byte is CRC-checked on its first read since start-up, from disk) while the long-poll
@@ -498,7 +505,14 @@ def bench_idle(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) ->
 def _longpoll_latencies(b: LocalBroker, topic: str, seconds: float, stop_early: Callable[[], bool] | None = None
                         ) -> list[float]:
     """Seconds from a small acks=1 PRODUCE (one connection) to the FETCH answer it wakes (a
-    long-poll at the log end on another connection), repeated for ``seconds``."""
+    long-poll at the log end on another connection), repeated for ``seconds``.
+
+    Each FETCH asks for the offset the next PRODUCE will get, found from the answer to the one
+    before (the first PRODUCE, not timed, finds the log end): the long-poll is parked before
+    the timed PRODUCE is sent, so the answer must carry exactly that PRODUCE's record, and a
+    sample whose answer does not is an error, not a figure. (A FETCH from an offset already
+    written is answered on arrival, before the PRODUCE: its "latency" would only be the read
+    of an answer already waiting.)"""
     prod = socket.create_connection(("127.0.0.1", b.fetch_port))
     cons = socket.create_connection(("127.0.0.1", b.fetch_port))
     for s_ in (prod, cons):
@@ -506,7 +520,19 @@ def _longpoll_latencies(b: LocalBroker, topic: str, seconds: float, stop_early: 
     small = encode_batch([(0, None, b"x" * 100, None)])
     buf = bytearray(1 << 20)
     out: list[float] = []
-    offset = 0
+
+    def produce(cid: int) -> int:
+        send_parts(prod, fr.produce_request_parts(fr.ProduceRequest(cid, 1, 30000, [fr.ProducePartition(topic, 0, small)])))
+        return cid
+
+    def produced_offset() -> int:
+        r = fr.decode_produce_response(_recv_frame(prod, buf)).partitions[0]
+        if r.error_code:
+            raise RuntimeError(f"produce failed: {r}")
+        return r.base_offset
+
+    produce(0)
+    offset = produced_offset() + 1  # the log end: the next PRODUCE's offset
     cid = 0
     deadline = time.monotonic() + seconds
     try:
@@ -515,13 +541,17 @@ def _longpoll_latencies(b: LocalBroker, topic: str, seconds: float, stop_early: 
             cons.sendall(fr.encode_fetch_request(fr.FetchRequest(cid, 2000, 1, [fr.FetchPartition(topic, 0, offset, 1 << 20)])))
             time.sleep(0.002)  # the fetch is parked as a long-poll
             started = time.perf_counter()
-            send_parts(prod, fr.produce_request_parts(fr.ProduceRequest(cid, 1, 30000, [fr.ProducePartition(topic, 0, small)])))
+            produce(cid)
             p = fr.decode_fetch_response(_recv_frame(cons, buf)).partitions[0]
-            out.append(time.perf_counter() - started)
-            fr.decode_produce_response(_recv_frame(prod, buf))
+            elapsed = time.perf_counter() - started
+            base = produced_offset()
             if p.error_code:
                 raise RuntimeError(f"fetch failed: {p}")
-            offset = p.high_watermark
+            if base != offset or not p.records or parse_header(p.records).base_offset != base:
+                raise RuntimeError(f"the long-poll at offset {offset} was not answered with the record produced "
+                                   f"at {base}: the sample would not time a wake-up")
+            out.append(elapsed)
+            offset = base + 1
     finally:
         prod.close()
         cons.close()
@@ -596,13 +626,40 @@ def bench_firstread(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any
     out["firstread_cold_read_MBps"] = {"median": statistics.median(rates), "runs": rates}
 
 
-def _produce_load(fetch_port: int, topic: str, window: int, producing: Any, done: Any) -> None:
+def _produce_load(fetch_port: int, topic: str, window: int, rate_mbps: float, producing: Any, done: Any,
+                  produced: Any) -> None:
     """The long-poll benchmark's load, in its own process: ~1 MiB batches until ``done``
-    (``producing`` is set once the first 64 are appended)."""
+    (``producing`` is set once the first are appended; ``produced`` counts the bytes appended).
+    ``rate_mbps`` 0: as fast as the broker takes them, ``window`` requests in flight; otherwise
+    one request at a time, each sent when the rate says it is due."""
     batch = one_mib_batch()
-    while not done.is_set():
-        produce_data_port(_Port(fetch_port), topic, batch, 64, window)
-        producing.set()
+    if not rate_mbps:
+        while not done.is_set():
+            produce_data_port(_Port(fetch_port), topic, batch, 64, window)
+            produced.value += 64 * len(batch)
+            producing.set()
+        return
+    sock = socket.create_connection(("127.0.0.1", fetch_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(4096)
+    interval = len(batch) / (rate_mbps * MB)
+    due = time.perf_counter()
+    cid = 0
+    try:
+        while not done.is_set():
+            cid += 1
+            send_parts(sock, fr.produce_request_parts(fr.ProduceRequest(cid, 1, 30000, [fr.ProducePartition(topic, 0, batch)])))
+            resp = fr.decode_produce_response(_recv_frame(sock, buf))
+            if resp.error_code or resp.partitions[0].error_code:
+                raise RuntimeError(f"produce failed: {resp}")
+            produced.value += len(batch)
+            producing.set()
+            due += interval
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+    finally:
+        sock.close()
 
 
 def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]) -> None:
@@ -610,7 +667,7 @@ def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]
     into a topic with 16 MiB segments (a roll every 16 requests) and (b) retention deletes a
     1 GiB segment (a topic of one 1 GiB segment plus one batch, retention_bytes 1 MiB: the
     maintenance timer deletes the big segment within its interval)."""
-    idle_p99, load_p99, ratios = [], [], []
+    idle_p99, load_p99, ratios, rates = [], [], [], []
     batch = one_mib_batch()
     for run in range(args.runs):
         lp = f"longpoll-{run}"
@@ -624,14 +681,16 @@ def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]
         # The load comes from another process: in this one its thread would share the GIL
         # with the latency client, and the p99 would measure this process, not the broker.
         ctx = multiprocessing.get_context("spawn")
-        done, producing = ctx.Event(), ctx.Event()
-        loader = ctx.Process(target=_produce_load, args=(b.fetch_port, load, args.window, producing, done),
-                             daemon=True)
+        done, producing, produced = ctx.Event(), ctx.Event(), ctx.Value("d", 0.0)
+        loader = ctx.Process(target=_produce_load, args=(b.fetch_port, load, args.window, args.load_mbps, producing,
+                                                         done, produced), daemon=True)
         loader.start()
         if not producing.wait(60):
             raise RuntimeError("the load process did not start producing")
         produce_data_port(b, big, batch, 2, 1)  # rolls the 1 GiB segment: retention deletes it now
+        before, t0 = produced.value, time.perf_counter()
         busy = _longpoll_latencies(b, lp, args.window_s / 2)
+        rate = (produced.value - before) / (time.perf_counter() - t0) / MB
         done.set()
         loader.join(60)
         if loader.exitcode != 0:
@@ -642,12 +701,14 @@ def bench_longpoll(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any]
         idle_p99.append(i99 * 1000)
         load_p99.append(l99 * 1000)
         ratios.append(l99 / i99)
+        rates.append(rate)
         print(f"longpoll run {run + 1}: idle p99 {i99 * 1000:.2f} ms ({len(idle)} wake-ups), under rolls + a 1 GiB "
-              f"segment deletion p99 {l99 * 1000:.2f} ms ({len(busy)}), ratio {l99 / i99:.2f}; load average "
-              f"{os.getloadavg()[0]:.1f}", flush=True)
+              f"segment deletion p99 {l99 * 1000:.2f} ms ({len(busy)}; load {rate:.0f} MB/s), ratio {l99 / i99:.2f}; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
     out["longpoll_idle_p99_ms"] = {"median": statistics.median(idle_p99), "runs": idle_p99}
     out["longpoll_load_p99_ms"] = {"median": statistics.median(load_p99), "runs": load_p99}
     out["longpoll_p99_ratio"] = {"median": statistics.median(ratios), "runs": ratios}
+    out["longpoll_load_MBps"] = {"median": statistics.median(rates), "runs": rates, "asked": args.load_mbps}
 
 
 # ---------------------------------------------------------------------- main
@@ -660,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--produce-mib", type=int, default=1024, help="MiB produced per run and path")
     p.add_argument("--window", type=int, default=4, help="produce requests in flight")
+    p.add_argument("--load-mbps", type=float, default=0.0,
+                   help="longpoll: the produce load's rate in MB/s, one request at a time (0: as fast as the broker "
+                        "takes --window requests in flight)")
     p.add_argument("--no-warm-memory", dest="warm_memory", action="store_false",
                    help="produce: skip writing and freeing a run's worth of page cache before each timed run "
                         "(see warm_free_memory)")

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,41 @@ def test_cluster_mode_produce_and_group_consume(zk_cluster: Any, tmp_path: Path)
     c = _load(cout)["result"]
     assert c["records"] == 5000 and c["filled_records"] == 0
     assert c["rebalance_ms"] >= 0
+
+
+@pytest.mark.timeout(60)
+def test_longpoll_sampler_times_the_fetch_its_own_produce_wakes() -> None:
+    """``bench.broker``'s long-poll sampler on a topic that already holds records (as its
+    loaded phase finds it after the idle phase): every sample is a fetch parked at the log end
+    and answered with the record produced after it, and a record from anyone else is refused
+    rather than timed."""
+    import threading
+
+    from annal.bench import broker as bench_broker
+    from annal.record import encode_batch
+
+    b = LocalBroker(extra_args=["--log-level", "WARNING", "--metrics-port", "-1"], kafka_port=-1).start()
+    try:
+        bench_broker.create_topic(b, "lp")
+        small = encode_batch([(0, None, b"x" * 100, None)])
+        bench_broker.produce_data_port(b, "lp", small, 50, 4)
+        samples = bench_broker._longpoll_latencies(b, "lp", 0.5)
+        assert len(samples) >= 20 and all(0 < s < 2.0 for s in samples)
+
+        stop = threading.Event()
+
+        def other_producer() -> None:
+            while not stop.is_set():
+                bench_broker.produce_data_port(b, "lp", small, 1, 1)
+                time.sleep(0.0005)
+
+        t = threading.Thread(target=other_producer, daemon=True)
+        t.start()
+        try:
+            with pytest.raises(RuntimeError, match="was not answered with the record produced"):
+                bench_broker._longpoll_latencies(b, "lp", 5.0)
+        finally:
+            stop.set()
+            t.join(10)
+    finally:
+        assert b.stop() == 0
