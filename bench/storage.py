@@ -11,7 +11,10 @@ Figures (each the median of ``--runs`` runs, every run printed):
 * reads of 64 KiB at random offsets of a 10,000,000-record log, and near its head (reads/s), and
   their ratio (the dense index makes a lookup one array read wherever the offset is);
 * the ceiling: buffered ``write()`` of 1 MiB blocks, ``write()`` + ``fdatasync`` per 1 MiB, and
-  the cost of one fdatasync after a 4 KiB write.
+  the cost of one fdatasync after a 4 KiB write;
+* the time of one append that rolls a segment (16 MiB segments, so every 16th 1 MiB append
+  creates and maps a new segment and its two indexes, and trims the old ones), against the
+  appends that do not (``--only rolls`` runs just this figure).
 """
 
 from __future__ import annotations
@@ -52,6 +55,26 @@ def bench_append(root: str, batch: bytes, total_bytes: int, flush_each: bool) ->
         dt = time.perf_counter() - t0
         lg.close()
         return n * len(batch) / dt / 1e6
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_rolls(root: str, batch: bytes, appends: int, segment_mib: int = 16) -> tuple[float, float, float]:
+    """(median, max) ms of the appends that rolled a segment, and the median ms of the others."""
+    path = tempfile.mkdtemp(dir=root)
+    try:
+        lg = PartitionLog.open(os.path.join(path, "rolls-0"), segment_bytes=segment_mib * MiB,
+                               max_message_bytes=2 * MiB, retention_ms=-1)
+        rolled: list[float] = []
+        other: list[float] = []
+        for _ in range(appends):
+            before = len(lg.segments)
+            t0 = time.perf_counter()
+            lg.append(batch)
+            dt = (time.perf_counter() - t0) * 1000
+            (rolled if len(lg.segments) > before else other).append(dt)
+        lg.close()
+        return statistics.median(rolled), max(rolled), statistics.median(other)
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -151,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsync-mib", type=int, default=256, help="MiB appended per fdatasync run")
     p.add_argument("--records", type=int, default=10_000_000, help="records in the read log")
     p.add_argument("--read-seconds", type=float, default=3.0)
+    p.add_argument("--rolls-appends", type=int, default=1024, help="1 MiB appends per segment-roll run")
+    p.add_argument("--only", choices=["all", "rolls"], default="all", help="rolls: only the segment-roll figure")
     p.add_argument("--write", metavar="MD", help="write the results table to this markdown file")
     args = p.parse_args(argv)
+    if args.only != "all" and args.write:
+        p.error("--write needs every figure: leave out --only")
 
     root = tempfile.mkdtemp(prefix="annal-bench-storage-", dir=args.dir)
     rows: list[tuple[str, str, list[float], str]] = []
@@ -165,53 +192,68 @@ def main(argv: list[str] | None = None) -> int:
     try:
         batch = one_mib_batch()
         print(f"batch: {len(batch)} bytes, 1024 records", flush=True)
-        # The disk and page cache are shared with other work, so each run measures the log and
-        # the raw ceiling back to back, and the figures are compared run by run.
-        pc: list[float] = []
-        pc_ceiling: list[float] = []
-        fs: list[float] = []
-        fs_ceiling: list[float] = []
-        one_sync: list[float] = []
+        roll_med: list[float] = []
+        roll_max: list[float] = []
+        no_roll: list[float] = []
         for i in range(args.runs):
-            # Alternate which goes first, so neither always meets the other's dirty pages.
-            pairs = [
-                (pc, lambda: bench_append(root, batch, args.append_mib * MiB, False)),
-                (pc_ceiling, lambda: ceiling_write(root, args.append_mib * MiB, False)),
-            ]
-            sync_pairs = [
-                (fs, lambda: bench_append(root, batch, args.fsync_mib * MiB, True)),
-                (fs_ceiling, lambda: ceiling_write(root, args.fsync_mib * MiB, True)),
-            ]
-            for group in (pairs, sync_pairs):
-                for out, fn in (group if i % 2 == 0 else group[::-1]):
-                    os.sync()
-                    out.append(fn())
-            one_sync.append(ceiling_fdatasync_ms(root))
-            print(f"run {i + 1}: append {pc[-1]:,.0f} MB/s (write() {pc_ceiling[-1]:,.0f}), "
-                  f"append+fdatasync {fs[-1]:,.0f} MB/s (write()+fdatasync {fs_ceiling[-1]:,.0f}), "
-                  f"fdatasync {one_sync[-1]:.3f} ms", flush=True)
-        add("append 1 MiB batches, page cache", ">= 1000 MB/s", "MB/s", pc)
-        add("append 1 MiB batches, fdatasync each", ">= 500 MB/s", "MB/s", fs)
-        add("ceiling: buffered write() of 1 MiB blocks (same runs)", "", "MB/s", pc_ceiling)
-        add("ceiling: write() + fdatasync per 1 MiB (same runs)", "", "MB/s", fs_ceiling)
-        add("ceiling: one fdatasync after a 4 KiB write", "", "ms", one_sync)
+            os.sync()
+            med, mx, other = bench_rolls(root, batch, args.rolls_appends)
+            roll_med.append(med)
+            roll_max.append(mx)
+            no_roll.append(other)
+            print(f"run {i + 1}: append that rolls a 16 MiB segment {med:.2f} ms (max {mx:.2f}), "
+                  f"other appends {other:.3f} ms", flush=True)
+        add("append of 1 MiB that rolls a 16 MiB segment", "", "ms", roll_med)
+        add("slowest append that rolls (same runs)", "", "ms", roll_max)
+        add("append of 1 MiB that does not roll (same runs)", "", "ms", no_roll)
+        if args.only == "all":
+            # The disk and page cache are shared with other work, so each run measures the log and
+            # the raw ceiling back to back, and the figures are compared run by run.
+            pc: list[float] = []
+            pc_ceiling: list[float] = []
+            fs: list[float] = []
+            fs_ceiling: list[float] = []
+            one_sync: list[float] = []
+            for i in range(args.runs):
+                # Alternate which goes first, so neither always meets the other's dirty pages.
+                pairs = [
+                    (pc, lambda: bench_append(root, batch, args.append_mib * MiB, False)),
+                    (pc_ceiling, lambda: ceiling_write(root, args.append_mib * MiB, False)),
+                ]
+                sync_pairs = [
+                    (fs, lambda: bench_append(root, batch, args.fsync_mib * MiB, True)),
+                    (fs_ceiling, lambda: ceiling_write(root, args.fsync_mib * MiB, True)),
+                ]
+                for group in (pairs, sync_pairs):
+                    for out, fn in (group if i % 2 == 0 else group[::-1]):
+                        os.sync()
+                        out.append(fn())
+                one_sync.append(ceiling_fdatasync_ms(root))
+                print(f"run {i + 1}: append {pc[-1]:,.0f} MB/s (write() {pc_ceiling[-1]:,.0f}), "
+                      f"append+fdatasync {fs[-1]:,.0f} MB/s (write()+fdatasync {fs_ceiling[-1]:,.0f}), "
+                      f"fdatasync {one_sync[-1]:.3f} ms", flush=True)
+            add("append 1 MiB batches, page cache", ">= 1000 MB/s", "MB/s", pc)
+            add("append 1 MiB batches, fdatasync each", ">= 500 MB/s", "MB/s", fs)
+            add("ceiling: buffered write() of 1 MiB blocks (same runs)", "", "MB/s", pc_ceiling)
+            add("ceiling: write() + fdatasync per 1 MiB (same runs)", "", "MB/s", fs_ceiling)
+            add("ceiling: one fdatasync after a 4 KiB write", "", "ms", one_sync)
 
-        print(f"building a {args.records:,}-record log...", flush=True)
-        lg = build_big_log(root, args.records)
-        leo = lg.log_end_offset
-        rnd = random.Random(7)
-        rand_runs: list[float] = []
-        head_runs: list[float] = []
-        for i in range(args.runs):
-            r, h = bench_read_pair(lg, lambda: rnd.randrange(0, leo),
-                                   lambda: rnd.randrange(leo - 100_000, leo), args.read_seconds)
-            rand_runs.append(r)
-            head_runs.append(h)
-            print(f"run {i + 1}: random {r:,.0f} reads/s, head {h:,.0f} reads/s", flush=True)
-        add(f"read 64 KiB at random offsets of {leo:,} records", "", "reads/s", rand_runs)
-        add("read 64 KiB near the head (last 100,000 offsets)", "", "reads/s", head_runs)
-        add("random/head read rate ratio", "within 1.2x", "x", [r / h for r, h in zip(rand_runs, head_runs)])
-        lg.close()
+            print(f"building a {args.records:,}-record log...", flush=True)
+            lg = build_big_log(root, args.records)
+            leo = lg.log_end_offset
+            rnd = random.Random(7)
+            rand_runs: list[float] = []
+            head_runs: list[float] = []
+            for i in range(args.runs):
+                r, h = bench_read_pair(lg, lambda: rnd.randrange(0, leo),
+                                       lambda: rnd.randrange(leo - 100_000, leo), args.read_seconds)
+                rand_runs.append(r)
+                head_runs.append(h)
+                print(f"run {i + 1}: random {r:,.0f} reads/s, head {h:,.0f} reads/s", flush=True)
+            add(f"read 64 KiB at random offsets of {leo:,} records", "", "reads/s", rand_runs)
+            add("read 64 KiB near the head (last 100,000 offsets)", "", "reads/s", head_runs)
+            add("random/head read rate ratio", "within 1.2x", "x", [r / h for r, h in zip(rand_runs, head_runs)])
+            lg.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

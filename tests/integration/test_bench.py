@@ -269,3 +269,21 @@ def test_longpoll_sampler_times_the_fetch_its_own_produce_wakes() -> None:
             t.join(10)
     finally:
         assert b.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_storage_bench_times_segment_rolls_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.storage --only rolls``: 40 appends of 1 MiB into 16 MiB segments roll twice; the
+    rolling appends and the others are reported apart."""
+    from annal.bench import storage
+
+    assert storage.main(["--only", "rolls", "--runs", "1", "--rolls-appends", "40", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"append that rolls a 16 MiB segment ([\d.]+) ms \(max ([\d.]+)\), other appends ([\d.]+) ms", out)
+    assert m, out
+    med, mx, other = map(float, m.groups())
+    assert 0 < med <= mx and other > 0
+    assert "| append of 1 MiB that rolls a 16 MiB segment |" in out
+    assert list(tmp_path.iterdir()) == []  # its files are gone
+    with pytest.raises(SystemExit):
+        storage.main(["--only", "rolls", "--write", str(tmp_path / "x.md")])
