@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.only != "all" and args.write:
         p.error("--write needs every figure: leave out --only")
+    if args.rolls_appends < 17:
+        p.error("--rolls-appends must be at least 17: a 16 MiB segment rolls at the 17th 1 MiB append")
 
     root = tempfile.mkdtemp(prefix="annal-bench-storage-", dir=args.dir)
     rows: list[tuple[str, str, list[float], str]] = []
