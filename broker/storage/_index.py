@@ -19,12 +19,12 @@ once, so appending an entry is a memory write) and trimmed to the entries in use
 clean close. An index of an inactive segment is mapped read-only at its exact size.
 
 Every index mapping is advised ``MADV_RANDOM``. Without it, the kernel answers a page fault on a
-file mapping by reading around the faulting page (a window that grows with the mapping: up to
-16 MiB here), and for the sparse file of a new segment's index that means allocating and zeroing
-thousands of pages inside the first store: 1.5-2.5 ms measured on ext4 (6.18 kernel), taken
-while the appending thread holds the interpreter lock, so every other thread of the broker,
-the event loop included, waited that long at each segment roll. With it, a fault maps one page
-(about 10 us). Index reads are one entry per lookup, so read-around never helped them.
+file mapping by reading around the faulting page (8 MiB of a 16 MiB index here), and for the
+sparse file of a new segment's index that means allocating and zeroing thousands of pages inside
+the first store: 1.5-2.5 ms measured on ext4 (6.18 kernel), taken while the appending thread
+holds the interpreter lock, so every other thread of the broker, the event loop included,
+waited that long at each segment roll. With it, a fault maps one page (about 10 us). Index
+reads are one entry per lookup, so read-around never helped them.
 
 Thread-safety: one writer (the owning log, under its lock) and any number of readers. An entry is
 written before ``entries`` grows past it, so a reader that only looks below an ``entries`` (or
