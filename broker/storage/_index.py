@@ -18,13 +18,15 @@ The active segment's index files are preallocated (a sparse file of ``max_index_
 once, so appending an entry is a memory write) and trimmed to the entries in use on roll and on
 clean close. An index of an inactive segment is mapped read-only at its exact size.
 
-Every index mapping is advised ``MADV_RANDOM``. Without it, the kernel answers a page fault on a
-file mapping by reading around the faulting page (8 MiB of a 16 MiB index here), and for the
-sparse file of a new segment's index that means allocating and zeroing thousands of pages inside
-the first store: 1.5-2.5 ms measured on ext4 (6.18 kernel), taken while the appending thread
-holds the interpreter lock, so every other thread of the broker, the event loop included,
-waited that long at each segment roll. With it, a fault maps one page (about 10 us). Index
-reads are one entry per lookup, so read-around never helped them.
+The writable mapping of an active segment's index is advised ``MADV_RANDOM``. Without it, the
+kernel answers a page fault on a file mapping by reading around the faulting page (8 MiB of a
+16 MiB index here), and for the sparse file of a new segment's index that means allocating and
+zeroing thousands of pages inside the first store: 1.5-2.5 ms measured on ext4 (6.18 kernel),
+taken while the appending thread holds the interpreter lock, so every other thread of the
+broker, the event loop included, waited that long at each segment roll. With it, a fault maps
+one page (about 10 us). The read-only mapping of an inactive segment's index keeps the default:
+it has no holes, and a consumer reading an old segment from disk looks up entries in order, so
+reading around a fault saves it the next ones.
 
 Thread-safety: one writer (the owning log, under its lock) and any number of readers. An entry is
 written before ``entries`` grows past it, so a reader that only looks below an ``entries`` (or
@@ -82,11 +84,10 @@ class AbstractIndex:
                     fio.ftruncate(fd, capacity)
                 self._capacity = capacity
                 self._mm: mmap.mmap | None = mmap.mmap(fd, capacity)
+                _no_read_around(self._mm)
             else:
                 self._capacity = self._entries * es
                 self._mm = mmap.mmap(fd, self._capacity, access=mmap.ACCESS_READ) if self._capacity else None
-            if self._mm is not None:
-                _no_read_around(self._mm)
         finally:
             fio.close(fd)  # the mmap keeps its own descriptor
 
