@@ -521,9 +521,8 @@ def _longpoll_latencies(b: LocalBroker, topic: str, seconds: float, stop_early: 
     buf = bytearray(1 << 20)
     out: list[float] = []
 
-    def produce(cid: int) -> int:
+    def produce(cid: int) -> None:
         send_parts(prod, fr.produce_request_parts(fr.ProduceRequest(cid, 1, 30000, [fr.ProducePartition(topic, 0, small)])))
-        return cid
 
     def produced_offset() -> int:
         r = fr.decode_produce_response(_recv_frame(prod, buf)).partitions[0]
