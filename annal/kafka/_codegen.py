@@ -61,6 +61,11 @@ def _skip_tags(mv: memoryview, p: int, end: int, d: dict[str, Any], tagged: dict
     return p
 
 
+# A compact length or count: one byte when below 128 (nearly always), read inline; longer
+# varints through ``_uv``.
+_UV_LINES = ("if p < end and (n := mv[p]) < 128: p += 1", "else: n, p = _uv(mv, p, end)")
+
+
 def make_decoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[memoryview, int, int], tuple[dict[str, Any], int]]:
     ns: dict[str, Any] = {"_uv": _uv, "_short": _short, "_skip_tags": _skip_tags, "UUID": uuid.UUID,
                           "I16": _I16, "I32": _I32, "IRE": InvalidRequestError}
@@ -89,7 +94,7 @@ def make_decoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[memoryvie
 
     def length(wide: bool, what: str) -> None:
         if flexible:
-            lines.append("    n, p = _uv(mv, p, end)")
+            lines.extend("    " + s for s in _UV_LINES)
             lines.append("    n -= 1")
         elif wide:
             lines.append(f"    if p + 4 > end: raise _short({what!r})")
@@ -114,7 +119,7 @@ def make_decoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[memoryvie
             lines.extend(body)
             sub = []
             if flexible:
-                sub += ["n, p = _uv(mv, p, end)", "n -= 1"]
+                sub += [*_UV_LINES, "n -= 1"]
             elif kind == "string":
                 sub += [f"if p + 2 > end: raise _short({f.name!r})", "n = I16.unpack_from(mv, p)[0]; p += 2"]
             else:
@@ -184,7 +189,9 @@ def make_decoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[memoryvie
     if flexible:
         tn = name("T")
         ns[tn] = tagged
-        lines.append(f"    p = _skip_tags(mv, p, end, d, {tn}, True)")
+        # Almost every struct has no tagged fields: one zero byte, read inline.
+        lines.append("    if p < end and mv[p] == 0: p += 1")
+        lines.append(f"    else: p = _skip_tags(mv, p, end, d, {tn}, True)")
     lines.append("    return d, p")
     exec(compile("\n".join(lines), "<kafka decoder>", "exec"), ns)
     return ns["dec"]  # type: ignore[no-any-return]
@@ -228,6 +235,18 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
         lines.append(f"    e.cur += {sn}.pack({', '.join(args)})")
         fixed.clear()
 
+    def put_len(n: str, wide: bool, indent: str) -> None:
+        """Lines writing length ``n`` (an expression; -1 is null): compact lengths below 127
+        are one byte, appended inline."""
+        if flexible and n == "-1":
+            lines.append(f"{indent}e.cur.append(0)")
+        elif flexible:
+            lines.append(f"{indent}k = {n} + 1")
+            lines.append(f"{indent}if k < 128: e.cur.append(k)")
+            lines.append(f"{indent}else: put_uvarint(e.cur, k)")
+        else:
+            lines.append(f"{indent}_put_len(e.cur, {n}, False, {wide})")
+
     tagged = []
     for f in fields:
         if f.tag is not None:
@@ -245,23 +264,36 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
             lines.append(f"    s = g({f.name!r}, {dn})")
             lines.append("    if s is None:")
             if f.nullable:
-                lines.append(f"        _put_len(e.cur, -1, {flexible}, False)")
+                put_len("-1", False, "        ")
             else:
                 lines.append(f"        raise ValueError('field {f.name} is not nullable')")
             lines.append("    else:")
             lines.append("        b = s.encode()")
-            lines.append(f"        _put_len(e.cur, len(b), {flexible}, False)")
+            put_len("len(b)", False, "        ")
             lines.append("        e.cur += b")
         elif f.kind == "array" and f.fields:
             sub = name("E")
             ns[sub] = make_encoder(f.fields, flexible)
             lines.append(f"    a = g({f.name!r}, {dn})")
             lines.append("    if a is None:")
-            lines.append(f"        _put_len(e.cur, -1, {flexible}, True)")
+            put_len("-1", True, "        ")
             lines.append("    else:")
-            lines.append(f"        _put_len(e.cur, len(a), {flexible}, True)")
+            put_len("len(a)", True, "        ")
             lines.append("        for x in a:")
             lines.append(f"            {sub}(e, x)")
+        elif f.kind in ("bytes", "records"):
+            # Bytes are copied in; any other object (a ``FileRecords``-like read) leaves a
+            # hole of its ``size`` that the caller sends (``Encoder.hole``).
+            lines.append(f"    r = g({f.name!r}, {dn})")
+            lines.append("    if r is None:")
+            put_len("-1", True, "        ")
+            lines.append("    elif isinstance(r, (bytes, bytearray, memoryview)):")
+            put_len("len(r)", True, "        ")
+            lines.append("        e.cur += r")
+            lines.append("    else:")
+            lines.append("        size = int(r.size)")
+            put_len("size", True, "        ")
+            lines.append("        e.hole(r, size)")
         else:
             lines.append(f"    _enc_field(e, {fn}, {flexible}, g({f.name!r}, {dn}))")
     flush()
@@ -270,7 +302,15 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
             tn = name("T")
             ns[tn] = tuple(tagged)
             ns["_put_tags"] = _put_tags
-            lines.append(f"    _put_tags(e, {tn}, v)")
+            # Most answers set none of their tagged fields: a zero count, without building
+            # the list of those present.
+            absent = []
+            for f in tagged:
+                dn = name("DEF")
+                ns[dn] = f.default
+                absent.append(f"((x := g({f.name!r})) is None or not x != {dn})")
+            lines.append(f"    if {' and '.join(absent)}: e.cur.append(0)")
+            lines.append(f"    else: _put_tags(e, {tn}, v)")
         else:
             lines.append("    e.cur.append(0)")
     exec(compile("\n".join(lines), "<kafka encoder>", "exec"), ns)

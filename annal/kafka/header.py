@@ -18,6 +18,7 @@ outside ``apis.SUPPORTED``, ``InvalidRequestError`` for bytes that do not parse.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, NamedTuple
 
 from annal.errors import InvalidRequestError
@@ -47,11 +48,18 @@ class UnsupportedVersion(Exception):
         self.header = header
 
 
+_FIXED_HEAD = struct.Struct(">hhi")  # api_key, api_version, correlation_id
+
+
 def read_header(frame: bytes | bytearray | memoryview) -> tuple[RequestHeader, Reader]:
     r = Reader(frame)
-    api_key = r.int16()
-    api_version = r.int16()
-    correlation_id = r.int32()
+    if r.end >= _FIXED_HEAD.size:
+        api_key, api_version, correlation_id = _FIXED_HEAD.unpack_from(r.buf, 0)
+        r.pos = _FIXED_HEAD.size
+    else:
+        api_key = r.int16()
+        api_version = r.int16()
+        correlation_id = r.int32()
     try:
         client_id = r.string(nullable=True)
     except InvalidRequestError as err:
@@ -63,20 +71,37 @@ def read_header(frame: bytes | bytearray | memoryview) -> tuple[RequestHeader, R
 def decode_request(frame: bytes | bytearray | memoryview) -> tuple[RequestHeader, dict[str, Any]]:
     """Header and body (a dict, see ``_schema``) of one request frame (without its length)."""
     header, r = read_header(frame)
-    api = SUPPORTED.get(header.api_key)
-    if api is None or not api.min_version <= header.api_version <= api.max_version:
-        raise UnsupportedVersion(header)
-    msg = message(api.name + "Request")
+    decoder = _REQUEST_DECODERS.get((header.api_key, header.api_version))
+    if decoder is None:
+        decoder = _request_decoder(header)
+    msg, flexible = decoder
     try:
-        if msg.is_flexible(header.api_version):
-            for _ in range(r.uvarint()):  # header tagged fields: none that Annal uses
-                r.uvarint()
-                r.raw(r.uvarint())
+        if flexible:
+            buf, pos = r.buf, r.pos
+            if pos < r.end and buf[pos] == 0:  # header tagged fields: usually none
+                r.pos = pos + 1
+            else:
+                for _ in range(r.uvarint()):  # none that Annal uses
+                    r.uvarint()
+                    r.raw(r.uvarint())
         body = msg.decode(r, header.api_version)
     except InvalidRequestError as err:
         err.details["correlation_id"] = header.correlation_id
         raise
     return header, body
+
+
+# (api_key, api_version) -> (request Message, flexible), for the versions Annal answers.
+_REQUEST_DECODERS: dict[tuple[int, int], tuple[Any, bool]] = {}
+
+
+def _request_decoder(header: RequestHeader) -> tuple[Any, bool]:
+    api = SUPPORTED.get(header.api_key)
+    if api is None or not api.min_version <= header.api_version <= api.max_version:
+        raise UnsupportedVersion(header)
+    msg = message(api.name + "Request")
+    entry = _REQUEST_DECODERS[(header.api_key, header.api_version)] = (msg, msg.is_flexible(header.api_version))
+    return entry
 
 
 def encode_request(api_key: int, api_version: int, correlation_id: int, client_id: str | None,
@@ -95,6 +120,11 @@ def encode_request(api_key: int, api_version: int, correlation_id: int, client_i
     return len(data).to_bytes(4, "big") + data
 
 
+# (api_key, api_version) -> (the response's generated encoder, whether its header is v1).
+_RESPONSE_ENCODERS: dict[tuple[int, int], tuple[Any, bool]] = {}
+_CORRELATION = struct.Struct(">ii")  # the length (filled in last) and the correlation id
+
+
 def decode_response(api_key: int, api_version: int, frame: bytes | bytearray | memoryview) -> tuple[int, dict[str, Any]]:
     """``(correlation_id, body)`` of one response frame (without its length prefix)."""
     msg = message(SUPPORTED[api_key].name + "Response")
@@ -110,13 +140,18 @@ def decode_response(api_key: int, api_version: int, frame: bytes | bytearray | m
 def encode_response(api_key: int, api_version: int, correlation_id: int, body: dict[str, Any]) -> list[Any]:
     """The whole response frame as parts: ``bytes`` and the records holes given in ``body``
     (see ``_schema``); the length prefix counts the holes' sizes."""
-    api = SUPPORTED[api_key]
-    msg = message(api.name + "Response")
+    encoder = _RESPONSE_ENCODERS.get((api_key, api_version))
+    if encoder is None:
+        msg = message(SUPPORTED[api_key].name + "Response")
+        # The response header is v1 (tagged fields) in flexible versions, ApiVersions' always v0.
+        encoder = _RESPONSE_ENCODERS[(api_key, api_version)] = (
+            msg._encoder(api_version), api_key != ApiKey.API_VERSIONS and msg.is_flexible(api_version))
+    encode, header_v1 = encoder
     enc = Encoder()
-    enc.cur += b"\0\0\0\0" + correlation_id.to_bytes(4, "big", signed=True)
-    if api_key != ApiKey.API_VERSIONS and msg.is_flexible(api_version):
+    enc.cur += _CORRELATION.pack(0, correlation_id)
+    if header_v1:
         enc.cur.append(0)  # response header v1: no tagged fields
-    msg.encode(body, api_version, enc)
+    encode(enc, body)
     size = enc.size - 4
     parts = enc.finish()
     parts[0] = size.to_bytes(4, "big") + parts[0][4:]
