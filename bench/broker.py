@@ -263,7 +263,10 @@ def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any])
 # ---------------------------------------------------------------------- fetch
 
 
-def fetch_data_port(b: "LocalBroker | _Port", topic: str, end_offset: int, max_bytes: int) -> tuple[float, int]:
+def fetch_data_port(b: "LocalBroker | _Port", topic: str, end_offset: int, max_bytes: int,
+                    gap_s: float = 0.0) -> tuple[float, int]:
+    """Read ``topic``-0 from offset 0 to ``end_offset`` over the data port, one fetch in flight,
+    sleeping ``gap_s`` before each request."""
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -273,6 +276,8 @@ def fetch_data_port(b: "LocalBroker | _Port", topic: str, end_offset: int, max_b
     started = time.perf_counter()
     while offset < end_offset:
         cid += 1
+        if gap_s:
+            time.sleep(gap_s)
         sock.sendall(fr.encode_fetch_request(fr.FetchRequest(cid, 0, 0, [fr.FetchPartition(topic, 0, offset, max_bytes)])))
         p = fr.decode_fetch_response(_recv_frame(sock, buf)).partitions[0]
         if p.error_code or not len(p.records):

@@ -1,7 +1,8 @@
 """Kafka clients against the Kafka listener, and the listener against the data port.
 
     .venv/bin/python -m annal.bench.kafka_clients [--runs 3] [--records 1000000]
-        [--python-records 200000] [--fetch-mib 512] [--markdown docs/benchmarks/kafka.md]
+        [--python-records 200000] [--fetch-mib 512] [--fetch-gap-ms 0]
+        [--markdown docs/benchmarks/kafka.md]
 
 Each run starts a fresh standalone broker (``LocalBroker``) and measures, with 100-byte values,
 one partition, acks=1:
@@ -23,7 +24,10 @@ one partition, acks=1:
 - the same client work through both ports (``same_client_phases``): raw sockets producing the
   same ~64 KiB batches and fetching the same records back 1 MiB at a time, broker CPU per
   million records of each: the listener's own cost, apart from how each client library
-  batches and fetches (librdkafka's batches, fetches and socket reads differ from the SDK's).
+  batches and fetches (librdkafka's batches, fetches and socket reads differ from the SDK's);
+  with ``--fetch-gap-ms G``, the same reads again with G ms between an answer and the next
+  request: a broker that sleeps between requests spends more on each, on either port, so this
+  compares the ports at a slow consumer's pace.
 
 Prints one line per figure and run, then the medians; ``--markdown`` writes the fragment
 (docs/benchmarks/kafka.md) with the command, the date and the load average.
@@ -166,9 +170,11 @@ def sdk_consume(bootstrap: str, topic: str, n: int) -> float:
     return elapsed
 
 
-def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version: int = 12) -> tuple[float, int]:
+def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version: int = 12,
+                gap_s: float = 0.0) -> tuple[float, int]:
     """Read ``topic``-0 from offset 0 to ``end_offset`` with Fetch ``version`` (12: the flexible
-    version librdkafka 2.x and aiokafka use against Annal), one request in flight."""
+    version librdkafka 2.x and aiokafka use against Annal), one request in flight, sleeping
+    ``gap_s`` before each request."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -176,6 +182,8 @@ def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version:
     started = time.perf_counter()
     while offset < end_offset:
         cid += 1
+        if gap_s:
+            time.sleep(gap_s)
         sock.sendall(encode_request(ApiKey.FETCH, version, cid, "bench", {
             "max_wait_ms": 0, "min_bytes": 0, "max_bytes": max_bytes, "topics": [
                 {"topic": topic, "partitions": [{"partition": 0, "fetch_offset": offset,
@@ -229,7 +237,11 @@ def _sdk_sized_batch(records: int = 600) -> bytes:
 READS = 5  # same_client_phases: how many times each port reads the records back
 
 
-def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], None]) -> dict[str, float]:
+PACED_READS = 3  # same_client_phases with a gap: reads per port
+
+
+def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], None],
+                       gap_ms: float = 0.0) -> dict[str, float]:
     """The listener against the data port with the *same* client work: raw sockets sending the
     same ~64 KiB batches (4 in flight), then reading the same records back with 1 MiB fetches.
     Broker CPU per million records of each; what differs is only the protocol the broker
@@ -266,6 +278,25 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
         out[f"same-client consume {name} broker cpu s/M"] = cpu_s[name] / (READS * records) * 1e6
         log(f"same client, fetch via {name} ({READS} reads): {READS * records / wall[name]:,.0f} records/s, broker "
             f"{cpu_s[name] / (READS * records) * 1e6:.3f} CPU-s per million")
+    if gap_ms > 0:
+        # The same reads with ``gap_ms`` between an answer and the next request: the pace at
+        # which librdkafka fetches (~4 ms apart in the consume phase), where the broker sleeps
+        # between requests and each one costs more on either port.
+        gap = gap_ms / 1000
+        paced = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB, gap_s=gap),
+                 "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB, gap_s=gap)}
+        paced_cpu = {name: 0.0 for name in paced}
+        for _ in range(PACED_READS):
+            for name, fn2 in paced.items():
+                with _Cpu(pid) as cpu:
+                    fn2()
+                paced_cpu[name] += cpu.seconds
+        for name in paced:
+            out[f"paced consume {name} broker cpu s/M"] = paced_cpu[name] / (PACED_READS * records) * 1e6
+            log(f"same client, fetch via {name} {gap_ms:g} ms apart ({PACED_READS} reads): broker "
+                f"{out[f'paced consume {name} broker cpu s/M']:.3f} CPU-s per million")
+        out["paced consume cpu ratio kafka/data"] = (out["paced consume kafka broker cpu s/M"]
+                                                     / out["paced consume data port broker cpu s/M"])
     out["same-client produce cpu ratio kafka/data"] = (out["same-client produce kafka broker cpu s/M"]
                                                        / out["same-client produce data port broker cpu s/M"])
     out["same-client consume cpu ratio kafka/data"] = (out["same-client consume kafka broker cpu s/M"]
@@ -322,7 +353,7 @@ def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, f
         log(f"large fetch: data port {out['large fetch data port MB/s']:,.0f} MB/s "
             f"({', '.join(f'{r:,.0f}' for r in rates['data'])}), kafka {out['large fetch kafka MB/s']:,.0f} MB/s "
             f"({', '.join(f'{r:,.0f}' for r in rates['kafka'])})")
-        out.update(same_client_phases(b, pid, n, log))
+        out.update(same_client_phases(b, pid, n, log, args.fetch_gap_ms))
     out["produce cpu ratio kafka/data"] = out["confluent-kafka produce broker cpu s/M"] / out["annal sdk produce (data port) broker cpu s/M"]
     out["consume cpu ratio kafka/data"] = out["confluent-kafka consume broker cpu s/M"] / out["annal sdk consume (data port) broker cpu s/M"]
     out["consume cpu ratio kafka/data, same records"] = (
@@ -366,6 +397,13 @@ ROWS = [
      "{:.3f}"),
     ("same client, consume: Kafka listener / data port broker CPU per record", "same-client consume cpu ratio kafka/data",
      "<= 1.2", "{:.2f}"),
+    # With --fetch-gap-ms only:
+    ("same client, fetches --fetch-gap-ms apart: broker CPU-s per million consumed, Kafka listener",
+     "paced consume kafka broker cpu s/M", "-", "{:.3f}"),
+    ("same client, fetches --fetch-gap-ms apart: broker CPU-s per million consumed, data port",
+     "paced consume data port broker cpu s/M", "-", "{:.3f}"),
+    ("same client, fetches --fetch-gap-ms apart, consume: Kafka listener / data port broker CPU per record",
+     "paced consume cpu ratio kafka/data", "<= 1.2", "{:.2f}"),
 ]
 
 
@@ -380,8 +418,10 @@ def _met(target: str, value: float) -> str:
 
 def markdown(runs: list[dict[str, float]], command: str, started: str, loads: list[str]) -> str:
     lines = ["# Kafka listener figures", "",
-             "| figure | target | median of 3 | runs | met |", "|---|---|---|---|---|"]
+             f"| figure | target | median of {len(runs)} | runs | met |", "|---|---|---|---|---|"]
     for label, key, target, fmt in ROWS:
+        if any(key not in r for r in runs):
+            continue  # a figure of an option not given
         values = [r[key] for r in runs]
         med = statistics.median(values)
         lines.append(f"| {label} | {target} | **{fmt.format(med)}** | {', '.join(fmt.format(v) for v in values)} | "
@@ -399,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=int, default=1_000_000, help="records for confluent-kafka and the SDK")
     p.add_argument("--python-records", type=int, default=200_000, help="records for kafka-python")
     p.add_argument("--fetch-mib", type=int, default=512, help="size of the large-fetch partition")
+    p.add_argument("--fetch-gap-ms", type=float, default=0.0,
+                   help="also read the same-client records with this many ms between fetches (0: not)")
     p.add_argument("--markdown", default=None, help="write the fragment here (docs/benchmarks/kafka.md)")
     add_broker_pythonpath_option(p)
     return p

@@ -287,3 +287,36 @@ def test_storage_bench_times_segment_rolls_apart(tmp_path: Path, capsys: pytest.
     assert list(tmp_path.iterdir()) == []  # its files are gone
     with pytest.raises(SystemExit):
         storage.main(["--only", "rolls", "--write", str(tmp_path / "x.md")])
+
+
+@pytest.mark.timeout(120)
+def test_kafka_clients_same_client_phases_read_every_record_through_both_ports_paced() -> None:
+    """``bench.kafka_clients``' same-client phases with ``--fetch-gap-ms``: raw sockets write
+    the same batches through both ports and read them back, then again with a pause before
+    every fetch; each figure is broker CPU per million records, and the paced reads really
+    wait (their time is at least the pauses)."""
+    from annal.bench import broker as bench_broker
+    from annal.bench import kafka_clients
+
+    b = LocalBroker(extra_args=["--log-level", "WARNING", "--metrics-port", "-1"]).start()
+    try:
+        assert b.process is not None
+        logged: list[str] = []
+        out = kafka_clients.same_client_phases(b, b.process.pid, 3000, logged.append, gap_ms=2)
+        keys = ["same-client produce kafka broker cpu s/M", "same-client produce data port broker cpu s/M",
+                "same-client consume kafka broker cpu s/M", "same-client consume data port broker cpu s/M",
+                "paced consume kafka broker cpu s/M", "paced consume data port broker cpu s/M"]
+        assert all(out[k] > 0 for k in keys), out
+        assert out["paced consume cpu ratio kafka/data"] == (out["paced consume kafka broker cpu s/M"]
+                                                             / out["paced consume data port broker cpu s/M"])
+        assert any("2 ms apart" in line for line in logged)
+        # The records the phases wrote, read 64 KiB at a time with 10 ms before each fetch.
+        per = 600  # records per batch (kafka_clients._sdk_sized_batch)
+        end = 3000 // per * per
+        elapsed, total = bench_broker.fetch_data_port(b, "same-data", end, 1 << 16, gap_s=0.01)
+        fetches_at_least = total // (1 << 16)
+        assert total > 0 and elapsed >= fetches_at_least * 0.01
+        elapsed, total2 = kafka_clients.fetch_kafka(b.kafka_port, "same-data", end, 1 << 16, gap_s=0.01)
+        assert total2 == total and elapsed >= fetches_at_least * 0.01
+    finally:
+        assert b.stop() == 0
