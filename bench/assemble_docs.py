@@ -266,10 +266,11 @@ def render(rows: list[Row], ceiling_summary: dict[str, Any] | None, fragments: d
         "`docs/benchmarks/` (each written with the measurement it reports; this file only "
         "copies their numbers).",
         "",
-        f"Machine: {m['cpus']} cores (`nproc`), CPU model \"{m['cpu_model']}\", "
+        f"Assembled on: {m['cpus']} cores (`nproc`), CPU model \"{m['cpu_model']}\", "
         f"{round((m['mem_total_bytes'] or 0) / 2**30)} GiB RAM, {m['platform']}, Python {m['python']}. "
-        "The machine was shared with other test and benchmark runs while these figures were "
-        "taken, so they are noisy; each is the median of 3 runs.",
+        "Each fragment names the machine its figures were measured on (the 2-core hosts have not "
+        "all had the same CPU model), which was shared with other test and benchmark runs while "
+        "they were taken, so they are noisy; each is the median of 3 runs.",
         "",
         "## Every figure",
         "",

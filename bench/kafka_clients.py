@@ -45,6 +45,7 @@ import time
 from typing import Any, Callable
 
 from annal.bench._local_broker import LocalBroker, add_broker_pythonpath_option, use_broker_pythonpath
+from annal.bench._report import machine_info
 from annal.bench.broker import _cpu_seconds_precise, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
 from annal.kafka import ApiKey
 from annal.kafka.header import decode_response, encode_request
@@ -428,7 +429,8 @@ def markdown(runs: list[dict[str, float]], command: str, started: str, loads: li
                      f"{_met(target, med)} |")
     lines += ["", f"Command: `{command}`  ",
               f"Date: {started} UTC; load average (1/5/15 min) before each run: {'; '.join(loads)}  ",
-              f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, 100-byte values, one partition, "
+              f"Machine: {os.cpu_count()} CPUs ({machine_info()['cpu_model']}), Python {sys.version.split()[0]}, "
+              "100-byte values, one partition, "
               "acks=1, a fresh standalone broker per run", ""]
     return "\n".join(lines)
 
