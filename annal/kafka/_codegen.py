@@ -221,18 +221,20 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
         counter[0] += 1
         return f"{prefix}{counter[0]}"
 
+    def default(f: Any) -> str:
+        """The name the generated code knows the field's default by."""
+        dn = name("DEF")
+        ns[dn] = f.default
+        return dn
+
     def flush() -> None:
         if not fixed:
             return
         st = struct.Struct(">" + "".join(_FMT[f.kind] for f in fixed))
         sn = name("S")
         ns[sn] = st
-        args = []
-        for f in fixed:
-            dn = name("DEF")
-            ns[dn] = f.default
-            args.append(f"g({f.name!r}, {dn})")
-        lines.append(f"    e.cur += {sn}.pack({', '.join(args)})")
+        args = ", ".join(f"g({f.name!r}, {default(f)})" for f in fixed)
+        lines.append(f"    e.cur += {sn}.pack({args})")
         fixed.clear()
 
     def put_len(n: str, wide: bool, indent: str) -> None:
@@ -247,6 +249,13 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
         else:
             lines.append(f"{indent}_put_len(e.cur, {n}, False, {wide})")
 
+    def get_or_null(var: str, field: str, default: str) -> None:
+        """Lines taking the field's value into ``var``, writing a null length when it is None
+        (the caller goes on with ``else``/``elif``); arrays and bytes have 4-byte lengths."""
+        lines.append(f"    {var} = g({field!r}, {default})")
+        lines.append(f"    if {var} is None:")
+        put_len("-1", True, "        ")
+
     tagged = []
     for f in fields:
         if f.tag is not None:
@@ -258,8 +267,7 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
         flush()
         fn = name("F")
         ns[fn] = f
-        dn = name("DEF")
-        ns[dn] = f.default
+        dn = default(f)
         if f.kind == "string":
             lines.append(f"    s = g({f.name!r}, {dn})")
             lines.append("    if s is None:")
@@ -274,9 +282,7 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
         elif f.kind == "array" and f.fields:
             sub = name("E")
             ns[sub] = make_encoder(f.fields, flexible)
-            lines.append(f"    a = g({f.name!r}, {dn})")
-            lines.append("    if a is None:")
-            put_len("-1", True, "        ")
+            get_or_null("a", f.name, dn)
             lines.append("    else:")
             put_len("len(a)", True, "        ")
             lines.append("        for x in a:")
@@ -284,9 +290,7 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
         elif f.kind in ("bytes", "records"):
             # Bytes are copied in; any other object (a ``FileRecords``-like read) leaves a
             # hole of its ``size`` that the caller sends (``Encoder.hole``).
-            lines.append(f"    r = g({f.name!r}, {dn})")
-            lines.append("    if r is None:")
-            put_len("-1", True, "        ")
+            get_or_null("r", f.name, dn)
             lines.append("    elif isinstance(r, (bytes, bytearray, memoryview)):")
             put_len("len(r)", True, "        ")
             lines.append("        e.cur += r")
@@ -304,12 +308,8 @@ def make_encoder(fields: tuple[Any, ...], flexible: bool) -> Callable[[Any, dict
             ns["_put_tags"] = _put_tags
             # Most answers set none of their tagged fields: a zero count, without building
             # the list of those present.
-            absent = []
-            for f in tagged:
-                dn = name("DEF")
-                ns[dn] = f.default
-                absent.append(f"((x := g({f.name!r})) is None or not x != {dn})")
-            lines.append(f"    if {' and '.join(absent)}: e.cur.append(0)")
+            absent = " and ".join(f"((x := g({f.name!r})) is None or not x != {default(f)})" for f in tagged)
+            lines.append(f"    if {absent}: e.cur.append(0)")
             lines.append(f"    else: _put_tags(e, {tn}, v)")
         else:
             lines.append("    e.cur.append(0)")
