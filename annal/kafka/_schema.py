@@ -162,6 +162,11 @@ class Message:
 
     # ------------------------------------------------------------------ encode
 
+    def encoder(self, version: int) -> Any:
+        """The generated ``enc(encoder, value)`` of one version, compiled once: what ``encode``
+        calls, for callers that look it up once per (api key, version)."""
+        return self._encoder(version)
+
     def encode(self, value: dict[str, Any], version: int, enc: "Encoder | None" = None) -> "Encoder":
         enc = enc if enc is not None else Encoder()
         self._encoder(version)(enc, value)

@@ -145,7 +145,7 @@ def encode_response(api_key: int, api_version: int, correlation_id: int, body: d
         msg = message(SUPPORTED[api_key].name + "Response")
         # The response header is v1 (tagged fields) in flexible versions, ApiVersions' always v0.
         encoder = _RESPONSE_ENCODERS[(api_key, api_version)] = (
-            msg._encoder(api_version), api_key != ApiKey.API_VERSIONS and msg.is_flexible(api_version))
+            msg.encoder(api_version), api_key != ApiKey.API_VERSIONS and msg.is_flexible(api_version))
     encode, header_v1 = encoder
     enc = Encoder()
     enc.cur += _CORRELATION.pack(0, correlation_id)
