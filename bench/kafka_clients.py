@@ -281,7 +281,7 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
             f"{cpu_s[name] / (READS * records) * 1e6:.3f} CPU-s per million")
     if gap_ms > 0:
         # The same reads with ``gap_ms`` between an answer and the next request: the pace at
-        # which librdkafka fetches (~4 ms apart in the consume phase), where the broker sleeps
+        # which librdkafka fetches (4-5 ms apart in the consume phase), where the broker sleeps
         # between requests and each one costs more on either port.
         gap = gap_ms / 1000
         paced = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB, gap_s=gap),
