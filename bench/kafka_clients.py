@@ -241,6 +241,23 @@ READS = 5  # same_client_phases: how many times each port reads the records back
 PACED_READS = 3  # same_client_phases with a gap: reads per port
 
 
+def _alternate_reads(b: LocalBroker, pid: int, records: int, reads: int,
+                     gap_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Read the "same-data" records ``reads`` times through each port in turn (1 MiB fetches,
+    ``gap_s`` before each): the broker's CPU seconds and the wall seconds, per port."""
+    fetchers = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB, gap_s=gap_s),
+                "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB, gap_s=gap_s)}
+    cpu_s = {name: 0.0 for name in fetchers}
+    wall = {name: 0.0 for name in fetchers}
+    for _ in range(reads):
+        for name, fetch in fetchers.items():
+            with _Cpu(pid) as cpu:
+                elapsed, _ = fetch()
+            cpu_s[name] += cpu.seconds
+            wall[name] += elapsed
+    return cpu_s, wall
+
+
 def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], None],
                        gap_ms: float = 0.0) -> dict[str, float]:
     """The listener against the data port with the *same* client work: raw sockets sending the
@@ -265,17 +282,8 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
             f"{cpu.seconds / records * 1e6:.3f} CPU-s per million")
     # Reading is cheap for the broker (~0.04 CPU-s per million): each port reads the records
     # READS times, alternately, so each figure spans a few hundred ms of broker CPU, not ~40 ms.
-    fetchers = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB),
-                "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB)}
-    cpu_s = {name: 0.0 for name in fetchers}
-    wall = {name: 0.0 for name in fetchers}
-    for _ in range(READS):
-        for name, fn2 in fetchers.items():
-            with _Cpu(pid) as cpu:
-                elapsed, _ = fn2()
-            cpu_s[name] += cpu.seconds
-            wall[name] += elapsed
-    for name in fetchers:
+    cpu_s, wall = _alternate_reads(b, pid, records, READS, 0.0)
+    for name in cpu_s:
         out[f"same-client consume {name} broker cpu s/M"] = cpu_s[name] / (READS * records) * 1e6
         log(f"same client, fetch via {name} ({READS} reads): {READS * records / wall[name]:,.0f} records/s, broker "
             f"{cpu_s[name] / (READS * records) * 1e6:.3f} CPU-s per million")
@@ -283,16 +291,8 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
         # The same reads with ``gap_ms`` between an answer and the next request: the pace at
         # which librdkafka fetches (4-5 ms apart in the consume phase), where the broker sleeps
         # between requests and each one costs more on either port.
-        gap = gap_ms / 1000
-        paced = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB, gap_s=gap),
-                 "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB, gap_s=gap)}
-        paced_cpu = {name: 0.0 for name in paced}
-        for _ in range(PACED_READS):
-            for name, fn2 in paced.items():
-                with _Cpu(pid) as cpu:
-                    fn2()
-                paced_cpu[name] += cpu.seconds
-        for name in paced:
+        paced_cpu, _ = _alternate_reads(b, pid, records, PACED_READS, gap_ms / 1000)
+        for name in paced_cpu:
             out[f"paced consume {name} broker cpu s/M"] = paced_cpu[name] / (PACED_READS * records) * 1e6
             log(f"same client, fetch via {name} {gap_ms:g} ms apart ({PACED_READS} reads): broker "
                 f"{out[f'paced consume {name} broker cpu s/M']:.3f} CPU-s per million")
