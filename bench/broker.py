@@ -130,25 +130,55 @@ class _Port:
         self.fetch_port = fetch_port
 
 
-def produce_data_port(b: LocalBroker | _Port, topic: str, batch: bytes, count: int, window: int,
-                      acks: int = 1) -> float:
-    sock = socket.create_connection(("127.0.0.1", b.fetch_port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(4096)
+def pipelined(send: Callable[[int], None], receive: Callable[[], None], count: int, window: int,
+              interval_s: float = 0.0) -> float:
+    """Send requests ``0 .. count-1`` with ``send(i)``, at most ``window`` unanswered, taking
+    each answer in order with ``receive()``; with ``interval_s``, request ``i`` leaves no
+    earlier than ``i * interval_s`` after the first (a client's own pace, replayed). Returns
+    the seconds from the first send to the last answer."""
     sent = received = 0
     started = time.perf_counter()
     while received < count:
         while sent < count and sent - received < window:
-            parts = fr.produce_request_parts(fr.ProduceRequest(sent, acks, 30000, [fr.ProducePartition(topic, 0, batch)]))
-            send_parts(sock, parts)
+            if interval_s:
+                ahead = started + sent * interval_s - time.perf_counter()
+                if ahead > 0:
+                    if sent > received:
+                        break  # an answer is due first
+                    time.sleep(ahead)
+            send(sent)
             sent += 1
+        receive()
+        received += 1
+    return time.perf_counter() - started
+
+
+def produce_data_port(b: LocalBroker | _Port, topic: str, batch: bytes, count: int, window: int,
+                      acks: int = 1) -> float:
+    """``count`` produce requests of ``batch`` over the data port, ``window`` in flight."""
+    return replay_data_port(b, topic, [batch] * count, window, acks=acks)
+
+
+def replay_data_port(b: LocalBroker | _Port, topic: str, batches: "list[bytes]", window: int,
+                     interval_s: float = 0.0, acks: int = 1) -> float:
+    """One produce request per batch of ``batches`` over the data port, ``window`` in flight,
+    ``interval_s`` apart when given (``pipelined``)."""
+    sock = socket.create_connection(("127.0.0.1", b.fetch_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(4096)
+
+    def send(i: int) -> None:
+        send_parts(sock, fr.produce_request_parts(fr.ProduceRequest(i, acks, 30000, [fr.ProducePartition(topic, 0, batches[i])])))
+
+    def receive() -> None:
         resp = fr.decode_produce_response(_recv_frame(sock, buf))
         if resp.error_code or resp.partitions[0].error_code:
             raise RuntimeError(f"produce failed: {resp}")
-        received += 1
-    elapsed = time.perf_counter() - started
-    sock.close()
-    return elapsed
+
+    try:
+        return pipelined(send, receive, len(batches), window, interval_s)
+    finally:
+        sock.close()
 
 
 def produce_grpc_unary(b: LocalBroker, topic: str, batch: bytes, count: int, window: int) -> float:
@@ -263,10 +293,23 @@ def bench_produce(args: argparse.Namespace, b: LocalBroker, out: dict[str, Any])
 # ---------------------------------------------------------------------- fetch
 
 
+def pace_reads(started: float, done_bytes: int, gap_s: float, rate_bps: float) -> None:
+    """Before a fetch: sleep ``gap_s``, or until ``done_bytes`` would have taken this long at
+    ``rate_bps`` bytes/s since ``started`` (a client's own reading pace, replayed)."""
+    if gap_s:
+        time.sleep(gap_s)
+    if rate_bps:
+        ahead = started + done_bytes / rate_bps - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
 def fetch_data_port(b: "LocalBroker | _Port", topic: str, end_offset: int, max_bytes: int,
-                    gap_s: float = 0.0) -> tuple[float, int]:
+                    gap_s: float = 0.0, rate_bps: float = 0.0,
+                    keep: "list[bytes] | None" = None) -> tuple[float, int]:
     """Read ``topic``-0 from offset 0 to ``end_offset`` over the data port, one fetch in flight,
-    sleeping ``gap_s`` before each request."""
+    paced by ``gap_s`` or ``rate_bps`` (``pace_reads``); each batch read is appended to
+    ``keep`` when given. Returns the seconds and the record bytes read."""
     sock = socket.create_connection(("127.0.0.1", b.fetch_port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -276,15 +319,16 @@ def fetch_data_port(b: "LocalBroker | _Port", topic: str, end_offset: int, max_b
     started = time.perf_counter()
     while offset < end_offset:
         cid += 1
-        if gap_s:
-            time.sleep(gap_s)
+        pace_reads(started, total, gap_s, rate_bps)
         sock.sendall(fr.encode_fetch_request(fr.FetchRequest(cid, 0, 0, [fr.FetchPartition(topic, 0, offset, max_bytes)])))
         p = fr.decode_fetch_response(_recv_frame(sock, buf)).partitions[0]
         if p.error_code or not len(p.records):
             raise RuntimeError(f"fetch at {offset}: {p.error_code} {p.error_message}")
         last = None
-        for pos, _size in iter_batch_positions(p.records):
+        for pos, size in iter_batch_positions(p.records):
             last = pos
+            if keep is not None:
+                keep.append(bytes(p.records[pos:pos + size]))
         assert last is not None
         offset = parse_header(p.records, last).next_offset
         total += len(p.records)

@@ -27,7 +27,14 @@ one partition, acks=1:
   batches and fetches (librdkafka's batches, fetches and socket reads differ from the SDK's);
   with ``--fetch-gap-ms G``, the same reads again with G ms between an answer and the next
   request: a broker that sleeps between requests spends more on each, on either port, so this
-  compares the ports at a slow consumer's pace.
+  compares the ports at a slow consumer's pace;
+- confluent-kafka's own workload replayed through both ports (``client_workload_phases``): the
+  batches librdkafka wrote (read back from the log), one produce request each at the pace it
+  sent them, and its records read back with its 1 MiB fetches at the pace it read them; the
+  issue's ratio on the same workload, confluent-kafka through the listener against the data
+  port, and the raw replay through both ports. librdkafka's requests are smaller (produce) and
+  further apart (consume) than the SDK's, and each costs the broker more on either port, so
+  confluent-kafka against the SDK compares two workloads as well as two ports.
 
 Prints one line per figure and run, then the medians; ``--markdown`` writes the fragment
 (docs/benchmarks/kafka.md) with the command, the date and the load average.
@@ -46,7 +53,8 @@ from typing import Any, Callable
 
 from annal.bench._local_broker import LocalBroker, add_broker_pythonpath_option, use_broker_pythonpath
 from annal.bench._report import machine_info
-from annal.bench.broker import _cpu_seconds_precise, _recv_frame, create_topic, fetch_data_port, one_mib_batch, produce_data_port
+from annal.bench.broker import (_cpu_seconds_precise, _recv_frame, create_topic, fetch_data_port, one_mib_batch, pace_reads,
+                                pipelined, produce_data_port, replay_data_port)
 from annal.kafka import ApiKey
 from annal.kafka.header import decode_response, encode_request
 from annal.record import encode_batch, iter_batch_positions, parse_header
@@ -172,10 +180,10 @@ def sdk_consume(bootstrap: str, topic: str, n: int) -> float:
 
 
 def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version: int = 12,
-                gap_s: float = 0.0) -> tuple[float, int]:
+                gap_s: float = 0.0, rate_bps: float = 0.0) -> tuple[float, int]:
     """Read ``topic``-0 from offset 0 to ``end_offset`` with Fetch ``version`` (12: the flexible
-    version librdkafka 2.x and aiokafka use against Annal), one request in flight, sleeping
-    ``gap_s`` before each request."""
+    version librdkafka 2.x and aiokafka use against Annal), one request in flight, paced by
+    ``gap_s`` or ``rate_bps`` (``bench.broker.pace_reads``)."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max_bytes + 2 * MiB)
@@ -183,8 +191,7 @@ def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version:
     started = time.perf_counter()
     while offset < end_offset:
         cid += 1
-        if gap_s:
-            time.sleep(gap_s)
+        pace_reads(started, total, gap_s, rate_bps)
         sock.sendall(encode_request(ApiKey.FETCH, version, cid, "bench", {
             "max_wait_ms": 0, "min_bytes": 0, "max_bytes": max_bytes, "topics": [
                 {"topic": topic, "partitions": [{"partition": 0, "fetch_offset": offset,
@@ -208,25 +215,32 @@ def fetch_kafka(port: int, topic: str, end_offset: int, max_bytes: int, version:
 def produce_kafka(port: int, topic: str, batch: bytes, count: int, window: int) -> float:
     """``count`` Produce v9 requests (acks=1) of ``batch`` over a raw socket, ``window`` in
     flight: the Kafka listener's counterpart of ``produce_data_port``."""
+    return replay_kafka(port, topic, [batch] * count, window)
+
+
+def replay_kafka(port: int, topic: str, batches: list[bytes], window: int, interval_s: float = 0.0) -> float:
+    """One Produce v9 request (acks=1) per batch of ``batches`` over a raw socket, ``window``
+    in flight, ``interval_s`` apart when given: the listener's counterpart of
+    ``bench.broker.replay_data_port``."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(4096)
-    req = {"transactional_id": None, "acks": 1, "timeout_ms": 30000,
-           "topic_data": [{"name": topic, "partition_data": [{"index": 0, "records": batch}]}]}
-    sent = received = 0
-    started = time.perf_counter()
-    while received < count:
-        while sent < count and sent - received < window:
-            sent += 1
-            sock.sendall(encode_request(ApiKey.PRODUCE, 9, sent, "bench", req))
+
+    def send(i: int) -> None:
+        sock.sendall(encode_request(ApiKey.PRODUCE, 9, i + 1, "bench", {
+            "transactional_id": None, "acks": 1, "timeout_ms": 30000,
+            "topic_data": [{"name": topic, "partition_data": [{"index": 0, "records": batches[i]}]}]}))
+
+    def receive() -> None:
         _, resp = decode_response(ApiKey.PRODUCE, 9, _recv_frame(sock, buf))
         err = resp["responses"][0]["partition_responses"][0]["error_code"]
         if err:
             raise RuntimeError(f"kafka produce: error {err}")
-        received += 1
-    elapsed = time.perf_counter() - started
-    sock.close()
-    return elapsed
+
+    try:
+        return pipelined(send, receive, len(batches), window, interval_s)
+    finally:
+        sock.close()
 
 
 def _sdk_sized_batch(records: int = 600) -> bytes:
@@ -238,15 +252,16 @@ def _sdk_sized_batch(records: int = 600) -> bytes:
 READS = 5  # same_client_phases: how many times each port reads the records back
 
 
-PACED_READS = 3  # same_client_phases with a gap: reads per port
+PACED_READS = 3  # reads per port at a client's pace (same_client_phases with a gap, client_workload_phases)
 
 
-def _alternate_reads(b: LocalBroker, pid: int, records: int, reads: int,
-                     gap_s: float) -> tuple[dict[str, float], dict[str, float]]:
-    """Read the "same-data" records ``reads`` times through each port in turn (1 MiB fetches,
-    ``gap_s`` before each): the broker's CPU seconds and the wall seconds, per port."""
-    fetchers = {"data port": lambda: fetch_data_port(b, "same-data", records, MiB, gap_s=gap_s),
-                "kafka": lambda: fetch_kafka(b.kafka_port, "same-data", records, MiB, gap_s=gap_s)}
+def _alternate_reads(b: LocalBroker, pid: int, topic: str, records: int, reads: int, gap_s: float = 0.0,
+                     rate_bps: float = 0.0) -> tuple[dict[str, float], dict[str, float]]:
+    """Read ``topic``'s first ``records`` records ``reads`` times through each port in turn
+    (1 MiB fetches, paced by ``gap_s`` or ``rate_bps``): the broker's CPU seconds and the wall
+    seconds, per port."""
+    fetchers = {"data port": lambda: fetch_data_port(b, topic, records, MiB, gap_s=gap_s, rate_bps=rate_bps),
+                "kafka": lambda: fetch_kafka(b.kafka_port, topic, records, MiB, gap_s=gap_s, rate_bps=rate_bps)}
     cpu_s = {name: 0.0 for name in fetchers}
     wall = {name: 0.0 for name in fetchers}
     for _ in range(reads):
@@ -282,7 +297,7 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
             f"{cpu.seconds / records * 1e6:.3f} CPU-s per million")
     # Reading is cheap for the broker (~0.04 CPU-s per million): each port reads the records
     # READS times, alternately, so each figure spans a few hundred ms of broker CPU, not ~40 ms.
-    cpu_s, wall = _alternate_reads(b, pid, records, READS, 0.0)
+    cpu_s, wall = _alternate_reads(b, pid, "same-data", records, READS)
     for name in cpu_s:
         out[f"same-client consume {name} broker cpu s/M"] = cpu_s[name] / (READS * records) * 1e6
         log(f"same client, fetch via {name} ({READS} reads): {READS * records / wall[name]:,.0f} records/s, broker "
@@ -291,7 +306,7 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
         # The same reads with ``gap_ms`` between an answer and the next request: the pace at
         # which librdkafka fetches (4-5 ms apart in the consume phase), where the broker sleeps
         # between requests and each one costs more on either port.
-        paced_cpu, _ = _alternate_reads(b, pid, records, PACED_READS, gap_ms / 1000)
+        paced_cpu, _ = _alternate_reads(b, pid, "same-data", records, PACED_READS, gap_s=gap_ms / 1000)
         for name in paced_cpu:
             out[f"paced consume {name} broker cpu s/M"] = paced_cpu[name] / (PACED_READS * records) * 1e6
             log(f"same client, fetch via {name} {gap_ms:g} ms apart ({PACED_READS} reads): broker "
@@ -302,6 +317,51 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
                                                        / out["same-client produce data port broker cpu s/M"])
     out["same-client consume cpu ratio kafka/data"] = (out["same-client consume kafka broker cpu s/M"]
                                                        / out["same-client consume data port broker cpu s/M"])
+    return out
+
+
+def client_workload_phases(b: LocalBroker, pid: int, topic: str, n: int, produce_s: float, consume_s: float,
+                           log: Callable[[str], None]) -> dict[str, float]:
+    """confluent-kafka's own workload replayed by raw sockets through both ports: the batches
+    librdkafka wrote to ``topic`` (read back from the log), one produce request each, at the
+    pace it sent them (``produce_s`` over the run, at most 4 in flight); then its ``n`` records
+    read back with its 1 MiB fetches at the pace it read them (``consume_s`` over the run).
+
+    A client's requests cost the broker more when they are smaller or further apart: librdkafka
+    sends about three times as many produce requests as the SDK for the same records, and
+    fetches 3-4 times slower (its consumer fetches as fast as the application takes the
+    records), and a broker that sleeps between two requests spends more on each (on either
+    port). The ratios here compare the listener with the data port on librdkafka's workload:
+    confluent-kafka itself against the data port, and the raw client through both ports."""
+    out: dict[str, float] = {}
+    batches: list[bytes] = []
+    fetch_data_port(b, topic, n, MiB, keep=batches)
+    interval = produce_s / len(batches)
+    log(f"confluent-kafka's workload: {len(batches)} produce requests of {sum(map(len, batches)) / len(batches) / 1024:.0f} "
+        f"KiB on average, {interval * 1000:.2f} ms apart; reads at {sum(map(len, batches)) / consume_s / 1e6:.0f} MB/s")
+    replays: dict[str, Callable[[str], float]] = {
+        "data port": lambda t: replay_data_port(b, t, batches, 4, interval),
+        "kafka": lambda t: replay_kafka(b.kafka_port, t, batches, 4, interval),
+    }
+    for name, replay in replays.items():
+        replayed = f"{topic}-replay-{name.replace(' ', '-')}"
+        create_topic(b, replayed)
+        with _Cpu(pid) as cpu:
+            elapsed = replay(replayed)
+        out[f"client-workload produce {name} broker cpu s/M"] = cpu.seconds / n * 1e6
+        log(f"confluent-kafka's produce workload via {name}: {elapsed:.2f} s, broker "
+            f"{cpu.seconds / n * 1e6:.3f} CPU-s per million")
+    # Each port reads the records PACED_READS times, alternately (reading is cheap for the
+    # broker: one read is a few tens of ms of its CPU).
+    rate = sum(map(len, batches)) / consume_s
+    cpu_s, wall = _alternate_reads(b, pid, topic, n, PACED_READS, rate_bps=rate)
+    for name in cpu_s:
+        out[f"client-workload consume {name} broker cpu s/M"] = cpu_s[name] / (PACED_READS * n) * 1e6
+        log(f"confluent-kafka's consume workload via {name} ({PACED_READS} reads, {wall[name] / PACED_READS:.2f} s "
+            f"each): broker {cpu_s[name] / (PACED_READS * n) * 1e6:.3f} CPU-s per million")
+    for what in ("produce", "consume"):
+        data = out[f"client-workload {what} data port broker cpu s/M"]
+        out[f"client-workload {what} cpu ratio kafka/data"] = out[f"client-workload {what} kafka broker cpu s/M"] / data
     return out
 
 
@@ -355,12 +415,17 @@ def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, f
             f"({', '.join(f'{r:,.0f}' for r in rates['data'])}), kafka {out['large fetch kafka MB/s']:,.0f} MB/s "
             f"({', '.join(f'{r:,.0f}' for r in rates['kafka'])})")
         out.update(same_client_phases(b, pid, n, log, args.fetch_gap_ms))
+        out.update(client_workload_phases(b, pid, "cf", n, n / out["confluent-kafka produce records/s"],
+                                          n / out["confluent-kafka consume records/s"], log))
     out["produce cpu ratio kafka/data"] = out["confluent-kafka produce broker cpu s/M"] / out["annal sdk produce (data port) broker cpu s/M"]
     out["consume cpu ratio kafka/data"] = out["confluent-kafka consume broker cpu s/M"] / out["annal sdk consume (data port) broker cpu s/M"]
     out["consume cpu ratio kafka/data, same records"] = (
         out["confluent-kafka consume broker cpu s/M"]
         / out["annal sdk consume of the confluent-kafka records (data port) broker cpu s/M"])
     out["large fetch ratio kafka/data"] = out["large fetch kafka MB/s"] / out["large fetch data port MB/s"]
+    for what in ("produce", "consume"):
+        out[f"{what} cpu ratio confluent-kafka/data port, its workload"] = (
+            out[f"confluent-kafka {what} broker cpu s/M"] / out[f"client-workload {what} data port broker cpu s/M"])
     return out
 
 
@@ -379,6 +444,22 @@ ROWS = [
      "annal sdk consume of the confluent-kafka records (data port) broker cpu s/M", "-", "{:.3f}"),
     ("consume of the same records: Kafka listener (confluent-kafka) / data port (Annal SDK) broker CPU per record",
      "consume cpu ratio kafka/data, same records", "<= 1.2", "{:.2f}"),
+    ("produce, confluent-kafka's workload (its batches, at its pace) replayed through the data port: broker CPU-s per million",
+     "client-workload produce data port broker cpu s/M", "-", "{:.3f}"),
+    ("produce: Kafka listener (confluent-kafka) / data port (its workload replayed) broker CPU per record",
+     "produce cpu ratio confluent-kafka/data port, its workload", "<= 1.2", "{:.2f}"),
+    ("produce, confluent-kafka's workload replayed through the Kafka listener: broker CPU-s per million",
+     "client-workload produce kafka broker cpu s/M", "-", "{:.3f}"),
+    ("produce, confluent-kafka's workload replayed: Kafka listener / data port broker CPU per record",
+     "client-workload produce cpu ratio kafka/data", "<= 1.2", "{:.2f}"),
+    ("consume, confluent-kafka's workload (its 1 MiB fetches, at its pace) through the data port: broker CPU-s per million",
+     "client-workload consume data port broker cpu s/M", "-", "{:.3f}"),
+    ("consume: Kafka listener (confluent-kafka) / data port (its workload replayed) broker CPU per record",
+     "consume cpu ratio confluent-kafka/data port, its workload", "<= 1.2", "{:.2f}"),
+    ("consume, confluent-kafka's workload replayed through the Kafka listener: broker CPU-s per million",
+     "client-workload consume kafka broker cpu s/M", "-", "{:.3f}"),
+    ("consume, confluent-kafka's workload replayed: Kafka listener / data port broker CPU per record",
+     "client-workload consume cpu ratio kafka/data", "<= 1.2", "{:.2f}"),
     ("broker CPU-s per million records, kafka-python produce", "kafka-python produce broker cpu s/M", "-", "{:.3f}"),
     ("broker CPU-s per million records, kafka-python consume", "kafka-python consume broker cpu s/M", "-", "{:.3f}"),
     ("Annal SDK produce over the data port, records/s (same runs)", "annal sdk produce (data port) records/s", "-", "{:,.0f}"),

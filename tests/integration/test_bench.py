@@ -21,6 +21,7 @@ import pytest
 from annal.bench import consumer_performance, end_to_end_latency, producer_performance
 from annal.bench._local_broker import LocalBroker, LocalBrokerError
 from annal.bench._workers import Collector, WorkerError
+from annal.record import parse_header
 
 N = 10_000
 
@@ -311,7 +312,6 @@ def test_kafka_clients_same_client_phases_read_every_record_through_both_ports_p
                                                              / out["paced consume data port broker cpu s/M"])
         assert any("2 ms apart" in line for line in logged)
         # The records the phases wrote, read 64 KiB at a time with 10 ms before each fetch.
-        from annal.record import parse_header
 
         per = parse_header(kafka_clients._sdk_sized_batch()).last_offset_delta + 1  # records per batch
         end = 3000 // per * per
@@ -320,5 +320,67 @@ def test_kafka_clients_same_client_phases_read_every_record_through_both_ports_p
         assert total > 0 and elapsed >= fetches_at_least * 0.01
         elapsed, total2 = kafka_clients.fetch_kafka(b.kafka_port, "same-data", end, 1 << 16, gap_s=0.01)
         assert total2 == total and elapsed >= fetches_at_least * 0.01
+    finally:
+        assert b.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_kafka_clients_replay_confluent_kafka_workload_through_both_ports_at_its_pace() -> None:
+    """``bench.kafka_clients``' client-workload phases: the batches confluent-kafka wrote are
+    replayed, one produce request each, through both ports, and land byte for byte as they
+    were; the replays and the reads keep the pace they are given."""
+    from annal.bench import broker as bench_broker
+    from annal.bench import kafka_clients
+
+    b = LocalBroker(extra_args=["--log-level", "WARNING", "--metrics-port", "-1"]).start()
+    try:
+        assert b.process is not None
+        create = bench_broker.create_topic
+        create(b, "cf")
+        n = 40_000  # about 4.4 MB: several 1 MiB fetches
+        kafka_clients.confluent_produce(f"127.0.0.1:{b.kafka_port}", "cf", n)
+        original: list[bytes] = []
+        _, total = bench_broker.fetch_data_port(b, "cf", n, 1 << 20, keep=original)
+        assert original and sum(map(len, original)) == total
+        logged: list[str] = []
+        out = kafka_clients.client_workload_phases(b, b.process.pid, "cf", n, 0.3, 0.4, logged.append)
+        for what in ("produce", "consume"):
+            for port in ("data port", "kafka"):
+                assert out[f"client-workload {what} {port} broker cpu s/M"] > 0, out
+            assert out[f"client-workload {what} cpu ratio kafka/data"] == (
+                out[f"client-workload {what} kafka broker cpu s/M"] / out[f"client-workload {what} data port broker cpu s/M"])
+        # Each replay wrote confluent-kafka's batches again, in order, to a topic of its own:
+        # the same offsets, so the same bytes.
+        for port in ("data-port", "kafka"):
+            replayed: list[bytes] = []
+            bench_broker.fetch_data_port(b, f"cf-replay-{port}", n, 1 << 20, keep=replayed)
+            assert replayed == original, port
+        # The replays keep confluent-kafka's produce pace (0.3 s over its requests: the last one
+        # leaves at 0.3 * (k - 1) / k); each of the three reads per port its reading pace (0.4 s
+        # over its bytes: the last fetch, at most 1 MiB or one batch, leaves when the rest is read).
+        k = len(original)
+        assert any(f"{k} produce requests" in line for line in logged), logged
+        replays = [float(m.group(1)) for line in logged
+                   for m in [re.search(r"produce workload via .*: ([\d.]+) s,", line)] if m]
+        assert len(replays) == 2 and all(s >= 0.3 * (k - 1) / k - 0.01 for s in replays), logged
+        last_fetch = max(1 << 20, max(map(len, original)))
+        assert total > 2 * last_fetch  # several fetches
+        reads = [float(m.group(1)) for line in logged
+                 for m in [re.search(r"consume workload via .* \(3 reads, ([\d.]+) s each\)", line)] if m]
+        assert len(reads) == 2 and all(s >= 0.4 * (total - last_fetch) / total - 0.01 for s in reads), logged
+        # The pacing primitives themselves.
+        sent: list[float] = []
+        t0 = time.perf_counter()
+        bench_broker.pipelined(lambda i: sent.append(time.perf_counter() - t0), lambda: None, 5, 4, 0.05)
+        assert all(at >= i * 0.05 - 0.005 for i, at in enumerate(sent)), sent
+        create(b, "small")
+        batch = kafka_clients._sdk_sized_batch()
+        bench_broker.produce_data_port(b, "small", batch, 20, 4)
+        end = 20 * (parse_header(batch).last_offset_delta + 1)
+        for fetch in (bench_broker.fetch_data_port, kafka_clients.fetch_kafka):
+            port = b if fetch is bench_broker.fetch_data_port else b.kafka_port
+            # 20 fetches of one batch each at 20 batches per 0.3 s: the last one leaves at 0.285 s.
+            elapsed, total = fetch(port, "small", end, len(batch), rate_bps=20 * len(batch) / 0.3)  # type: ignore[operator]
+            assert total == 20 * len(batch) and elapsed >= 0.285 - 0.01, (fetch, elapsed)
     finally:
         assert b.stop() == 0
