@@ -378,8 +378,43 @@ def client_workload_phases(b: LocalBroker, pid: int, topic: str, n: int, produce
     return out
 
 
+def _burst() -> int:
+    """About 50 us of ordinary interpreter work (dict stores, small tuples and strings)."""
+    d = {}
+    for i in range(300):
+        d[i] = (i, str(i))
+    return sum(len(v[1]) for v in d.values())
+
+
+def wake_penalty(gap_s: float = 0.008, rounds: int = 30, paced: int = 10, back_to_back: int = 100) -> tuple[float, float]:
+    """This machine's price for running after a sleep, apart from any socket or broker: the
+    median thread CPU (microseconds) of one burst of interpreter work (``_burst``) run back to
+    back, and run after ``gap_s`` of sleep each time (``rounds`` short blocks of each, alternated,
+    so that a change of the machine's speed during the measurement reaches both).
+    On a virtual CPU that idles between bursts, the same instructions can take much longer
+    (the host runs other work on the core, or lowers its clock); a broker answering a client
+    that fetches every few ms pays this on every request, whichever port it uses."""
+    warm: list[int] = []
+    woken: list[int] = []
+    for _ in range(rounds):
+        for _ in range(back_to_back):
+            c0 = time.thread_time_ns()
+            _burst()
+            warm.append(time.thread_time_ns() - c0)
+        for _ in range(paced):
+            time.sleep(gap_s)
+            c0 = time.thread_time_ns()
+            _burst()
+            woken.append(time.thread_time_ns() - c0)
+    return statistics.median(warm) / 1e3, statistics.median(woken) / 1e3
+
+
 def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, float]:
     out: dict[str, float] = {}
+    warm_us, woken_us = wake_penalty()
+    out["wake penalty"] = woken_us / warm_us
+    log(f"this machine: {warm_us:.1f} us of CPU per burst of interpreter work back to back, {woken_us:.1f} us after "
+        f"8 ms of sleep ({woken_us / warm_us:.2f}x)")
     with LocalBroker(extra_args=["--metrics-port", "-1", "--log-level", "WARNING"]) as b:
         assert b.process is not None
         pid = b.process.pid
@@ -493,6 +528,8 @@ ROWS = [
      "{:.3f}"),
     ("same client, consume: Kafka listener / data port broker CPU per record", "same-client consume cpu ratio kafka/data",
      "<= 1.2", "{:.2f}"),
+    ("this machine: CPU per burst of interpreter work after 8 ms of sleep / back to back (no I/O, the bench process)",
+     "wake penalty", "-", "{:.2f}"),
     # With --fetch-gap-ms only:
     ("same client, fetches --fetch-gap-ms apart: broker CPU-s per million consumed, Kafka listener",
      "paced consume kafka broker cpu s/M", "-", "{:.3f}"),
