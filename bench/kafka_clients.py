@@ -34,7 +34,11 @@ one partition, acks=1:
   issue's ratio on the same workload, confluent-kafka through the listener against the data
   port, and the raw replay through both ports. librdkafka's requests are smaller (produce) and
   further apart (consume) than the SDK's, and each costs the broker more on either port, so
-  confluent-kafka against the SDK compares two workloads as well as two ports.
+  confluent-kafka against the SDK compares two workloads as well as two ports;
+- this machine's wake-up price (``wake_penalty``): the thread CPU of the same burst of
+  interpreter work after an 8 ms sleep against back to back, no I/O, measured in the bench
+  process before each run: what a broker pays on every request of a client that fetches a few
+  ms apart, on either port.
 
 Prints one line per figure and run, then the medians; ``--markdown`` writes the fragment
 (docs/benchmarks/kafka.md) with the command, the date and the load average.
