@@ -31,7 +31,7 @@ one partition, acks=1:
 - confluent-kafka's own workload replayed through both ports (``client_workload_phases``): the
   batches librdkafka wrote (read back from the log), one produce request each at the pace it
   sent them, and its records read back with its 1 MiB fetches at the pace it read them; the
-  issue's ratio on the same workload, confluent-kafka through the listener against the data
+  1.2x CPU ratio on the same workload, confluent-kafka through the listener against the data
   port, and the raw replay through both ports. librdkafka's requests are smaller (produce) and
   further apart (consume) than the SDK's, and each costs the broker more on either port, so
   confluent-kafka against the SDK compares two workloads as well as two ports;
