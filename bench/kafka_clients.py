@@ -277,6 +277,19 @@ def _alternate_reads(b: LocalBroker, pid: int, topic: str, records: int, reads: 
     return cpu_s, wall
 
 
+def _produce_per_port(b: LocalBroker, pid: int, producers: dict[str, tuple[str, Callable[[str], float]]],
+                      records: int) -> dict[str, tuple[float, float]]:
+    """Run each port's producer (``name: (new topic, produce into it)``) in turn: per port, the
+    broker's CPU-s per million of the ``records`` it wrote and the seconds it took."""
+    done: dict[str, tuple[float, float]] = {}
+    for name, (topic, produce) in producers.items():
+        create_topic(b, topic)
+        with _Cpu(pid) as cpu:
+            elapsed = produce(topic)
+        done[name] = (cpu.seconds / records * 1e6, elapsed)
+    return done
+
+
 def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], None],
                        gap_ms: float = 0.0) -> dict[str, float]:
     """The listener against the data port with the *same* client work: raw sockets sending the
@@ -292,13 +305,9 @@ def same_client_phases(b: LocalBroker, pid: int, n: int, log: Callable[[str], No
         "data port": ("same-data", lambda topic: produce_data_port(b, topic, batch, count, window=4)),
         "kafka": ("same-kafka", lambda topic: produce_kafka(b.kafka_port, topic, batch, count, 4)),
     }
-    for name, (topic, produce) in producers.items():
-        create_topic(b, topic)
-        with _Cpu(pid) as cpu:
-            elapsed = produce(topic)
-        out[f"same-client produce {name} broker cpu s/M"] = cpu.seconds / records * 1e6
-        log(f"same client, produce via {name}: {records / elapsed:,.0f} records/s, broker "
-            f"{cpu.seconds / records * 1e6:.3f} CPU-s per million")
+    for name, (per_m, elapsed) in _produce_per_port(b, pid, producers, records).items():
+        out[f"same-client produce {name} broker cpu s/M"] = per_m
+        log(f"same client, produce via {name}: {records / elapsed:,.0f} records/s, broker {per_m:.3f} CPU-s per million")
     # Reading is cheap for the broker (~0.04 CPU-s per million): each port reads the records
     # READS times, alternately, so each figure spans a few hundred ms of broker CPU, not ~40 ms.
     cpu_s, wall = _alternate_reads(b, pid, "same-data", records, READS)
@@ -346,18 +355,13 @@ def client_workload_phases(b: LocalBroker, pid: int, topic: str, n: int, produce
     interval = produce_s / len(batches)
     log(f"confluent-kafka's workload: {len(batches)} produce requests of {size / len(batches) / 1024:.0f} "
         f"KiB on average, {interval * 1000:.2f} ms apart")
-    replays: dict[str, Callable[[str], float]] = {
-        "data port": lambda t: replay_data_port(b, t, batches, 4, interval),
-        "kafka": lambda t: replay_kafka(b.kafka_port, t, batches, 4, interval),
+    replays: dict[str, tuple[str, Callable[[str], float]]] = {
+        "data port": (f"{topic}-replay-data-port", lambda t: replay_data_port(b, t, batches, 4, interval)),
+        "kafka": (f"{topic}-replay-kafka", lambda t: replay_kafka(b.kafka_port, t, batches, 4, interval)),
     }
-    for name, replay in replays.items():
-        replayed = f"{topic}-replay-{name.replace(' ', '-')}"
-        create_topic(b, replayed)
-        with _Cpu(pid) as cpu:
-            elapsed = replay(replayed)
-        out[f"client-workload produce {name} broker cpu s/M"] = cpu.seconds / n * 1e6
-        log(f"confluent-kafka's produce workload via {name}: {elapsed:.2f} s, broker "
-            f"{cpu.seconds / n * 1e6:.3f} CPU-s per million")
+    for name, (per_m, elapsed) in _produce_per_port(b, pid, replays, n).items():
+        out[f"client-workload produce {name} broker cpu s/M"] = per_m
+        log(f"confluent-kafka's produce workload via {name}: {elapsed:.2f} s, broker {per_m:.3f} CPU-s per million")
     # Reading is cheap for the broker (a few tens of ms of its CPU per read) and confluent-kafka's
     # pace varies from read to read: each of its reads is followed by the raw reads at its pace.
     cpu_s = {"confluent-kafka": 0.0, "data port": 0.0, "kafka": 0.0}
