@@ -342,7 +342,7 @@ def client_workload_phases(b: LocalBroker, pid: int, topic: str, n: int, produce
     them after it with its 1 MiB fetches at the pace it just read them, through each port.
 
     A client's requests cost the broker more when they are smaller or further apart: librdkafka
-    sends about three times as many produce requests as the SDK for the same records, and
+    sends two to four times as many produce requests as the SDK for the same records, and
     fetches 3-4 times slower (its consumer fetches as fast as the application takes the
     records), and a broker that sleeps between two requests spends more on each (on either
     port). The figures here compare the listener with the data port on librdkafka's workload:
