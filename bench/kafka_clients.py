@@ -394,7 +394,10 @@ def _burst() -> int:
     return sum(len(v[1]) for v in d.values())
 
 
-def wake_penalty(gap_s: float = 0.008, rounds: int = 30, paced: int = 10, back_to_back: int = 100) -> tuple[float, float]:
+WAKE_GAP_S = 0.008  # wake_penalty's sleep in every run: about librdkafka's time between two fetches
+
+
+def wake_penalty(gap_s: float = WAKE_GAP_S, rounds: int = 30, paced: int = 10, back_to_back: int = 100) -> tuple[float, float]:
     """This machine's price for running after a sleep, apart from any socket or broker: the
     median thread CPU (microseconds) of one burst of interpreter work (``_burst``) run back to
     back, and run after ``gap_s`` of sleep each time (``rounds`` short blocks of each, alternated,
@@ -419,10 +422,10 @@ def wake_penalty(gap_s: float = 0.008, rounds: int = 30, paced: int = 10, back_t
 
 def one_run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, float]:
     out: dict[str, float] = {}
-    warm_us, woken_us = wake_penalty()
+    warm_us, woken_us = wake_penalty(WAKE_GAP_S)
     out["wake penalty"] = woken_us / warm_us
     log(f"this machine: {warm_us:.1f} us of CPU per burst of interpreter work back to back, {woken_us:.1f} us after "
-        f"8 ms of sleep ({woken_us / warm_us:.2f}x)")
+        f"{WAKE_GAP_S * 1000:g} ms of sleep ({woken_us / warm_us:.2f}x)")
     with LocalBroker(extra_args=["--metrics-port", "-1", "--log-level", "WARNING"]) as b:
         assert b.process is not None
         pid = b.process.pid

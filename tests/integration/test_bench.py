@@ -359,8 +359,9 @@ def test_kafka_clients_replay_confluent_kafka_workload_through_both_ports_at_its
             bench_broker.fetch_data_port(b, f"cf-replay-{port}", n, 1 << 20, keep=replayed)
             assert replayed == original, port
         # The replays keep confluent-kafka's produce pace (0.3 s over its requests: the last one
-        # leaves at 0.3 * (k - 1) / k); the reads after each of confluent-kafka's its reading pace
-        # (the last fetch, at most 1 MiB or one batch, leaves when the rest would have been read).
+        # leaves at 0.3 * (k - 1) / k); the raw reads after each confluent-kafka read keep that
+        # read's pace (the last fetch, at most 1 MiB or one batch, leaves when the rest would
+        # have been read).
         k = len(original)
         assert any(f"{k} produce requests" in line for line in logged), logged
         replays = [float(m.group(1)) for line in logged
@@ -383,10 +384,12 @@ def test_kafka_clients_replay_confluent_kafka_workload_through_both_ports_at_its
         batch = kafka_clients._sdk_sized_batch()
         bench_broker.produce_data_port(b, "small", batch, 20, 4)
         end = 20 * (parse_header(batch).last_offset_delta + 1)
-        for fetch in (bench_broker.fetch_data_port, kafka_clients.fetch_kafka):
-            port = b if fetch is bench_broker.fetch_data_port else b.kafka_port
-            # 20 fetches of one batch each at 20 batches per 0.3 s: the last one leaves at 0.285 s.
-            elapsed, total = fetch(port, "small", end, len(batch), rate_bps=20 * len(batch) / 0.3)  # type: ignore[operator]
-            assert total == 20 * len(batch) and elapsed >= 0.285 - 0.01, (fetch, elapsed)
+        # 20 fetches of one batch each at 20 batches per 0.3 s: the last one leaves at 0.285 s.
+        rate = 20 * len(batch) / 0.3
+        for port, (elapsed, total) in {
+            "data port": bench_broker.fetch_data_port(b, "small", end, len(batch), rate_bps=rate),
+            "kafka": kafka_clients.fetch_kafka(b.kafka_port, "small", end, len(batch), rate_bps=rate),
+        }.items():
+            assert total == 20 * len(batch) and elapsed >= 0.285 - 0.01, (port, elapsed)
     finally:
         assert b.stop() == 0
